@@ -1,0 +1,188 @@
+"""state/agent.yaml: load, validate against a JSON Schema, fill defaults."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from .errors import ConfigError
+from .gitrepo import Identity
+from .proposal import load_yaml
+
+AGENT_PATH = "state/agent.yaml"
+AUTO_TYPES = ["analysis", "optimization_experiment", "generate_new_nodes", "process_chunk"]
+RISKS = ["low", "medium", "high"]
+
+DEFAULT_LIMITS = {"memory_mb": 2048, "disk_write_mb": 100, "timeout_s": 600,
+                  "cpu_percent": 80, "pids": 64, "output_kb": 256}
+
+DEFAULTS: dict[str, Any] = {
+    "agent": {"name": "janus-agent", "email": "janus-agent@localhost"},
+    "mode": "beta",
+    "branch": "main",
+    "approvers": [],
+    "require_signed_approvals": False,
+    "allowed_signers": "state/allowed_signers",
+    "policy": {"auto_types": AUTO_TYPES, "max_auto_risk": "low"},
+    "tools": {},
+    "limits": DEFAULT_LIMITS,
+    "controls": {"tick_hz": 10, "mission_poll_interval": 300, "max_starts_per_second": 10,
+                 "governor": {"target_cpu_percent": 80, "kp": 0.5, "ki": 0.1},
+                 "relief_valve": {"max_pending_auto": 50}},
+    "notifications": {"urls": [], "daily_summary_at": "18:00"},
+    "model": {"path": None, "n_ctx": 2048, "max_tokens": 384, "temperature": 0.7,
+              "seed": None, "threads": None, "prompt_token_budget": 1024},
+    "hygiene": {"novelty_window_days": 14, "archive_after_days": 30},
+}
+
+_limits_schema = {
+    "type": "object", "additionalProperties": False,
+    "properties": {k: {"type": "integer", "minimum": 1} for k in DEFAULT_LIMITS},
+}
+SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://janus-git.dev/schema/agent.json",
+    "title": "janus-git state/agent.yaml",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "agent": {"type": "object", "additionalProperties": False, "required": ["name", "email"],
+                  "properties": {"name": {"type": "string", "minLength": 1},
+                                 "email": {"type": "string", "pattern": ".+@.+"}}},
+        "mode": {"enum": ["alpha", "beta"]},
+        "branch": {"type": "string", "minLength": 1},
+        "approvers": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False, "required": ["email"],
+            "properties": {"name": {"type": "string"}, "email": {"type": "string"},
+                           "principal": {"type": "string"}}}},
+        "require_signed_approvals": {"type": "boolean"},
+        "allowed_signers": {"type": "string"},
+        "policy": {"type": "object", "additionalProperties": False, "properties": {
+            "auto_types": {"type": "array", "items": {"type": "string"}},
+            "max_auto_risk": {"enum": RISKS}}},
+        "tools": {"type": "object", "additionalProperties": {
+            "type": "object", "additionalProperties": False, "required": ["risk"],
+            "properties": {
+                "description": {"type": "string"},
+                "risk": {"enum": RISKS},
+                "auto_exec": {"type": "boolean"},
+                "network": {"type": "boolean"},
+                "runner": {"type": "string"},
+                "command": {"type": "array", "items": {"type": "string"}},
+                "limits": _limits_schema}}},
+        "limits": _limits_schema,
+        "controls": {"type": "object", "additionalProperties": False, "properties": {
+            "tick_hz": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000},
+            "mission_poll_interval": {"type": "number", "minimum": 0},
+            "max_starts_per_second": {"type": "number", "exclusiveMinimum": 0},
+            "governor": {"type": "object", "additionalProperties": False, "properties": {
+                "target_cpu_percent": {"type": "number", "minimum": 1, "maximum": 100},
+                "kp": {"type": "number"}, "ki": {"type": "number"}}},
+            "relief_valve": {"type": "object", "additionalProperties": False, "properties": {
+                "max_pending_auto": {"type": "integer", "minimum": 1}}}}},
+        "notifications": {"type": "object", "additionalProperties": False, "properties": {
+            "urls": {"type": "array", "items": {"type": "string"}},
+            "daily_summary_at": {"type": "string", "pattern": r"^\d{2}:\d{2}$"}}},
+        "model": {"type": "object", "additionalProperties": False, "properties": {
+            "path": {"type": ["string", "null"]},
+            "n_ctx": {"type": "integer", "minimum": 128},
+            "max_tokens": {"type": "integer", "minimum": 1},
+            "temperature": {"type": "number", "minimum": 0},
+            "seed": {"type": ["integer", "null"]},
+            "threads": {"type": ["integer", "null"], "minimum": 1},
+            "prompt_token_budget": {"type": "integer", "minimum": 64}}},
+        "hygiene": {"type": "object", "additionalProperties": False, "properties": {
+            "novelty_window_days": {"type": "number", "minimum": 0},
+            "archive_after_days": {"type": "number", "minimum": 0}}},
+    },
+}
+
+
+def _merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _merge(base.get(k), v) if k in base else v
+        return out
+    return copy.deepcopy(over)
+
+
+def validate(data: Any, schema: dict[str, Any], path: str) -> None:
+    """Raise ConfigError naming the first offending field (dotted path)."""
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), e.path))
+    if not errors:
+        return
+    err = errors[0]
+    field = ".".join(str(p) for p in err.absolute_path) or None
+    message = err.message
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        if extra:
+            field = ".".join(filter(None, [field, str(extra[0])]))
+            message = "unknown field"
+    raise ConfigError(path, field, message)
+
+
+@dataclass
+class Config:
+    data: dict[str, Any]
+    path: str = AGENT_PATH
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(self.data["agent"]["name"], self.data["agent"]["email"])
+
+    @property
+    def mode(self) -> str:
+        return self.data["mode"]
+
+    @property
+    def branch(self) -> str:
+        return self.data["branch"]
+
+    @property
+    def tools(self) -> dict[str, dict[str, Any]]:
+        return self.data["tools"]
+
+    @property
+    def approver_emails(self) -> set[str]:
+        return {a["email"].lower() for a in self.data["approvers"]}
+
+    def approver_principals(self) -> set[str]:
+        return {a.get("principal", a["email"]).lower() for a in self.data["approvers"]}
+
+    def tool_limits(self, tool: str) -> dict[str, int]:
+        spec = self.tools.get(tool, {})
+        return {**self.data["limits"], **spec.get("limits", {})}
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+
+def config_from_text(text: bytes | str | None, path: str = AGENT_PATH) -> Config:
+    raw = load_yaml(text, path) if text else {}
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(path, None, "agent.yaml must be a mapping")
+    validate(raw, SCHEMA, path)
+    data = _merge(DEFAULTS, raw)
+    agent_email = data["agent"]["email"].lower()
+    if agent_email in {a["email"].lower() for a in data["approvers"]}:
+        raise ConfigError(path, "approvers", "the agent's own identity can never approve",
+                          "remove the agent's e-mail from approvers")
+    return Config(data, path)
+
+
+def load_config(root: Path) -> Config:
+    path = root / AGENT_PATH
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(AGENT_PATH, None, "missing",
+                          "run `janus-git init` or restore it with git") from None
+    return config_from_text(text)
