@@ -112,6 +112,11 @@ class GitRepo:
             raise GitError(argv, status, out, err)
         return out
 
+    def run_status(self, *args: str) -> tuple[int, str, str]:
+        """(exit status, stdout, stderr) of a command whose failure is an answer, not an error."""
+        return self._git.execute(["git", *map(str, args)], with_extended_output=True,
+                                 with_exceptions=False, strip_newline_in_stdout=False)
+
     def run_retrying(self, *args: str, env: dict[str, str] | None = None,
                      stdin: str | None = None) -> str:
         """Run a command that takes index.lock, waiting politely while someone else holds it."""
@@ -138,6 +143,23 @@ class GitRepo:
         out = self.run("rev-parse", "--verify", "-q", "HEAD", check=False).strip()
         return out or None
 
+    def fast_head(self) -> str | None:
+        """HEAD's commit read straight from the ref files (no process): the daemon's tick."""
+        try:
+            head = (self.git_dir / "HEAD").read_text().strip()
+            if not head.startswith("ref: "):
+                return head
+            ref = head[5:]
+            try:
+                return (self.git_dir / ref).read_text().strip()
+            except FileNotFoundError:
+                for line in (self.git_dir / "packed-refs").read_text().splitlines():
+                    if line.endswith(" " + ref):
+                        return line.split()[0]
+        except (FileNotFoundError, IsADirectoryError):
+            pass
+        return self.head()
+
     def branch(self) -> str:
         return self.run("symbolic-ref", "--short", "HEAD").strip()
 
@@ -154,9 +176,7 @@ class GitRepo:
         return [p for p in out.split("\0") if p]
 
     def is_ancestor(self, a: str, b: str) -> bool:
-        status, _out, _err = self._git.execute(["git", "merge-base", "--is-ancestor", a, b],
-                                                with_extended_output=True, with_exceptions=False)
-        return status == 0
+        return self.run_status("merge-base", "--is-ancestor", a, b)[0] == 0
 
     def first_parent_log(self, since: str | None, until: str = "HEAD",
                          paths: tuple[str, ...] = ()) -> list[Commit]:
@@ -282,3 +302,33 @@ def require_repo(root: Path) -> GitRepo:
         raise JanusError(f"{root} is not a janus-git state repository "
                          "(run `janus-git init DIR` to create one)")
     return GitRepo(root)
+
+
+def read_blobs(repo: GitRepo, shas: list[str]) -> list[bytes]:
+    """Contents of many blobs through one `git cat-file --batch` (for index rebuilds)."""
+    import subprocess
+    import threading
+
+    proc = subprocess.Popen(["git", "cat-file", "--batch"], cwd=repo.root,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def feed() -> None:
+        try:
+            proc.stdin.write("".join(f"{s}\n" for s in shas).encode())
+        finally:
+            proc.stdin.close()
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    out, read = [], proc.stdout
+    for _ in shas:
+        header = read.readline().split()
+        if len(header) < 3:
+            out.append(b"")
+            continue
+        size = int(header[2])
+        out.append(read.read(size))
+        read.read(1)
+    writer.join()
+    proc.wait()
+    return out

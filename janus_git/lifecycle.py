@@ -73,3 +73,18 @@ def transition(repo: GitRepo, p: Proposal, new: Status, identity: Identity | Non
     sha = repo.commit_files(files, message_for(p, old, new, reason), identity, guard=guard)
     _publish(p, old, new, sha)
     return sha
+
+
+def restore(repo: GitRepo, p: Proposal, status: Status, identity: Identity, *, reason: str,
+            base_text: bytes | None = None) -> str:
+    """Undo a status edit that no one may make (a person set `succeeded` by hand, say): a new
+    commit puts the previous status back.  It is a correction, not a lifecycle transition, and
+    its trailer says so."""
+    shown = p.status
+    p.status = status
+    p.note = reason
+    subject = f"janus: {p.id} restore {status.value} (refused {shown.value})"
+    msg = format_message(subject, reason, {TRAILER_PROPOSAL: p.id,
+                                           "Janus-Correction": f"{shown.value} -> {status.value}"})
+    guard = {p.path: base_text} if base_text is not None else None
+    return repo.commit_files({p.path: p.to_yaml()}, msg, identity, guard=guard)

@@ -1,0 +1,339 @@
+"""The `janus-git` command: parse, call one core function, print.  No logic lives here.
+
+Exit codes: 0 ok, 1 a user error (one line saying what to do), 2 usage, 3 an unexpected error
+(a crash log is written under $JANUS_GIT_HOME, default ~/.local/state/janus-git).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import JanusError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="A git-backed, file-first agent: proposals, approvals and results are "
+                       "commits in a state repository.")
+notify_app = typer.Typer(help="Notifications.")
+app.add_typer(notify_app, name="notify")
+
+RepoOpt = typer.Option(".", "--repo", "-C", help="The state repository.")
+JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
+
+
+def _sr(repo: str):
+    from .state import StateRepo
+    return StateRepo(repo)
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def _console():
+    from rich.console import Console
+    return Console()
+
+
+@app.command()
+def init(directory: Path = typer.Argument(..., help="Where to create the state repository.")):
+    """Create a state repository from the templates (agent.yaml, constitution, missions)."""
+    from .state import init_state
+    path, created = init_state(directory)
+    _out(f"{'created' if created else 'already a state repository:'} {path}")
+    if created:
+        _out(f"next: janus-git daemon {path}   (or: janus-git propose -C {path} ...)")
+
+
+@app.command()
+def daemon(directory: Path = typer.Argument(Path("."), help="The state repository."),
+           once: bool = typer.Option(False, "--once", help="Process everything pending "
+                                     "(one thinking cycle included), then exit."),
+           think: bool = typer.Option(True, "--think/--no-think",
+                                      help="Run the planner's thinking cycle."),
+           verbose: bool = typer.Option(False, "--verbose", "-v")):
+    """Watch the state repository: decide, run, commit results."""
+    from .daemon import run_daemon
+    from .logsetup import setup_logging
+    setup_logging(directory, verbose)
+    raise typer.Exit(run_daemon(directory, once=once, think=think))
+
+
+@app.command()
+def status(repo: str = RepoOpt, as_json: bool = JsonOpt):
+    """Whether the daemon runs, its pid, what it is doing; proposal counts; the stop."""
+    from .daemon import read_status
+    sr = _sr(repo)
+    info = {"daemon": read_status(sr.root), "stopped": sr.stopped_at(),
+            "counts": sr.index.counts(), "mode": sr.config.mode}
+    if as_json:
+        _out(json.dumps(info, indent=1))
+        return
+    d = info["daemon"]
+    _out(f"daemon: {'running, pid ' + str(d.get('pid')) if d.get('running') else 'not running'}"
+         + (f", {d.get('activity')}" if d.get("running") else ""))
+    _out(f"mode: {info['mode']}")
+    _out("emergency stop: " + ("IN FORCE\n" + info["stopped"] if info["stopped"] else "off"))
+    _out("proposals: " + (", ".join(f"{k} {v}" for k, v in sorted(info["counts"].items()))
+                          or "none"))
+    if d.get("last_error"):
+        _out(f"last error: {d['last_error']}")
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def propose(mission: str = typer.Option(..., "--mission", "-m"),
+            type_: str = typer.Option(..., "--type", "-t", help="The whitelist key."),
+            tool: str = typer.Option(..., "--tool"),
+            rationale: str = typer.Option("filed by hand", "--rationale", "-r"),
+            args_json: Optional[str] = typer.Option(None, "--args-json",
+                                                    help="Args as JSON (for mapping args)."),
+            args: Optional[List[str]] = typer.Argument(None, help="argv after --"),
+            repo: str = RepoOpt, as_json: bool = JsonOpt):
+    """File a proposal: `janus-git propose -m M -t analysis --tool shell -- ls -la`."""
+    from .actions import propose as do_propose
+    if args_json is not None:
+        try:
+            parsed = json.loads(args_json)
+        except json.JSONDecodeError as e:
+            raise JanusError(f"--args-json is not valid JSON: {e.msg}") from None
+    else:
+        parsed = list(args or [])
+    p = do_propose(_sr(repo), mission=mission, type_=type_, tool=tool, args=parsed,
+                   rationale=rationale)
+    _out(json.dumps(p.to_dict()) if as_json else f"proposed {p.id} ({p.path})")
+
+
+@app.command("list")
+def list_(status: Optional[List[str]] = typer.Option(None, "--status", "-s"),
+          mission: Optional[str] = typer.Option(None, "--mission", "-m"),
+          tool: Optional[str] = typer.Option(None, "--tool"),
+          type_: Optional[str] = typer.Option(None, "--type", "-t"),
+          since: Optional[str] = typer.Option(None, "--since", help="ISO date or time."),
+          limit: Optional[int] = typer.Option(None, "--limit", "-n"),
+          repo: str = RepoOpt, as_json: bool = JsonOpt):
+    """List proposals (broken files are listed too, with their error)."""
+    sr = _sr(repo)
+    rows = sr.index.query_json(status=status or (), mission=mission, tool=tool, type_=type_,
+                               since=since, limit=limit)
+    if as_json:
+        sys.stdout.write("[" + ",\n".join(rows) + "]\n")
+        return
+    from .views import table
+    _console().print(table([json.loads(r) for r in rows], f"{len(rows)} proposals"))
+
+
+@app.command()
+def show(proposal_id: str, repo: str = RepoOpt, as_json: bool = JsonOpt):
+    """One proposal: the record and its history from `git log`."""
+    from .views import show as do_show
+    info = do_show(_sr(repo), proposal_id)
+    if as_json:
+        _out(json.dumps(info, indent=1, ensure_ascii=False))
+        return
+    import yaml
+    _out(f"# {info['path']}")
+    if info["error"]:
+        _out(f"error: {info['error']}")
+    if info["record"]:
+        _out(yaml.safe_dump(info["record"], sort_keys=False, allow_unicode=True).rstrip())
+    _out("\n# history (newest first)")
+    for h in info["history"]:
+        what = h["transition"] or (f"correction {h['correction']}" if h["correction"] else "")
+        _out(f"{h['commit'][:10]}  {h['author']}  {what or h['subject']}")
+
+
+@app.command()
+def watch(repo: str = RepoOpt, interval: float = typer.Option(0.5, "--interval"),
+          status: Optional[List[str]] = typer.Option(None, "--status", "-s"),
+          count: Optional[int] = typer.Option(None, "--count", help="Stop after N refreshes.")):
+    """A live table that updates when a commit lands."""
+    from rich.live import Live
+
+    from .views import table
+    sr = _sr(repo)
+    seen, n = None, 0
+    with Live(auto_refresh=False, console=_console()) as live:
+        while count is None or n < count:
+            head = sr.repo.fast_head()
+            if head != seen:
+                seen = head
+                rows = sr.index.query(status=status or ())
+                live.update(table(rows[-40:], f"{len(rows)} proposals at {str(head)[:10]}"),
+                            refresh=True)
+                n += 1
+            time.sleep(interval)
+
+
+@app.command()
+def export(fmt: str = typer.Option("json", "--format", "-f", help="json, jsonl, csv or md"),
+           output: Optional[Path] = typer.Option(None, "--output", "-o"),
+           status: Optional[List[str]] = typer.Option(None, "--status", "-s"),
+           repo: str = RepoOpt):
+    """Export proposals as json, jsonl, csv or md, to stdout or a file."""
+    from .views import export as do_export
+    if fmt not in ("json", "jsonl", "csv", "md"):
+        raise JanusError(f"unknown format {fmt!r}: use json, jsonl, csv or md")
+    text = do_export(_sr(repo).index.query(status=status or ()), fmt)
+    if output:
+        output.write_text(text)
+        _out(f"wrote {output}")
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+def approve(proposal_id: str, repo: str = RepoOpt):
+    """Approve a proposal as yourself (the same commit as editing `status: approved`)."""
+    from .actions import approve as do_approve
+    p = do_approve(_sr(repo), proposal_id)
+    _out(f"approved {p.id}: the daemon runs it once it checks your commit")
+
+
+@app.command()
+def reject(proposal_id: str, reason: str = typer.Option("", "--reason"), repo: str = RepoOpt):
+    """Reject a proposal."""
+    from .actions import reject as do_reject
+    p = do_reject(_sr(repo), proposal_id, reason)
+    _out(f"rejected {p.id}")
+
+
+@app.command()
+def stop(reason: str = typer.Option("emergency stop", "--reason"),
+         dry_run: bool = typer.Option(False, "--dry-run", help="Say what would happen."),
+         repo: str = RepoOpt, as_json: bool = JsonOpt):
+    """Emergency stop: commit state/STOP; every daemon kills its runs and starts nothing."""
+    from .actions import stop as do_stop
+    plan = do_stop(_sr(repo), reason=reason, dry_run=dry_run)
+    if as_json:
+        _out(json.dumps(plan.__dict__, indent=1))
+        return
+    d = plan.daemon
+    if plan.already:
+        _out("an emergency stop is already in force (state/STOP); `janus-git resume` lifts it")
+        return
+    verb = "would" if dry_run else "will"
+    _out(f"{'DRY RUN: nothing changed.' if dry_run else 'emergency stop committed: ' + str(plan.commit)[:10]}")
+    _out(f"- {'would commit' if dry_run else 'committed'} state/STOP (reason: {reason})")
+    _out(f"- local daemon: " + (f"pid {d.get('pid')} {verb} be signalled" if d.get("running")
+                                else "not running here (others see the commit)"))
+    _out(f"- running, {verb} be killed and marked interrupted: {', '.join(plan.running) or 'none'}")
+    _out(f"- queued, {verb} be suspended: {', '.join(plan.to_suspend) or 'none'}")
+    _out("- nothing starts until `janus-git resume` or a `git revert` of the stop commit")
+
+
+@app.command()
+def resume(reason: str = typer.Option("resume", "--reason"), repo: str = RepoOpt):
+    """Lift the emergency stop (removes state/STOP in a commit)."""
+    from .actions import resume as do_resume
+    sha = do_resume(_sr(repo), reason=reason)
+    _out(f"resumed: {sha[:10]}")
+
+
+@app.command()
+def missions(repo: str = RepoOpt, as_json: bool = JsonOpt):
+    """Missions with their progress."""
+    from .missions import missions_table
+    rows = missions_table(_sr(repo))
+    if as_json:
+        _out(json.dumps(rows, indent=1))
+        return
+    for r in rows:
+        _out("  ".join(f"{k}={v}" for k, v in r.items()))
+
+
+@app.command()
+def hygiene(dry_run: bool = typer.Option(False, "--dry-run"),
+            reindex: bool = typer.Option(False, "--reindex",
+                                         help="Rebuild the novelty index first."),
+            repo: str = RepoOpt, as_json: bool = JsonOpt):
+    """Deduplicate, archive and reject stale proposals; print counts."""
+    from . import hygiene as hy
+    sr = _sr(repo)
+    if reindex:
+        hy.reindex(sr.repo, sr.config)
+    counts = hy.hygiene(sr.repo, sr.config, dry_run=dry_run)
+    _out(json.dumps(counts) if as_json else
+         ("DRY RUN: " if dry_run else "") + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+@app.command()
+def doctor(repo: str = RepoOpt, as_json: bool = JsonOpt):
+    """What isolation, model and git features are available here, and why."""
+    from .doctor import diagnose
+    info = diagnose(Path(repo))
+    if as_json:
+        _out(json.dumps(info, indent=1, default=str))
+        return
+    for key, value in info.items():
+        _out(f"{key}: {value}")
+
+
+@app.command()
+def schema(out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                              help="Folder for the .json files.")):
+    """JSON Schemas for agent.yaml, missions, proposals and tool_use.jsonl lines."""
+    from .schemas import all_schemas
+    schemas = all_schemas()
+    if out is None:
+        _out(json.dumps(schemas, indent=1))
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for name, s in schemas.items():
+        (out / f"{name}.schema.json").write_text(json.dumps(s, indent=1) + "\n")
+        _out(f"wrote {out / (name + '.schema.json')}")
+
+
+@app.command()
+def demo(directory: Path = typer.Argument(Path("janus-demo")),
+         verbose: bool = typer.Option(False, "--verbose", "-v")):
+    """The main job on built-in defaults: a new state repo worked once by the daemon with the
+    built-in model, then what it left."""
+    from .demo import run_demo
+    from .logsetup import setup_logging
+    setup_logging(directory, verbose)
+    raise typer.Exit(run_demo(directory, echo=_out))
+
+
+@notify_app.command("test")
+def notify_test(repo: str = RepoOpt):
+    """Send a test message to every URL in notifications.urls."""
+    from .notify import send_test
+    ok, total = send_test(_sr(repo))
+    _out(f"delivered to {ok} of {total} notification URLs")
+    if ok < total:
+        raise typer.Exit(1)
+
+
+def crash_log(exc: BaseException) -> Path:
+    home = Path(os.environ.get("JANUS_GIT_HOME") or
+                Path.home() / ".local" / "state" / "janus-git")
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "crash.log"
+    with path.open("a") as f:
+        f.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} janus-git {' '.join(sys.argv[1:])}\n")
+        f.write("".join(traceback.format_exception(exc)))
+    return path
+
+
+def main() -> None:
+    try:
+        app()
+    except JanusError as e:
+        sys.stderr.write(f"janus-git: {e}\n")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:  # anything else is our bug
+        path = crash_log(e)
+        sys.stderr.write(f"janus-git: unexpected error: {e!r}; details in {path}\n")
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,705 @@
+"""The daemon: watch the state repository, turn commits into decisions and runs.
+
+It reconciles from git state, never from events alone: a watchdog event only wakes the loop
+early, and each step reads what changed on the first-parent line since the last commit it saw
+(the cursor, kept under .git/janus/).  On start it re-reads every approved and running proposal,
+so a missed event, a crash or a restart loses nothing.
+
+Crash safety: `running` is committed before a tool starts; a proposal found `running` at start
+is moved to `interrupted` and never re-run silently.  A run's result, its output, its audit line
+and every file it changed are one commit, so `git revert` of that commit undoes all of it.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import lifecycle
+from .approvals import (APPROVAL_BRANCH_PREFIX, TRAILER_APPROVAL_BRANCH, check_approval,
+                        is_revert_of_result)
+from .config import AGENT_PATH, Config, load_config
+from .controls import Escapement, Governor, ReliefValve
+from .errors import ConfigError, Conflict, JanusError, NotFound
+from .gitrepo import Commit, format_message
+from .policy import decide
+from .proposal import HUMAN_TRANSITIONS, Proposal, Status, parse_proposal, shard_path, utcnow
+from .state import STOP_PATH, StateRepo
+from .store import check_placement, id_from_path, is_proposal_path
+
+log = logging.getLogger("janus_git.daemon")
+S = Status
+
+
+@dataclass
+class Ticket:
+    """An approved proposal waiting for the escapement."""
+    id: str
+    decision: dict[str, Any]
+
+
+@dataclass
+class Run:
+    id: str
+    thread: threading.Thread
+    cancel: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+
+
+class DaemonLock:
+    """One daemon per repository: an flock on .git/janus/daemon.lock, pid and state beside it."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / ".git" / "janus"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / "daemon.lock"
+        self.status_path = self.dir / "daemon.json"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise JanusError(f"another janus-git daemon already works on this repository "
+                             f"(pid {read_status(self.path.parent.parent.parent).get('pid')}); "
+                             "`janus-git status` shows it") from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def write_status(self, status: dict[str, Any]) -> None:
+        tmp = self.status_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status, indent=1))
+        os.replace(tmp, self.status_path)
+
+
+def read_status(root: Path) -> dict[str, Any]:
+    """What the daemon last said about itself, and whether it still holds the lock."""
+    jdir = root / ".git" / "janus"
+    try:
+        status = json.loads((jdir / "daemon.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {"running": False}
+    alive = False
+    try:
+        fd = os.open(jdir / "daemon.lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            alive = True
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        pass
+    status["running"] = alive
+    return status
+
+
+class Daemon:
+    def __init__(self, root: str | Path, *, once: bool = False, think: bool = True,
+                 on_start: Callable[[str, int], None] | None = None) -> None:
+        self.state = StateRepo(root)
+        self.repo = self.state.repo
+        self.root = self.state.root
+        self.once = once
+        self.think_enabled = think
+        self.on_start_hook = on_start
+        self.config: Config = self.state.config
+        self.lock = DaemonLock(self.root)
+        self.wake = threading.Event()
+        self.writes = threading.RLock()
+        self.queue: dict[str, Ticket] = {}
+        self.runs: dict[str, Run] = {}
+        self.branches: set[str] = set()
+        self.seen_manual: set[str] = set()
+        self.cursor: str | None = None
+        self.stopped = False
+        self.term_count = 0
+        self.exit = False
+        self.started = utcnow()
+        self.activity = "starting"
+        self.last_error = ""
+        self.last_think = 0.0
+        self.thinker: threading.Thread | None = None
+        self._pending_results: list[tuple[Run, Proposal]] = []
+        self._status_due = 0.0
+        c = self.config["controls"]
+        self.escapement = Escapement(float(c["max_starts_per_second"]))
+        self.governor = Governor(**{"target": c["governor"]["target_cpu_percent"],
+                                    "kp": c["governor"]["kp"], "ki": c["governor"]["ki"]})
+        self.valve = ReliefValve(c["relief_valve"]["max_pending_auto"])
+        self._model_context = None
+
+    # -- life ----------------------------------------------------------------------------
+    def run(self) -> int:
+        self.lock.acquire()
+        observer = None
+        try:
+            self._install_signals()
+            self._start_up()
+            if not self.once:
+                observer = self._watch()
+            while not self.exit:
+                self.step()
+                if self.once and self._idle():
+                    break
+                self.wake.wait(self._next_timeout())
+                self.wake.clear()
+            self._shut_down()
+            return 0
+        finally:
+            if observer is not None:
+                observer.stop()
+            self.activity = "exited"
+            self._write_status(force=True)
+            self.lock.release()
+            self.repo.close()
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGUSR1, lambda *_: self.wake.set())  # `janus-git stop` nudges us
+
+    def _on_term(self, *_: Any) -> None:
+        self.term_count += 1
+        self.exit = True
+        if self.term_count >= 2:
+            log.warning("second signal: aborting the running tools")
+            for run in self.runs.values():
+                run.cancel.set()
+        else:
+            log.info("signal: finishing the current step, then exiting (again to abort)")
+        self.wake.set()
+
+    def _watch(self):
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        daemon = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event):  # a commit is a `moved` onto .git/refs/heads/...
+                if event.event_type in ("opened", "closed_no_write"):
+                    return
+                path = f"{event.src_path} {getattr(event, 'dest_path', '')}"
+                if "refs" in path or "HEAD" in path or "packed-refs" in path:
+                    daemon.wake.set()
+
+        observer = Observer()
+        observer.schedule(Handler(), str(self.repo.git_dir / "refs" / "heads"), recursive=True)
+        observer.schedule(Handler(), str(self.repo.git_dir), recursive=False)
+        observer.daemon = True
+        observer.start()
+        return observer
+
+    def _idle(self) -> bool:
+        return (not self.queue and not self.runs and not self._pending_results
+                and self.repo.fast_head() == self.cursor
+                and (self.thinker is None or not self.thinker.is_alive()))
+
+    def _next_timeout(self) -> float:
+        tick = 1.0 / float(self.config["controls"]["tick_hz"])
+        if self.queue and not self.runs and not self.stopped:
+            return min(tick, max(0.0, self.escapement.wait_time(self.governor.throttle)))
+        return tick
+
+    def _start_up(self) -> None:
+        self.cursor = self._load_cursor()
+        head = self.repo.head()
+        if head is None:
+            raise JanusError(f"{self.root} has no commits; create it with `janus-git init`")
+        self.branches = set(self.repo.run(
+            "for-each-ref", "--format=%(refname:short)", f"refs/heads/{APPROVAL_BRANCH_PREFIX}"
+        ).split())
+        if self.cursor and not self.repo.is_ancestor(self.cursor, head):
+            log.warning("history was rewritten under the daemon; re-reading from HEAD")
+            self.cursor = None
+        self._catch_up(head)
+        self.stopped = self.state.stopped_at() is not None
+        for row in self.state.index.query(status=[S.RUNNING.value]):
+            self._interrupt(row["id"], "the daemon stopped while this ran; it is not re-run "
+                            "by itself: set status to approved and commit to run it again")
+        for row in self.state.index.query(status=[S.APPROVED.value]):
+            self._requeue_approved(row["id"])
+        self.activity = "idle"
+        log.info("daemon started on %s at %s (%s mode%s)", self.root, head[:10],
+                 self.config.mode, ", STOPPED" if self.stopped else "")
+
+    def _shut_down(self) -> None:
+        for run in list(self.runs.values()):
+            run.thread.join()
+        self._collect_results()
+        self._save_cursor()
+
+    # -- one step ------------------------------------------------------------------------
+    def step(self) -> None:
+        try:
+            self._step()
+        except Conflict as e:
+            log.info("waiting: %s", e)
+        except JanusError as e:
+            self.last_error = str(e)
+            log.error("%s", e)
+        self._write_status()
+
+    def _step(self) -> None:
+        self._collect_results()
+        head = self.repo.fast_head()
+        if head != self.cursor:
+            with self.writes:
+                self._catch_up(head)
+        was_stopped = self.stopped
+        self.stopped = self.state.stopped_at() is not None if head != self._stop_checked else \
+            self.stopped
+        self._stop_checked = head
+        if self.stopped:
+            self._enforce_stop()
+            return
+        if was_stopped:
+            self._resume()
+        if self.exit:
+            return
+        self._decide_new()
+        self._start_runs()
+        self._maybe_think()
+
+    _stop_checked: str | None = None
+
+    # -- reading what people did ---------------------------------------------------------
+    def _catch_up(self, head: str | None) -> None:
+        head = head or self.repo.head()
+        if self.cursor is None:
+            self.cursor = head
+        elif head != self.cursor:
+            for commit in self.repo.first_parent_log(self.cursor, head):
+                self._process_commit(commit)
+                self.cursor = commit.sha
+            self.cursor = self.repo.head() if self.cursor != head else head
+        self._save_cursor()
+
+    def _process_commit(self, c: Commit) -> None:
+        own = (c.author_email.lower() == self.config.identity.email.lower()
+               and TRAILER_APPROVAL_BRANCH not in c.trailers())
+        if AGENT_PATH in c.changes:
+            self._reload_config()
+        if own:
+            return
+        for path, change in c.changes.items():
+            if not is_proposal_path(path):
+                continue
+            try:
+                self._process_change(c, path, change)
+            except ConfigError as e:
+                log.error("commit %s by %s: %s", c.sha[:10], c.author_email, e)
+                self.last_error = str(e)
+
+    def _process_change(self, c: Commit, path: str, change: str) -> None:
+        pid = id_from_path(path)
+        if change == "D":
+            self.queue.pop(pid, None)
+            log.warning("%s was deleted by %s in %s; its history stays in git", path,
+                        c.author_email, c.sha[:10])
+            self._remember_deleted(c, path)
+            return
+        check_placement(path)
+        new = parse_proposal(self.repo.read_blob(c.sha, path) or b"", path)
+        if change == "A" or not c.parents:
+            return  # a new proposal: _decide_new picks it up from HEAD
+        old_text = self.repo.read_blob(c.parents[0], path)
+        try:
+            old = parse_proposal(old_text, path) if old_text else None
+        except ConfigError:
+            old = None
+        if old is None or old.status == new.status:
+            if old is not None and new.status == S.APPROVED and pid in self.queue \
+                    and new.recompute_digest() != self.queue[pid].decision["digest"]:
+                log.info("%s changed after approval: the approval no longer holds", pid)
+            return
+        self._human_transition(c, old, new)
+
+    def _human_transition(self, c: Commit, old: Proposal, new: Proposal) -> None:
+        current = self._head_proposal(new.id)
+        if current is None or current[0].status != new.status:
+            return  # already superseded by a later commit
+        p, text = current
+        if is_revert_of_result(old, new):
+            lifecycle.transition(self.repo, p, S.REVERTED, self.config.identity, old=old.status,
+                                 base_text=text, reason=f"result reverted by {c.author_email} "
+                                 f"in {c.sha[:10]}; it is never re-run")
+            return
+        if new.status not in HUMAN_TRANSITIONS.get(old.status, frozenset()):
+            lifecycle.restore(self.repo, p, old.status, self.config.identity, base_text=text,
+                              reason=f"{c.author_email} set {old.status.value} -> "
+                              f"{new.status.value} in {c.sha[:10]}; only the daemon makes that "
+                              "change")
+            return
+        if new.status == S.APPROVED:
+            self._judge_approval(c, p, text)
+        elif new.status in (S.PROPOSED, S.REJECTED):
+            self.queue.pop(p.id, None)
+            log.info("%s: %s -> %s by %s", p.id, old.status.value, new.status.value,
+                     c.author_email)
+
+    def _judge_approval(self, c: Commit, p: Proposal, text: bytes) -> None:
+        verdict = check_approval(self.repo, self.config, c, p)
+        if not verdict.ok:
+            lifecycle.transition(self.repo, p, S.PROPOSED, self.config.identity,
+                                 base_text=text,
+                                 reason=f"approval in {c.sha[:10]} refused: {verdict.reason}")
+            log.warning("%s: approval refused: %s", p.id, verdict.reason)
+            return
+        self.queue[p.id] = Ticket(p.id, {"rule": "human", "by": verdict.approver,
+                                         "signer": verdict.signer or None, "commit": c.sha,
+                                         "digest": p.digest, "at": utcnow()})
+        log.info("%s approved by %s in %s", p.id, verdict.approver, c.sha[:10])
+
+    def _requeue_approved(self, pid: str) -> None:
+        """At start: approved proposals whose run never began go back on the queue, after
+        their approval is checked again from history."""
+        current = self._head_proposal(pid)
+        if current is None or pid in self.queue:
+            return
+        p, text = current
+        if p.decision.get("rule", "").startswith("auto:"):
+            self.queue[pid] = Ticket(pid, p.decision)
+            return
+        for c in self.repo.file_history(p.path, limit=50):
+            if not c.parents:
+                continue
+            old_text = self.repo.read_blob(c.parents[0], p.path)
+            then = self.repo.read_blob(c.sha, p.path)
+            try:
+                was = parse_proposal(old_text, p.path).status if old_text else None
+                now = parse_proposal(then, p.path).status if then else None
+            except ConfigError:
+                continue
+            if now == S.APPROVED and was != S.APPROVED:
+                self._judge_approval(self.repo.commit_info(c.sha), p, text)
+                return
+
+    def _remember_deleted(self, c: Commit, path: str) -> None:
+        old = self.repo.read_blob(c.parents[0], path) if c.parents else None
+        if old is None:
+            return
+        try:
+            from . import hygiene
+            hygiene.remember_deleted(self.repo, parse_proposal(old, path))
+        except (ImportError, AttributeError, ConfigError):
+            pass
+
+    def _reload_config(self) -> None:
+        try:
+            self.config = load_config(self.root)
+        except ConfigError as e:
+            self.last_error = f"{e}; keeping the last valid configuration"
+            log.error("%s", self.last_error)
+
+    def _head_proposal(self, pid: str) -> tuple[Proposal, bytes] | None:
+        text = self.repo.read_blob("HEAD", shard_path(pid))
+        if text is None:
+            return None
+        try:
+            return parse_proposal(text, shard_path(pid)), text
+        except ConfigError as e:
+            log.error("%s", e)
+            return None
+
+    # -- deciding ------------------------------------------------------------------------
+    def _decide_new(self) -> None:
+        from . import tools
+
+        pending_auto = sum(1 for t in self.queue.values()
+                           if t.decision.get("rule", "").startswith("auto:"))
+        for row in self.state.index.query(status=[S.PROPOSED.value]):
+            pid = row["id"]
+            if pid in self.seen_manual or pid in self.queue:
+                continue
+            current = self._head_proposal(pid)
+            if current is None:
+                continue
+            p, text = current
+            decision = decide(p, self.config)
+            if decision.reject:
+                self._refuse(p, text, decision.reason)
+                continue
+            try:
+                tools.check(p, self.config, self.root)
+            except JanusError as e:
+                self._refuse(p, text, str(e))
+                continue
+            if not decision.auto:
+                self._offer_branch(p)
+                self.seen_manual.add(pid)
+                continue
+            if self.valve.should_vent(pending_auto):
+                with self.writes:
+                    lifecycle.transition(self.repo, p, S.ARCHIVED, self.config.identity,
+                                         base_text=text, reason="relief valve: "
+                                         f"{pending_auto} auto proposals already queued")
+                continue
+            record = {"rule": decision.rule, "by": self.config.identity.email,
+                      "digest": p.digest, "at": utcnow(), "reason": decision.reason}
+
+            def approve(q: Proposal, record=record, risk=decision.risk) -> None:
+                q.risk = risk
+                q.decision = record
+
+            with self.writes:
+                sha = lifecycle.transition(self.repo, p, S.APPROVED, self.config.identity,
+                                           base_text=text, update=approve,
+                                           reason=decision.reason)
+            record["commit"] = sha
+            self.queue[pid] = Ticket(pid, record)
+            pending_auto += 1
+
+    def _refuse(self, p: Proposal, text: bytes, reason: str) -> None:
+        with self.writes:
+            lifecycle.transition(self.repo, p, S.REJECTED, self.config.identity,
+                                 base_text=text, reason=reason)
+        log.warning("%s rejected: %s", p.id, reason)
+
+    def _offer_branch(self, p: Proposal) -> None:
+        """For a manual proposal, a branch holding its approval: merge it (with a merge
+        commit) to approve.  A fast-forward lands the agent's own commit, which is refused."""
+        branch = f"{APPROVAL_BRANCH_PREFIX}{p.id}"
+        if branch in self.branches:
+            return
+        head = self.repo.head()
+        shown = Proposal(**{**p.__dict__})
+        shown.status = S.APPROVED
+        shown.note = "approval offered for merging"
+        msg = format_message(f"janus: approve {p.id} ({p.tool}: {p.type})",
+                             "Merge this branch with a merge commit to approve the proposal.",
+                             {lifecycle.TRAILER_PROPOSAL: p.id, TRAILER_APPROVAL_BRANCH: branch})
+        sha = self.repo.create_commit_on(head, {p.path: shown.to_yaml()}, msg,
+                                         self.config.identity)
+        self.repo.update_branch_ref(branch, sha, None)
+        self.branches.add(branch)
+
+    # -- running -------------------------------------------------------------------------
+    def _start_runs(self) -> None:
+        while self.queue and not self.runs and not self.exit:
+            self.governor.update(_cpu_percent(), 1.0 / self.config["controls"]["tick_hz"])
+            if self.escapement.wait_time(self.governor.throttle) > 0:
+                return
+            ticket = self.queue.pop(next(iter(self.queue)))
+            self._start(ticket)
+
+    def _start(self, ticket: Ticket) -> None:
+        from . import tools
+
+        current = self._head_proposal(ticket.id)
+        if current is None:
+            return
+        p, text = current
+        if p.status != S.APPROVED:
+            return
+        if p.recompute_digest() != ticket.decision["digest"] or p.digest != ticket.decision[
+                "digest"]:
+            with self.writes:
+                lifecycle.transition(self.repo, p, S.PROPOSED, self.config.identity,
+                                     base_text=text, reason="changed after approval: the "
+                                     "approved digest no longer matches; approve it again")
+            return
+        started = utcnow()
+
+        def mark(q: Proposal) -> None:
+            q.decision = ticket.decision
+            q.execution = {"started_at": started}
+
+        with self.writes:
+            lifecycle.transition(self.repo, p, S.RUNNING, self.config.identity, base_text=text,
+                                 update=mark)
+        self.escapement.take()
+        run = Run(p.id, thread=None)  # type: ignore[arg-type]
+
+        def work() -> None:
+            try:
+                run.result = tools.execute(p, self.config, self.root, cancel=run.cancel,
+                                           on_start=lambda pid: self._started(p.id, pid),
+                                           context=self._context())
+            except Exception as e:  # a tool bug must not kill the daemon
+                log.exception("tool %s crashed", p.tool)
+                run.result = e
+            self.wake.set()
+
+        run.thread = threading.Thread(target=work, name=f"run-{p.id}", daemon=True)
+        self.runs[p.id] = run
+        self.activity = f"running {p.id} ({p.tool})"
+        run.thread.start()
+
+    def _started(self, pid: str, os_pid: int) -> None:
+        if self.on_start_hook:
+            self.on_start_hook(pid, os_pid)
+
+    def _context(self):
+        if self._model_context is None:
+            try:
+                from .llm import ModelContext
+                self._model_context = ModelContext(self.config)
+            except (ImportError, AttributeError):
+                self._model_context = None
+        return self._model_context
+
+    def _collect_results(self) -> None:
+        for pid, run in list(self.runs.items()):
+            if run.thread.is_alive():
+                continue
+            del self.runs[pid]
+            current = self._head_proposal(pid)
+            if current is None:
+                log.error("%s vanished while it ran; its result is only in this log: %r",
+                          pid, run.result)
+                continue
+            self._pending_results.append((run, current[0]))
+        for item in list(self._pending_results):
+            try:
+                with self.writes:
+                    self._commit_result(*item)
+                self._pending_results.remove(item)
+            except Conflict as e:
+                log.info("result of %s waits: %s", item[1].id, e)
+        if not self.runs:
+            self.activity = "stopped" if self.stopped else "idle"
+
+    def _commit_result(self, run: Run, p: Proposal) -> None:
+        from . import tools
+
+        text = self.repo.read_blob("HEAD", p.path)
+        if p.status != S.RUNNING:
+            log.warning("%s is %s, not running; result dropped", p.id, p.status.value)
+            return
+        result = run.result
+        if isinstance(result, Exception):
+            p.execution.update(ended_at=utcnow(), error=f"tool crashed: {result}")
+            lifecycle.transition(self.repo, p, S.FAILED, self.config.identity, base_text=text,
+                                 reason=f"the tool crashed: {result}")
+            return
+        out_path = f"logs/runs/{p.id}.txt"
+        line = json.dumps(tools.tool_use_line(p, result), sort_keys=True) + "\n"
+        audit = (self.repo.read_blob("HEAD", "logs/tool_use.jsonl") or b"") + line.encode()
+        files: dict[str, bytes | None] = {**result.files, out_path: result.output,
+                                          "logs/tool_use.jsonl": audit}
+        cancelled = result.limit_hit == "cancelled"
+        new = S.INTERRUPTED if cancelled else (S.SUCCEEDED if result.status == "succeeded"
+                                               else S.FAILED)
+
+        def fill(q: Proposal) -> None:
+            q.execution = {**q.execution, "ended_at": result.ended_at,
+                           "exit_code": result.exit_code, "limit_hit": result.limit_hit,
+                           "isolation": result.isolation, "resources": result.resources,
+                           "output": out_path, "files": sorted(result.files)}
+
+        reason = result.error or ("stopped by the emergency stop" if cancelled else "")
+        lifecycle.transition(self.repo, p, new, self.config.identity, base_text=text,
+                             update=fill, extra_files=files, reason=reason)
+
+    def _interrupt(self, pid: str, reason: str) -> None:
+        current = self._head_proposal(pid)
+        if current is None or current[0].status != S.RUNNING:
+            return
+        with self.writes:
+            lifecycle.transition(self.repo, current[0], S.INTERRUPTED, self.config.identity,
+                                 base_text=current[1], reason=reason)
+
+    # -- emergency stop ------------------------------------------------------------------
+    def _enforce_stop(self) -> None:
+        if self.activity != "stopped":
+            log.warning("emergency stop in force (%s)", STOP_PATH)
+        for run in self.runs.values():
+            run.cancel.set()
+        for pid in list(self.queue):
+            self.queue.pop(pid)
+            current = self._head_proposal(pid)
+            if current and current[0].status == S.APPROVED:
+                with self.writes:
+                    lifecycle.transition(self.repo, current[0], S.SUSPENDED,
+                                         self.config.identity, base_text=current[1],
+                                         reason="emergency stop: suspended before it started")
+        self.activity = "stopped" if not self.runs else "stopping"
+
+    def _resume(self) -> None:
+        log.info("emergency stop lifted; resuming")
+        for row in self.state.index.query(status=[S.SUSPENDED.value]):
+            current = self._head_proposal(row["id"])
+            if current:
+                with self.writes:
+                    lifecycle.transition(self.repo, current[0], S.PROPOSED,
+                                         self.config.identity, base_text=current[1],
+                                         reason="resumed after the emergency stop; decided again")
+                self.seen_manual.discard(row["id"])
+        self.activity = "idle"
+
+    # -- thinking ------------------------------------------------------------------------
+    def _maybe_think(self) -> None:
+        if not self.think_enabled or (self.thinker and self.thinker.is_alive()):
+            return
+        interval = float(self.config["controls"]["mission_poll_interval"])
+        if self.last_think and (self.once or time.monotonic() - self.last_think < interval):
+            return
+        self.last_think = time.monotonic()
+        self.thinker = threading.Thread(target=self._think, name="think", daemon=True)
+        self.thinker.start()
+
+    def _think(self) -> None:
+        try:
+            from . import planner
+        except ImportError:
+            return
+        try:
+            with self.writes:
+                planner.think(self.repo, self.config, llm=self._context())
+        except JanusError as e:
+            self.last_error = str(e)
+            log.error("thinking cycle: %s", e)
+        except Exception:
+            log.exception("thinking cycle crashed")
+        self.wake.set()
+
+    # -- bookkeeping ---------------------------------------------------------------------
+    def _load_cursor(self) -> str | None:
+        try:
+            return (self.lock.dir / "cursor").read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def _save_cursor(self) -> None:
+        if self.cursor:
+            tmp = self.lock.dir / "cursor.tmp"
+            tmp.write_text(self.cursor)
+            os.replace(tmp, self.lock.dir / "cursor")
+
+    def _write_status(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self._status_due:
+            return
+        self._status_due = now + 1.0
+        self.lock.write_status({
+            "pid": os.getpid(), "started_at": self.started, "activity": self.activity,
+            "head": self.cursor, "stopped": self.stopped, "queued": sorted(self.queue),
+            "running_ids": sorted(self.runs), "mode": self.config.mode,
+            "last_error": self.last_error, "updated_at": utcnow()})
+
+
+def _cpu_percent() -> float:
+    import psutil
+    return psutil.cpu_percent(interval=None)
+
+
+def run_daemon(root: str | Path, *, once: bool = False, think: bool = True) -> int:
+    return Daemon(root, once=once, think=think).run()

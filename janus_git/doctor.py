@@ -1,0 +1,38 @@
+"""`janus-git doctor`: what this machine offers janus-git, and why not when it does not."""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+
+def diagnose(root: Path) -> dict[str, Any]:
+    info: dict[str, Any] = {}
+    git = shutil.which("git")
+    info["git"] = subprocess.run(["git", "--version"], capture_output=True, text=True
+                                 ).stdout.strip() if git else "MISSING: install git"
+    try:
+        from . import tools
+        info["sandbox"] = tools.doctor()
+    except (ImportError, AttributeError) as e:
+        info["sandbox"] = f"unavailable: {e}"
+    info["llama_cpp"] = ("installed" if importlib.util.find_spec("llama_cpp") else
+                         "MISSING: pip install -e '.[llm]'")
+    try:
+        from .llm import find_default_model
+        info["model"] = str(find_default_model())
+    except Exception as e:  # doctor reports, it does not fail
+        info["model"] = f"not found: {e}"
+    if (root / ".git").exists():
+        from .daemon import read_status
+        info["daemon"] = read_status(root)
+        try:
+            from .config import load_config
+            cfg = load_config(root)
+            info["config"] = f"valid ({cfg.mode} mode, {len(cfg.tools)} tools, " \
+                             f"{len(cfg.approver_emails)} approvers)"
+        except Exception as e:
+            info["config"] = f"INVALID: {e}"
+    return info

@@ -1,0 +1,169 @@
+"""A derived index of proposals (sqlite under .git/janus/), never committed.
+
+The files in git are the truth: the index records the commit it reflects and catches up with
+`git diff-tree` when HEAD moves, or rebuilds itself from `git ls-tree` when missing or broken.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import ConfigError
+from .gitrepo import GitRepo, read_blobs
+from .proposal import parse_proposal
+from .store import PROPOSALS_DIR, check_placement, id_from_path, is_proposal_path
+
+SCHEMA_VERSION = "3"
+COLUMNS = ("id", "path", "status", "mission", "type", "tool", "risk", "created_at",
+           "created_by", "digest", "note", "error")
+_DDL = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS proposals (
+  path TEXT PRIMARY KEY, blob TEXT, {", ".join(f"{c} TEXT" for c in COLUMNS if c != "path")},
+  row_json TEXT);
+CREATE INDEX IF NOT EXISTS by_status ON proposals(status);
+CREATE INDEX IF NOT EXISTS by_created ON proposals(created_at);
+"""
+
+
+def row_for(path: str, blob: str, text: bytes) -> tuple:
+    """One index row; a broken file becomes a row with status 'invalid' and the error."""
+    try:
+        check_placement(path)
+        p = parse_proposal(text, path)
+        row = {"id": p.id, "path": path, "status": p.status.value, "mission": p.mission,
+               "type": p.type, "tool": p.tool, "risk": p.risk, "created_at": p.created_at,
+               "created_by": p.created_by, "digest": p.digest, "note": p.note, "error": None}
+    except ConfigError as e:
+        row = {c: None for c in COLUMNS}
+        row.update(id=id_from_path(path), path=path, status="invalid", error=str(e))
+    return (path, blob, *[row[c] for c in COLUMNS if c != "path"],
+            json.dumps(row, ensure_ascii=False))
+
+
+class Index:
+    def __init__(self, repo: GitRepo) -> None:
+        self.repo = repo
+        self.path = repo.git_dir / "janus" / "index.sqlite"
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_DDL)
+        return db
+
+    def _meta(self, db: sqlite3.Connection, key: str) -> str | None:
+        row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def sync(self, head: str | None = None) -> sqlite3.Connection:
+        """Bring the index to HEAD (or HEAD given) and return an open connection."""
+        head = head or self.repo.head()
+        try:
+            db = self._connect()
+            if self._meta(db, "version") != SCHEMA_VERSION:
+                raise sqlite3.DatabaseError("old index format")
+        except sqlite3.DatabaseError:
+            self.path.unlink(missing_ok=True)
+            db = self._connect()
+        seen = self._meta(db, "head")
+        if head is None or seen == head:
+            return db
+        if seen and self.repo.run("cat-file", "-t", seen, check=False).strip() == "commit":
+            self._apply_diff(db, seen, head)
+        else:
+            self._rebuild(db, head)
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('head', ?)", (head,))
+        return db
+
+    def rebuild(self) -> int:
+        db = self._connect()
+        head = self.repo.head()
+        if head:
+            self._rebuild(db, head)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('head', ?)", (head,))
+        return db.execute("SELECT count(*) FROM proposals").fetchone()[0]
+
+    def _rebuild(self, db: sqlite3.Connection, head: str) -> None:
+        out = self.repo.run("ls-tree", "-r", "-z", head, "--", PROPOSALS_DIR)
+        entries = []
+        for item in out.split("\0"):
+            if not item:
+                continue
+            meta, path = item.split("\t", 1)
+            if is_proposal_path(path):
+                entries.append((path, meta.split()[2]))
+        texts = read_blobs(self.repo, [blob for _, blob in entries])
+        rows = [row_for(path, blob, text) for (path, blob), text in zip(entries, texts)]
+        db.execute("BEGIN")
+        db.execute("DELETE FROM proposals")
+        db.executemany(f"INSERT INTO proposals VALUES ({','.join('?' * 14)})", rows)
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('version', ?)", (SCHEMA_VERSION,))
+        db.execute("COMMIT")
+
+    def _apply_diff(self, db: sqlite3.Connection, old: str, new: str) -> None:
+        out = self.repo.run("diff-tree", "-r", "-z", "--no-renames", old, new, "--",
+                            PROPOSALS_DIR)
+        fields = [f for f in out.split("\0") if f]
+        changed, deleted = [], []
+        for i in range(0, len(fields) - 1, 2):
+            meta, path = fields[i].split(), fields[i + 1]
+            if not is_proposal_path(path):
+                continue
+            (deleted if meta[4] == "D" else changed).append((path, meta[3]))
+        texts = read_blobs(self.repo, [b for _, b in changed]) if changed else []
+        db.execute("BEGIN")
+        db.executemany("DELETE FROM proposals WHERE path=?", [(p,) for p, _ in deleted])
+        db.executemany(f"INSERT OR REPLACE INTO proposals VALUES ({','.join('?' * 14)})",
+                       [row_for(p, b, t) for (p, b), t in zip(changed, texts)])
+        db.execute("COMMIT")
+
+    def query(self, *, status: Iterable[str] = (), mission: str | None = None,
+              tool: str | None = None, type_: str | None = None, since: str | None = None,
+              limit: int | None = None) -> list[dict[str, Any]]:
+        return [json.loads(r) for r in self.query_json(status=status, mission=mission,
+                                                       tool=tool, type_=type_, since=since,
+                                                       limit=limit)]
+
+    def query_json(self, *, status: Iterable[str] = (), mission: str | None = None,
+                   tool: str | None = None, type_: str | None = None,
+                   since: str | None = None, limit: int | None = None) -> list[str]:
+        """Rows as stored JSON strings (the fast path for `list --json`)."""
+        where, params = [], []
+        status = list(status)
+        if status:
+            where.append(f"status IN ({','.join('?' * len(status))})")
+            params += status
+        for col, val in (("mission", mission), ("tool", tool), ("type", type_)):
+            if val:
+                where.append(f"{col} = ?")
+                params.append(val)
+        if since:
+            where.append("created_at >= ?")
+            params.append(since)
+        sql = "SELECT row_json FROM proposals"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        db = self.sync()
+        try:
+            return [r[0] for r in db.execute(sql, params)]
+        finally:
+            db.close()
+
+    def counts(self) -> dict[str, int]:
+        db = self.sync()
+        try:
+            return dict(db.execute("SELECT status, count(*) FROM proposals GROUP BY status"))
+        finally:
+            db.close()
+
+
+def index_path(root: Path) -> Path:
+    return root / ".git" / "janus" / "index.sqlite"
