@@ -1,0 +1,74 @@
+"""Shared fixtures: real git repositories in temp dirs, and no test touches the real home."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+AGENT = ("Janus Agent", "janus-agent@localhost")
+ALICE = ("Alice Reviewer", "alice@example.com")
+MALLORY = ("Mallory", "mallory@example.com")
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory, monkeypatch):
+    """Point $HOME, $JANUS_GIT_HOME and git's global config at a temp dir; the person at the
+    keyboard is Alice unless a test says otherwise."""
+    home = tmp_path_factory.mktemp("home")
+    gitconfig = home / ".gitconfig"
+    gitconfig.write_text(f"[user]\n\tname = {ALICE[0]}\n\temail = {ALICE[1]}\n"
+                         "[init]\n\tdefaultBranch = main\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("JANUS_GIT_HOME", str(home / "janus-git"))
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(gitconfig))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for var in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME",
+                "GIT_COMMITTER_EMAIL", "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+def git(root: Path, *args: str, who: tuple[str, str] | None = None, check: bool = True,
+        **kw) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if who:
+        env.update(GIT_AUTHOR_NAME=who[0], GIT_AUTHOR_EMAIL=who[1],
+                   GIT_COMMITTER_NAME=who[0], GIT_COMMITTER_EMAIL=who[1])
+    return subprocess.run(["git", *args], cwd=root, env=env, check=check, text=True,
+                          capture_output=True, **kw)
+
+
+def edit_yaml(path: Path, **changes) -> None:
+    data = yaml.safe_load(path.read_text())
+    data.update(changes)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def configure(root: Path, who: tuple[str, str] = ALICE, **changes) -> None:
+    """Change state/agent.yaml and commit it as WHO."""
+    edit_yaml(root / "state" / "agent.yaml", **changes)
+    git(root, "add", "state/agent.yaml")
+    git(root, "commit", "-qm", "configure", who=who)
+
+
+@pytest.fixture
+def state_dir(tmp_path) -> Path:
+    """A fresh state repository with Alice as approver and the agent identity from conftest."""
+    from janus_git.state import init_state
+    root, _ = init_state(tmp_path / "state")
+    configure(root, agent={"name": AGENT[0], "email": AGENT[1]},
+              approvers=[{"name": ALICE[0], "email": ALICE[1]}])
+    return root
+
+
+@pytest.fixture
+def sr(state_dir):
+    from janus_git.state import StateRepo
+    return StateRepo(state_dir)
