@@ -1,0 +1,344 @@
+"""Proposal hygiene: deduplicate -> reject -> archive, and the novelty index.
+
+The novelty index (.git/janus/novelty.json, never committed) maps every proposal file at HEAD to
+the few fields hygiene needs plus the normalised digest of its type, tool and args.  It is
+derived: it catches up with `git diff-tree` when HEAD moves and `reindex()` rebuilds it from
+scratch.  It also remembers the digests of proposals whose file was deleted (a reverted
+creation), which only history knows, so the planner does not propose them again.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from . import lifecycle
+from .config import Config
+from .errors import ConfigError
+from .gitrepo import GitRepo, format_message
+from .proposal import Proposal, Status, check_transition, novelty_digest, parse_proposal
+from .store import PROPOSALS_DIR, is_proposal_path
+
+INDEX_VERSION = 1
+# statuses that can be the original of a duplicate: the work was or may still be done
+LIVE = frozenset({"proposed", "approved", "running", "succeeded", "failed", "suspended",
+                  "interrupted", "reverted"})
+# more actions than this go into batch commits instead of one commit per transition
+BATCH_THRESHOLD = 25
+BATCH_SIZE = 2000
+TRAILER_HYGIENE = "Janus-Hygiene"
+
+# a row: [id, novelty digest, status, mission, tool, type, created_at, blob]
+ID, NOV, STATUS, MISSION, TOOL, TYPE, CREATED, BLOB = range(8)
+
+
+def _read_blobs(repo: GitRepo, shas: list[str]) -> list[bytes]:
+    try:  # one `cat-file --batch` for all, where the git layer offers it
+        from .gitrepo import read_blobs
+    except ImportError:  # pragma: no cover
+        return [repo.read_blob(s, "") or b"" for s in shas]
+    return read_blobs(repo, shas)
+
+
+def row_from_text(text: bytes, path: str, blob: str) -> list[Any] | None:
+    try:
+        p = parse_proposal(text, path)
+    except ConfigError:
+        return None  # a broken file is the daemon's and `list`'s to report, not hygiene's
+    return [p.id, novelty_digest(p.type, p.tool, p.args), p.status.value, p.mission, p.tool,
+            p.type, p.created_at, blob]
+
+
+class NoveltyIndex:
+    def __init__(self, repo: GitRepo) -> None:
+        self.repo = repo
+        self.path = repo.git_dir / "janus" / "novelty.json"
+        self.head: str | None = None
+        self.rows: dict[str, list[Any]] = {}        # path -> row
+        self.forgotten: dict[str, str] = {}         # novelty digest -> id of the deleted one
+
+    # -- persistence ---------------------------------------------------------------------
+    def _load(self) -> bool:
+        try:
+            data = json.loads(self.path.read_bytes())
+            if data.get("version") != INDEX_VERSION:
+                return False
+            self.head, self.rows, self.forgotten = data["head"], data["rows"], data["forgotten"]
+            return True
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return False
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"version": INDEX_VERSION, "head": self.head,
+                                   "rows": self.rows, "forgotten": self.forgotten},
+                                  separators=(",", ":")))
+        os.replace(tmp, self.path)
+
+    # -- catching up ---------------------------------------------------------------------
+    def sync(self) -> "NoveltyIndex":
+        head = self.repo.head()
+        if not self._load():
+            return self.rebuild()
+        if head == self.head:
+            return self
+        if self.head and self.repo.run("cat-file", "-t", self.head, check=False).strip() \
+                == "commit":
+            self._apply_diff(self.head, head)
+        else:
+            return self.rebuild()
+        self.head = head
+        self.save()
+        return self
+
+    def _apply_diff(self, old: str, new: str | None) -> None:
+        out = self.repo.run("diff-tree", "-r", "-z", "--no-renames", old, new or old, "--",
+                            PROPOSALS_DIR)
+        fields = [f for f in out.split("\0") if f]
+        changed = []
+        for i in range(0, len(fields) - 1, 2):
+            meta, path = fields[i].split(), fields[i + 1]
+            if not is_proposal_path(path):
+                continue
+            if meta[4] == "D":
+                gone = self.rows.pop(path, None)
+                if gone:
+                    self.forgotten[gone[NOV]] = gone[ID]
+            else:
+                changed.append((path, meta[3]))
+        self._add(changed)
+
+    def _add(self, entries: list[tuple[str, str]]) -> None:
+        texts = _read_blobs(self.repo, [b for _, b in entries]) if entries else []
+        for (path, blob), text in zip(entries, texts):
+            row = row_from_text(text, path, blob)
+            if row is None:
+                self.rows.pop(path, None)
+            else:
+                self.rows[path] = row
+
+    def rebuild(self) -> "NoveltyIndex":
+        """From scratch: every proposal at HEAD, and every proposal file ever deleted."""
+        self.head, self.rows, self.forgotten = self.repo.head(), {}, {}
+        if self.head:
+            out = self.repo.run("ls-tree", "-r", "-z", self.head, "--", PROPOSALS_DIR)
+            entries = []
+            for item in filter(None, out.split("\0")):
+                meta, path = item.split("\t", 1)
+                if is_proposal_path(path):
+                    entries.append((path, meta.split()[2]))
+            self._add(entries)
+            self._recover_deleted()
+        self.save()
+        return self
+
+    def _recover_deleted(self) -> None:
+        out = self.repo.run("log", "--diff-filter=D", "--no-renames", "--name-only",
+                            "--format=%x1e%H %P", "--", PROPOSALS_DIR)
+        for record in filter(None, out.split("\x1e")):
+            lines = [ln for ln in record.splitlines() if ln.strip()]
+            shas = lines[0].split()
+            if len(shas) < 2:
+                continue
+            for path in lines[1:]:
+                if path in self.rows or not is_proposal_path(path):
+                    continue  # deleted once, restored since
+                text = self.repo.read_blob(shas[1], path)
+                row = row_from_text(text, path, "") if text else None
+                if row:
+                    self.forgotten.setdefault(row[NOV], row[ID])
+
+    # -- questions -----------------------------------------------------------------------
+    def remember(self, p: Proposal) -> None:
+        self.forgotten[novelty_digest(p.type, p.tool, p.args)] = p.id
+        self.save()
+
+    def original_of(self, p: Proposal, window_days: float,
+                    now: dt.datetime | None = None) -> tuple[str, str] | None:
+        """(id, why) of what makes P not novel, or None: a live proposal with the same
+        normalised digest filed within the window, or a deleted (reverted) one."""
+        digest = novelty_digest(p.type, p.tool, p.args)
+        if digest in self.forgotten:
+            return self.forgotten[digest], "its creation was reverted"
+        cutoff = _ts(now or dt.datetime.now(dt.timezone.utc)) - window_days * 86400
+        best = None
+        for row in self.rows.values():
+            if row[NOV] == digest and row[ID] != p.id and row[STATUS] in LIVE \
+                    and _parse_ts(row[CREATED]) >= cutoff:
+                if best is None or row[ID] < best:
+                    best = row[ID]
+        return (best, "the same proposal was filed in the novelty window") if best else None
+
+
+def _parse_ts(value: str) -> float:
+    try:
+        return _ts(dt.datetime.fromisoformat(value.replace("Z", "+00:00")))
+    except (ValueError, AttributeError):
+        return 0.0  # an unreadable date counts as very old
+
+
+def _ts(d: dt.datetime) -> float:
+    return d.timestamp() if d.tzinfo else d.replace(tzinfo=dt.timezone.utc).timestamp()
+
+
+def remember_deleted(repo: GitRepo, p: Proposal) -> None:
+    """A proposal file was deleted (its creation reverted): never propose it again."""
+    NoveltyIndex(repo).sync().remember(p)
+
+
+def reindex(repo: GitRepo) -> int:
+    return len(NoveltyIndex(repo).rebuild().rows)
+
+
+@dataclass
+class Action:
+    id: str
+    path: str
+    new: Status
+    reason: str
+    duplicate_of: str | None = None
+
+
+def plan(rows: Iterable[tuple[str, list[Any]]], config: Config, done_missions: set[str],
+         forgotten: dict[str, str], now: dt.datetime) -> list[Action]:
+    """Pure: the hygiene actions due for ROWS ((path, row) pairs), oldest first."""
+    window = config["hygiene"]["novelty_window_days"] * 86400
+    archive_before = _ts(now) - config["hygiene"]["archive_after_days"] * 86400
+    tools = set(config.tools)
+    originals: dict[str, tuple[str, float]] = {}  # novelty -> (first live id, its time)
+    actions = []
+    for path, row in sorted(rows, key=lambda pr: pr[1][ID]):
+        status, created = row[STATUS], _parse_ts(row[CREATED])
+        if status != "proposed":
+            if status in LIVE:
+                originals.setdefault(row[NOV], (row[ID], created))
+            continue
+        action = _judge(row, path, tools, done_missions, forgotten, originals, window,
+                        archive_before, created)
+        if action:
+            actions.append(action)
+        else:
+            originals.setdefault(row[NOV], (row[ID], created))
+    return actions
+
+
+def _judge(row, path, tools, done_missions, forgotten, originals, window, archive_before,
+           created) -> Action | None:
+    if row[TOOL] not in tools:
+        return Action(row[ID], path, Status.REJECTED,
+                      f"tool {row[TOOL]!r} is no longer in the registry (state/agent.yaml)")
+    if row[MISSION] in done_missions:
+        return Action(row[ID], path, Status.REJECTED, f"mission {row[MISSION]} is done")
+    if row[NOV] in forgotten:
+        return Action(row[ID], path, Status.DUPLICATE, "the same proposal's creation was "
+                      "reverted; it is not proposed again", forgotten[row[NOV]])
+    first = originals.get(row[NOV])
+    if first and created - first[1] <= window:
+        return Action(row[ID], path, Status.DUPLICATE, f"same as {first[0]} (normalised "
+                      "type, tool and args, inside the novelty window)", first[0])
+    if created < archive_before:
+        return Action(row[ID], path, Status.ARCHIVED, "not run before archive_after_days")
+    return None
+
+
+def _done_missions(repo: GitRepo) -> set[str]:
+    from .missions import load_missions
+    return {m.id for m in load_missions(repo, on_error=lambda e: None) if m.status == "done"}
+
+
+def hygiene(repo: GitRepo, config: Config, dry_run: bool = False, *,
+            now: dt.datetime | None = None, reindex: bool = False) -> dict[str, Any]:
+    """Deduplicate, reject and archive proposed proposals; returns counts (and, in a dry run,
+    the actions it would take)."""
+    index = NoveltyIndex(repo)
+    index.rebuild() if reindex else index.sync()
+    now = now or dt.datetime.now(dt.timezone.utc)
+    actions = plan(index.rows.items(), config, _done_missions(repo), index.forgotten, now)
+    counts: dict[str, Any] = {"scanned": len(index.rows), "duplicate": 0, "archived": 0,
+                              "rejected": 0, "commits": 0}
+    for a in actions:
+        counts[a.new.value] += 1
+    if dry_run:
+        counts["actions"] = [{"id": a.id, "to": a.new.value, "reason": a.reason,
+                              "duplicate_of": a.duplicate_of} for a in actions]
+        return counts
+    if len(actions) <= BATCH_THRESHOLD:
+        counts["commits"] = _apply_each(repo, config, actions)
+    else:
+        counts["commits"] = _apply_batched(repo, config, actions)
+    return counts
+
+
+def _load(repo: GitRepo, a: Action) -> tuple[Proposal, bytes] | None:
+    text = repo.read_blob("HEAD", a.path)
+    if text is None:
+        return None
+    p = parse_proposal(text, a.path)
+    return (p, text) if p.status == Status.PROPOSED else None
+
+
+def _mark(a: Action):
+    def update(p: Proposal) -> None:
+        if a.duplicate_of:
+            p.duplicate_of = a.duplicate_of
+    return update
+
+
+def _apply_each(repo: GitRepo, config: Config, actions: list[Action]) -> int:
+    commits = 0
+    for a in actions:
+        loaded = _load(repo, a)
+        if loaded:
+            lifecycle.transition(repo, loaded[0], a.new, config.identity, reason=a.reason,
+                                 base_text=loaded[1], update=_mark(a))
+            commits += 1
+    return commits
+
+
+def _apply_batched(repo: GitRepo, config: Config, actions: list[Action]) -> int:
+    """Bulk cleansing (thousands of legacy proposals): one commit per BATCH_SIZE transitions,
+    each still checked against the transition table, listed one per line in the body, with a
+    Janus-Hygiene trailer instead of the per-proposal trailers."""
+    commits = 0
+    texts = dict(zip([a.path for a in actions],
+                     _read_head_blobs(repo, [a.path for a in actions])))
+    for start in range(0, len(actions), BATCH_SIZE):
+        files, guard, lines = {}, {}, []
+        for a in actions[start:start + BATCH_SIZE]:
+            text = texts.get(a.path)
+            if not text:
+                continue
+            p = parse_proposal(text, a.path)
+            if p.status != Status.PROPOSED:
+                continue
+            check_transition(p.status, a.new)
+            p.status, p.note = a.new, a.reason
+            _mark(a)(p)
+            files[a.path], guard[a.path] = p.to_yaml(), text
+            lines.append(f"{a.id}: proposed -> {a.new.value} ({a.reason})")
+        if not files:
+            continue
+        subject = f"janus: hygiene: {len(files)} proposals cleansed"
+        repo.commit_files(files, format_message(subject, "\n".join(lines), {
+            TRAILER_HYGIENE: f"batch of {len(files)}"}), config.identity, guard=guard)
+        commits += 1
+    return commits
+
+
+def _read_head_blobs(repo: GitRepo, paths: list[str]) -> list[bytes]:
+    if not paths:
+        return []
+    out = repo.run("ls-tree", "-z", "HEAD", "--", *paths) if len(paths) < 500 else \
+        repo.run("ls-tree", "-r", "-z", "HEAD", "--", PROPOSALS_DIR)
+    blobs = {}
+    for item in filter(None, out.split("\0")):
+        meta, path = item.split("\t", 1)
+        blobs[path] = meta.split()[2]
+    wanted = [blobs.get(p) for p in paths]
+    found = _read_blobs(repo, [b for b in wanted if b])
+    it = iter(found)
+    return [next(it) if b else b"" for b in wanted]
+

