@@ -28,7 +28,7 @@ from .approvals import (APPROVAL_BRANCH_PREFIX, TRAILER_APPROVAL_BRANCH, check_a
 from .config import AGENT_PATH, Config, load_config
 from .controls import Escapement, Governor, ReliefValve
 from .errors import ConfigError, Conflict, JanusError, NotFound
-from .gitrepo import Commit, format_message
+from .gitrepo import Commit, crashpoint, format_message
 from .policy import decide
 from .proposal import HUMAN_TRANSITIONS, Proposal, Status, parse_proposal, shard_path, utcnow
 from .state import STOP_PATH, StateRepo
@@ -219,6 +219,9 @@ class Daemon:
         return tick
 
     def _start_up(self) -> None:
+        for path in self.repo.recover_intents():
+            log.warning("put %s back to HEAD: a janus-git process died before committing it",
+                        path)
         self.cursor = self._load_cursor()
         head = self.repo.head()
         if head is None:
@@ -289,6 +292,7 @@ class Daemon:
             for commit in self.repo.first_parent_log(self.cursor, head):
                 self._process_commit(commit)
                 self.cursor = commit.sha
+            crashpoint("after-catch-up")
             self.cursor = self.repo.head() if self.cursor != head else head
         self._save_cursor()
 
@@ -349,14 +353,15 @@ class Daemon:
                               "change")
             return
         if new.status == S.APPROVED:
-            self._judge_approval(c, p, text)
+            self._judge_approval(c, new, p, text)
         elif new.status in (S.PROPOSED, S.REJECTED):
             self.queue.pop(p.id, None)
             log.info("%s: %s -> %s by %s", p.id, old.status.value, new.status.value,
                      c.author_email)
 
-    def _judge_approval(self, c: Commit, p: Proposal, text: bytes) -> None:
-        verdict = check_approval(self.repo, self.config, c, p)
+    def _judge_approval(self, c: Commit, then: Proposal, p: Proposal, text: bytes) -> None:
+        """THEN is the proposal as the approving commit C left it; P and TEXT are HEAD's."""
+        verdict = check_approval(self.repo, self.config, c, then)
         if not verdict.ok:
             lifecycle.transition(self.repo, p, S.PROPOSED, self.config.identity,
                                  base_text=text,
@@ -385,11 +390,11 @@ class Daemon:
             then = self.repo.read_blob(c.sha, p.path)
             try:
                 was = parse_proposal(old_text, p.path).status if old_text else None
-                now = parse_proposal(then, p.path).status if then else None
+                approved = parse_proposal(then, p.path) if then else None
             except ConfigError:
                 continue
-            if now == S.APPROVED and was != S.APPROVED:
-                self._judge_approval(self.repo.commit_info(c.sha), p, text)
+            if approved and approved.status == S.APPROVED and was != S.APPROVED:
+                self._judge_approval(self.repo.commit_info(c.sha), approved, p, text)
                 return
 
     def _remember_deleted(self, c: Commit, path: str) -> None:
@@ -463,6 +468,7 @@ class Daemon:
                 sha = lifecycle.transition(self.repo, p, S.APPROVED, self.config.identity,
                                            base_text=text, update=approve,
                                            reason=decision.reason)
+            crashpoint("after-auto-approve")
             record["commit"] = sha
             self.queue[pid] = Ticket(pid, record)
             pending_auto += 1
@@ -498,7 +504,11 @@ class Daemon:
             if self.escapement.wait_time(self.governor.throttle) > 0:
                 return
             ticket = self.queue.pop(next(iter(self.queue)))
-            self._start(ticket)
+            try:
+                self._start(ticket)
+            except Conflict:
+                self.queue[ticket.id] = ticket  # a person is editing it: try again later
+                raise
 
     def _start(self, ticket: Ticket) -> None:
         from . import tools
@@ -517,6 +527,7 @@ class Daemon:
                                      "approved digest no longer matches; approve it again")
             return
         started = utcnow()
+        crashpoint("before-running-commit")
 
         def mark(q: Proposal) -> None:
             q.decision = ticket.decision
@@ -525,6 +536,7 @@ class Daemon:
         with self.writes:
             lifecycle.transition(self.repo, p, S.RUNNING, self.config.identity, base_text=text,
                                  update=mark)
+        crashpoint("after-running-commit")
         self.escapement.take()
         run = Run(p.id, thread=None)  # type: ignore[arg-type]
 
@@ -544,6 +556,7 @@ class Daemon:
         run.thread.start()
 
     def _started(self, pid: str, os_pid: int) -> None:
+        crashpoint("tool-started")
         if self.on_start_hook:
             self.on_start_hook(pid, os_pid)
 
@@ -568,9 +581,11 @@ class Daemon:
                 continue
             self._pending_results.append((run, current[0]))
         for item in list(self._pending_results):
+            crashpoint("before-result-commit")
             try:
                 with self.writes:
                     self._commit_result(*item)
+                crashpoint("after-result-commit")
                 self._pending_results.remove(item)
             except Conflict as e:
                 log.info("result of %s waits: %s", item[1].id, e)
@@ -616,6 +631,7 @@ class Daemon:
         with self.writes:
             lifecycle.transition(self.repo, current[0], S.INTERRUPTED, self.config.identity,
                                  base_text=current[1], reason=reason)
+        crashpoint("after-interrupt")
 
     # -- emergency stop ------------------------------------------------------------------
     def _enforce_stop(self) -> None:

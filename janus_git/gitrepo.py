@@ -9,8 +9,11 @@ uncommitted work in a shared working tree is never swept into an agent commit.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
+import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -237,6 +240,7 @@ class GitRepo:
             if current != expected:
                 raise Conflict(f"{path} has uncommitted changes in the working tree; "
                                "commit or discard them and the daemon will retry")
+        journal = self._write_intent(files)
         for path, data in files.items():
             target = self.root / path
             if data is None:
@@ -249,9 +253,46 @@ class GitRepo:
         paths = sorted(files)
         env = identity.env() if identity else None
         self.run_retrying("add", "-A", "--", *paths)
+        crashpoint("mid-commit")
         self.run_retrying("commit", "-q", "--no-verify", "--allow-empty", "--only", "-F", "-",
                           "--", *paths, env=env, stdin=message)
+        journal.unlink(missing_ok=True)
         return self.run("rev-parse", "HEAD").strip()
+
+    # An intent journal makes a write-then-commit safe against a crash in between: what a dead
+    # process wrote but never committed is put back to HEAD, so it cannot be mistaken for a
+    # person's uncommitted edit (which the daemon would otherwise wait on forever).
+    def _write_intent(self, files: dict[str, bytes | None]) -> Path:
+        jdir = self.git_dir / "janus"
+        jdir.mkdir(parents=True, exist_ok=True)
+        path = jdir / f"intent-{os.getpid()}.json"
+        intent = {p: (hashlib.sha256(d).hexdigest() if d is not None else None)
+                  for p, d in files.items()}
+        atomic_write(path, json.dumps(intent).encode())
+        return path
+
+    def recover_intents(self) -> list[str]:
+        """Undo the uncommitted writes of janus-git processes that died mid-commit."""
+        restored = []
+        for journal in (self.git_dir / "janus").glob("intent-*.json"):
+            pid = int(journal.stem.split("-", 1)[1])
+            if pid != os.getpid() and _alive(pid):
+                continue
+            intent = json.loads(journal.read_text() or "{}")
+            for path, digest in intent.items():
+                current = _read_or_none(self.root / path)
+                ours = (current is None if digest is None else
+                        current is not None and hashlib.sha256(current).hexdigest() == digest)
+                if not ours:
+                    continue  # someone else's content now: leave it alone
+                if self.read_blob("HEAD", path) is not None:
+                    self.run_retrying("checkout", "-q", "HEAD", "--", path)
+                else:
+                    self.run_retrying("rm", "-q", "--cached", "--ignore-unmatch", "--", path)
+                    (self.root / path).unlink(missing_ok=True)
+                restored.append(path)
+            journal.unlink(missing_ok=True)
+        return restored
 
     def commit_all_staged(self, message: str, identity: Identity | None = None) -> str:
         env = identity.env() if identity else None
@@ -278,6 +319,26 @@ class GitRepo:
             tree = self.run("write-tree", env=env).strip()
             return self.run("commit-tree", tree, "-p", parent, "-F", "-", env=env,
                             stdin=message).strip()
+
+
+def crashpoint(name: str) -> None:
+    """Crash tests name a point here (JANUS_GIT_CRASHPOINT); the process SIGKILLs itself
+    there, exactly as `kill -9` would.  Free when the variable is unset."""
+    if _CRASHPOINT and _CRASHPOINT == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_CRASHPOINT = os.environ.get("JANUS_GIT_CRASHPOINT")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _read_or_none(path: Path) -> bytes | None:

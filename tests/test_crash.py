@@ -1,0 +1,68 @@
+"""kill -9 of the daemon at ten points of a run: no proposal lost, none run twice, fsck clean."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import git
+from daemonkit import fsck_clean, propose, record, run_once, tool_use_lines, wait_status
+
+POINTS = ["after-catch-up", "mid-commit", "after-auto-approve", "before-running-commit",
+          "after-running-commit", "tool-started", "before-result-commit", "after-result-commit"]
+
+
+def _check_recovered(root, pid):
+    for _ in range(2):
+        done = run_once(root)
+        assert done.returncode == 0, done.stderr
+    rec = record(root, pid)
+    assert rec, "the proposal was lost"
+    runs = tool_use_lines(root, pid)
+    assert len(runs) <= 1, "ran twice"
+    if rec["status"] == "succeeded":
+        assert len(runs) == 1
+    else:
+        assert rec["status"] == "interrupted", rec
+    assert git(root, "status", "--porcelain").stdout == "", "the tree was left dirty"
+    fsck_clean(root)
+    return rec
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_kill9_at_each_point(state_dir, point):
+    pid = propose(state_dir, "echo", "crash test")
+    crashed = run_once(state_dir, env={"JANUS_GIT_CRASHPOINT": point})
+    assert crashed.returncode == -signal.SIGKILL, (point, crashed.stderr)
+    _check_recovered(state_dir, pid)
+
+
+def test_kill9_during_recovery_of_an_interrupted_run(state_dir):
+    pid = propose(state_dir, "echo", "crash twice")
+    assert run_once(state_dir, env={"JANUS_GIT_CRASHPOINT": "tool-started"}).returncode == -9
+    assert run_once(state_dir, env={"JANUS_GIT_CRASHPOINT": "after-interrupt"}).returncode == -9
+    assert _check_recovered(state_dir, pid)["status"] == "interrupted"
+
+
+def test_kill9_mid_tool_from_outside_kills_the_tool_too(state_dir):
+    marker = "janus-crash-sleep-marker"
+    pid = propose(state_dir, "-c", f"import time; time.sleep(120)  # {marker}",
+                  tool="python", type_="maintenance")
+    run_once(state_dir)
+    git(state_dir, "commit", "-q", "--allow-empty", "-m", "noop")
+    from daemonkit import set_status
+    set_status(state_dir, pid, "approved")
+    d = subprocess.Popen([sys.executable, "-m", "janus_git.cli", "daemon", str(state_dir),
+                          "--no-think"], stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_status(state_dir, pid, "running")
+    time.sleep(0.5)
+    os.kill(d.pid, signal.SIGKILL)
+    d.wait()
+    time.sleep(0.5)
+    left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
+    assert left.strip() == "", "the tool outlived the daemon"
+    _check_recovered(state_dir, pid)

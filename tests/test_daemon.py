@@ -1,0 +1,268 @@
+"""The daemon with a real process on a real repository: approvals, policy, rollback, stop."""
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import AGENT, ALICE, MALLORY, configure, git
+from daemonkit import (DaemonProcess, fsck_clean, propose, record, run_once, set_status,
+                       status, wait_for, wait_status)
+
+MANUAL = "maintenance"  # a type that is not on the auto-exec whitelist
+
+
+def test_whitelisted_work_runs_with_no_human(state_dir):
+    with DaemonProcess(state_dir):
+        pid = propose(state_dir, "echo", "hello from beta")
+        rec = wait_status(state_dir, pid, "succeeded")
+    assert rec["decision"]["rule"] == "auto:beta:analysis:shell"
+    assert rec["risk"] == "low"
+    out = (state_dir / rec["execution"]["output"]).read_text()
+    assert "hello from beta" in out
+    subjects = git(state_dir, "log", "--format=%(trailers:key=Janus-Transition,valueonly)",
+                   "--", rec_path(pid)).stdout.split()
+    assert " ".join(subjects).count("->") == 4  # new->proposed->approved->running->succeeded
+    fsck_clean(state_dir)
+
+
+def rec_path(pid: str) -> str:
+    return f"proposals/{pid[0:4]}/{pid[4:6]}/{pid}.yaml"
+
+
+def test_manual_proposal_waits_then_runs_on_approvers_commit(state_dir):
+    with DaemonProcess(state_dir):
+        pid = propose(state_dir, "echo", "manual", type_=MANUAL)
+        wait_for(lambda: git(state_dir, "rev-parse", "-q", "--verify",
+                             f"refs/heads/janus/proposal/{pid}", check=False).returncode == 0,
+                 what="the approval branch")
+        time.sleep(0.3)
+        assert status(state_dir, pid) == "proposed"
+        approval = set_status(state_dir, pid, "approved")
+        rec = wait_status(state_dir, pid, "succeeded")
+    assert rec["decision"]["rule"] == "human"
+    assert rec["decision"]["by"] == ALICE[1]
+    assert rec["decision"]["commit"] == approval
+
+
+@pytest.mark.parametrize("who,why", [(MALLORY, "not in approvers"),
+                                     (AGENT, "agent's own identity")])
+def test_approval_by_wrong_identity_is_refused_and_says_why(state_dir, who, why):
+    with DaemonProcess(state_dir):
+        pid = propose(state_dir, "echo", "x", type_=MANUAL)
+        set_status(state_dir, pid, "approved", who=who)
+        rec = wait_for(lambda: (r := record(state_dir, pid)).get("status") == "proposed"
+                       and "refused" in r.get("note", "") and r, what="the refusal")
+    assert why in rec["note"]
+    assert not rec["execution"]
+
+
+def test_edit_after_approval_voids_it(state_dir):
+    pid = propose(state_dir, "echo", "original", type_=MANUAL)
+    run_once(state_dir)
+    set_status(state_dir, pid, "approved")
+    set_status(state_dir, pid, "approved", args=["echo", "swapped"])  # edited after approval
+    run_once(state_dir)
+    rec = record(state_dir, pid)
+    assert rec["status"] == "proposed"
+    assert "changed after approval" in rec["note"]
+    assert not rec["execution"]
+
+
+def test_approval_that_changes_args_is_refused(state_dir):
+    pid = propose(state_dir, "echo", "original", type_=MANUAL)
+    set_status(state_dir, pid, "approved", args=["echo", "other"])
+    run_once(state_dir)
+    rec = record(state_dir, pid)
+    assert rec["status"] == "proposed" and "digest" in rec["note"]
+
+
+def test_merge_of_the_approval_branch_approves_but_fast_forward_does_not(state_dir):
+    a = propose(state_dir, "echo", "merged", type_=MANUAL)
+    b = propose(state_dir, "echo", "fast-forwarded", type_=MANUAL)
+    run_once(state_dir)
+    git(state_dir, "merge", "--no-ff", "-q", "-m", "approve a", f"janus/proposal/{a}",
+        who=ALICE)
+    run_once(state_dir)
+    assert record(state_dir, a)["status"] == "succeeded"
+    git(state_dir, "merge", "--ff-only", "-q", f"janus/proposal/{b}", who=ALICE, check=False)
+    if status(state_dir, b) == "approved":  # fast-forward landed the agent's own commit
+        run_once(state_dir)
+        rec = record(state_dir, b)
+        assert rec["status"] == "proposed" and "fast-forward" in rec["note"]
+    else:  # main moved on, so git refused the fast-forward: no approval either
+        assert status(state_dir, b) == "proposed"
+
+
+def test_revert_of_result_marks_reverted_restores_files_and_never_reruns(state_dir):
+    pid = propose(state_dir, "echo", "to be reverted")
+    run_once(state_dir)
+    rec = record(state_dir, pid)
+    assert rec["status"] == "succeeded"
+    out = rec["execution"]["output"]
+    result_commit = git(state_dir, "log", "-1", "--format=%H", "--", out).stdout.strip()
+    git(state_dir, "revert", "--no-edit", result_commit, who=ALICE)
+    assert not (state_dir / out).exists()
+    run_once(state_dir)
+    rec = record(state_dir, pid)
+    assert rec["status"] == "reverted"
+    run_once(state_dir)
+    assert record(state_dir, pid)["status"] == "reverted"
+    assert not (state_dir / out).exists()
+    fsck_clean(state_dir)
+
+
+def test_revert_of_approval_before_run_returns_to_proposed(state_dir):
+    pid = propose(state_dir, "echo", "x", type_=MANUAL)
+    run_once(state_dir)
+    approval = set_status(state_dir, pid, "approved")
+    git(state_dir, "revert", "--no-edit", approval, who=ALICE)
+    run_once(state_dir)
+    rec = record(state_dir, pid)
+    assert rec["status"] == "proposed" and not rec["execution"]
+
+
+def test_human_cannot_set_succeeded_by_hand(state_dir):
+    pid = propose(state_dir, "echo", "x", type_=MANUAL)
+    run_once(state_dir)
+    set_status(state_dir, pid, "succeeded")
+    run_once(state_dir)
+    rec = record(state_dir, pid)
+    assert rec["status"] == "proposed" and "only the daemon" in rec["note"]
+
+
+def test_alpha_mode_leaves_everything_manual(state_dir):
+    configure(state_dir, mode="alpha")
+    pid = propose(state_dir, "echo", "x")
+    run_once(state_dir)
+    assert status(state_dir, pid) == "proposed"
+
+
+def test_unknown_tool_and_hostile_args_are_rejected_with_reason(state_dir):
+    configure(state_dir, tools={**yaml.safe_load((state_dir / "state/agent.yaml").read_text())
+                                ["tools"]})
+    bad = propose(state_dir, "ls;", "rm", "-rf", "/")
+    run_once(state_dir)
+    rec = record(state_dir, bad)
+    assert rec["status"] == "rejected" and rec["note"]
+
+
+# -- signatures --------------------------------------------------------------------------------
+def _keys(tmp: Path) -> tuple[Path, Path]:
+    alice, mallory = tmp / "alice", tmp / "mallory"
+    for k in (alice, mallory):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(k)], check=True)
+    return alice, mallory
+
+
+def test_signed_approvals(state_dir, tmp_path):
+    alice_key, mallory_key = _keys(tmp_path)
+    signers = state_dir / "state" / "allowed_signers"
+    signers.write_text(f"{ALICE[1]} {Path(str(alice_key) + '.pub').read_text()}")
+    git(state_dir, "add", "state/allowed_signers")
+    git(state_dir, "commit", "-qm", "signers", who=ALICE)
+    configure(state_dir, require_signed_approvals=True)
+    good = propose(state_dir, "echo", "good", type_=MANUAL)
+    unsigned = propose(state_dir, "echo", "unsigned", type_=MANUAL)
+    forged = propose(state_dir, "echo", "forged", type_=MANUAL)
+    run_once(state_dir)
+    set_status(state_dir, good, "approved", sign_key=alice_key)
+    set_status(state_dir, unsigned, "approved")
+    set_status(state_dir, forged, "approved", sign_key=mallory_key)  # Alice's e-mail, wrong key
+    run_once(state_dir)
+    assert status(state_dir, good) == "succeeded"
+    for pid in (unsigned, forged):
+        rec = record(state_dir, pid)
+        assert rec["status"] == "proposed", pid
+        assert "signed approvals are required" in rec["note"]
+
+
+# -- emergency stop ----------------------------------------------------------------------------
+def test_stop_kills_running_suspends_queued_and_resume_lifts_it(state_dir):
+    configure(state_dir, controls={"tick_hz": 10, "max_starts_per_second": 10})
+    with DaemonProcess(state_dir) as d:
+        slow = propose(state_dir, "-c", "import time; time.sleep(60)", tool="python",
+                       type_=MANUAL)
+        wait_for(lambda: git(state_dir, "rev-parse", "-q", "--verify",
+                             f"refs/heads/janus/proposal/{slow}", check=False).returncode == 0)
+        set_status(state_dir, slow, "approved")
+        wait_status(state_dir, slow, "running")
+        queued = propose(state_dir, "echo", "queued behind the slow one")
+        wait_status(state_dir, queued, "approved")
+        t0 = time.monotonic()
+        out = subprocess.run(["janus-git", "stop", "-C", str(state_dir), "--reason", "test"],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        wait_status(state_dir, slow, "interrupted", timeout=10)
+        assert time.monotonic() - t0 < 5
+        wait_status(state_dir, queued, "suspended")
+        late = propose(state_dir, "echo", "filed during the stop")
+        time.sleep(0.5)
+        assert status(state_dir, late) == "proposed"
+        assert d.alive()
+        subprocess.run(["janus-git", "resume", "-C", str(state_dir)], check=True)
+        wait_status(state_dir, late, "succeeded")
+        wait_status(state_dir, queued, "succeeded")
+    assert record(state_dir, slow)["status"] == "interrupted"
+
+
+def test_stop_dry_run_changes_nothing(state_dir):
+    head = git(state_dir, "rev-parse", "HEAD").stdout
+    out = subprocess.run(["janus-git", "stop", "--dry-run", "-C", str(state_dir)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "DRY RUN" in out.stdout
+    assert git(state_dir, "rev-parse", "HEAD").stdout == head
+    assert not (state_dir / "state" / "STOP").exists()
+
+
+def test_revert_of_stop_commit_resumes(state_dir):
+    subprocess.run(["janus-git", "stop", "-C", str(state_dir)], check=True)
+    pid = propose(state_dir, "echo", "x")
+    run_once(state_dir)
+    assert status(state_dir, pid) == "proposed"
+    stop_commit = git(state_dir, "log", "-1", "--format=%H", "--", "state/STOP").stdout.strip()
+    git(state_dir, "revert", "--no-edit", stop_commit, who=ALICE)
+    run_once(state_dir)
+    assert status(state_dir, pid) == "succeeded"
+
+
+def test_sigterm_exits_cleanly_and_one_daemon_per_repo(state_dir):
+    d = DaemonProcess(state_dir).wait_ready()
+    second = run_once(state_dir)
+    assert second.returncode == 1 and "another janus-git daemon" in second.stderr
+    st = subprocess.run(["janus-git", "status", "-C", str(state_dir), "--json"],
+                        capture_output=True, text=True, check=True)
+    assert f'"pid": {d.proc.pid}' in st.stdout
+    assert d.stop() == 0
+
+
+# -- bad input ---------------------------------------------------------------------------------
+def test_bad_input_keeps_the_daemon_alive(state_dir):
+    with DaemonProcess(state_dir) as d:
+        broken = propose(state_dir, "echo", "to be broken", type_=MANUAL)
+        path = state_dir / rec_path(broken)
+        wait_for(lambda: git(state_dir, "rev-parse", "-q", "--verify",
+                             f"refs/heads/janus/proposal/{broken}", check=False).returncode == 0)
+        path.write_text("status: [approved\n  <<<<<<< HEAD\n")  # conflict markers, bad YAML
+        git(state_dir, "commit", "-qam", "oops", who=ALICE)
+        (state_dir / "state" / "agent.yaml").write_text("mode: [beta\n")
+        git(state_dir, "commit", "-qam", "broken config", who=ALICE)
+        unknown = propose(state_dir, "x", tool="shell", type_="analysis")
+        deleted = propose(state_dir, "echo", "deleted", type_=MANUAL)
+        git(state_dir, "rm", "-q", rec_path(deleted))
+        git(state_dir, "commit", "-qm", "delete a proposal", who=ALICE)
+        (state_dir / "proposals" / "stray.yaml").write_text("id: nope\n")
+        git(state_dir, "add", "proposals/stray.yaml")
+        git(state_dir, "commit", "-qm", "stray", who=ALICE)
+        after = propose(state_dir, "echo", "still alive")
+        wait_status(state_dir, after, "succeeded")
+        wait_status(state_dir, unknown, "rejected")
+        assert d.alive()
+    log = d.text()
+    assert "not valid YAML" in log
+    listed = subprocess.run(["janus-git", "list", "-C", str(state_dir), "--json"],
+                            capture_output=True, text=True, check=True).stdout
+    assert '"status": "invalid"' in listed and after in listed
