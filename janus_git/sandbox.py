@@ -7,8 +7,9 @@ Two isolation levels; the one used is recorded on every run:
   read-only at ``/repo`` (the working directory; its ``.git`` hidden unless asked), a fresh
   writable scratch dir at ``/tmp`` (also ``HOME``), ``--new-session``, ``--die-with-parent``,
   a clean environment, uid/gid 65534.
-* ``reduced`` (no usable bwrap, or forced with ``JANUS_GIT_FORCE_REDUCED=1``): no namespaces, so
-  no network isolation; rlimits, own session and process group, clean environment, uid 65534
+* ``reduced`` (no usable bwrap, or forced with ``JANUS_GIT_FORCE_REDUCED=1``): no mount or pid
+  namespaces; the network is taken away with ``unshare --user --net`` where that works (else
+  the run records that it could reach the network); rlimits, own session and process group, clean environment, uid 65534
   when the daemon is root; cwd is the repository (not writable by that uid), ``HOME`` and
   ``TMPDIR`` the scratch dir.
 
@@ -41,7 +42,8 @@ For other modules (node_generator, process_chunk, ...)::
     # files the command wrote in /tmp (bwrap) or $TMPDIR (reduced) are in out_dir afterwards.
 
 ``run(argv, limits, root, *, network=False, cancel=None, on_start=None, stdin=None,
-writable_dir=None, isolation=None, cgroups=None, ro_binds=(), hide_git=True)`` never raises
+writable_dir=None, isolation=None, cgroups=None, ro_binds=(), hide_git=True, env=None)``
+never raises
 for a failing command; it raises ``SandboxError`` only when asked for bwrap where there is none.
 """
 from __future__ import annotations
@@ -216,20 +218,38 @@ def _drop_to_nobody() -> bool:
 
 
 def _bwrap_probe() -> tuple[bool, str]:
+    """Run `true` with exactly the bwrap command line real runs get."""
     path = shutil.which("bwrap")
     if not path:
         return False, "bwrap is not installed (apt-get install bubblewrap)"
-    kw = dict(user=NOBODY, group=NOBODY, extra_groups=[]) if _drop_to_nobody() else {}
+    scratch = Path(tempfile.mkdtemp(prefix="janus-git-probe-"))
     try:
-        r = subprocess.run([path, "--unshare-all", "--cap-drop", "ALL", "--ro-bind", "/", "/",
-                            "--uid", str(NOBODY), "--gid", str(NOBODY), "true"],
-                           capture_output=True, timeout=10, cwd="/", **kw)
+        r = subprocess.run(_bwrap_argv(["true"], Path("/usr"), scratch, False, False, []),
+                           capture_output=True, timeout=10, cwd="/")
     except (OSError, subprocess.SubprocessError) as e:
         return False, f"bwrap does not start: {e}"
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     if r.returncode != 0:
         detail = (r.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
-        return False, f"bwrap cannot create namespaces here: {detail}"
-    return True, "bwrap works with --unshare-all --cap-drop ALL as an unprivileged uid"
+        return False, f"bwrap cannot build the sandbox here: {detail}"
+    how = ("as root: privileged namespaces, setpriv to uid 65534" if _drop_to_nobody()
+           else "in a user namespace as uid 65534")
+    return True, f"bwrap works ({how}, all capabilities dropped)"
+
+
+def _unshare_probe() -> bool:
+    """Can the reduced sandbox still take the network away (an unprivileged user+net
+    namespace with util-linux unshare)?"""
+    path = shutil.which("unshare")
+    if not path:
+        return False
+    kw = dict(user=NOBODY, group=NOBODY, extra_groups=[]) if _drop_to_nobody() else {}
+    try:
+        return subprocess.run([path, "--user", "--net", "true"], capture_output=True,
+                              timeout=10, cwd="/", **kw).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
 
 
 def _cgroup_probe() -> dict:
@@ -255,7 +275,8 @@ def _probes() -> dict:
     with _probe_lock:
         if _probe is None:
             ok, why = _bwrap_probe()
-            _probe = {"bwrap_usable": ok, "bwrap_why": why, "cgroups": _cgroup_probe()}
+            _probe = {"bwrap_usable": ok, "bwrap_why": why, "cgroups": _cgroup_probe(),
+                      "unshare_net": _unshare_probe()}
         return _probe
 
 
@@ -282,7 +303,7 @@ def doctor() -> dict:
             "fork_bomb_guard": "pids cgroup" if cg.get("pids") else
             ("RLIMIT_NPROC as uid 65534" if _drop_to_nobody() else "none (not root, no cgroup)"),
             "run_as_uid": NOBODY if _drop_to_nobody() else os.geteuid(),
-            "network_isolation": isolation == "bwrap"}
+            "network_isolation": isolation == "bwrap" or p["unshare_net"]}
 
 
 def python_binds() -> list[str]:
@@ -295,24 +316,41 @@ def python_binds() -> list[str]:
 
 # --- the command line --------------------------------------------------------------------
 
-def _bwrap_argv(argv: list[str], root_fd: int, scratch_fd: int, network: bool,
-                hide_git: bool, root: Path, binds: list[tuple[int, str]]) -> list[str]:
-    cmd = [shutil.which("bwrap") or "bwrap", "--unshare-all"]
-    if network:
-        cmd.append("--share-net")
-    cmd += ["--die-with-parent", "--new-session", "--cap-drop", "ALL",
-            "--uid", str(NOBODY), "--gid", str(NOBODY), "--ro-bind", "/usr", "/usr"]
+# As root, bwrap runs privileged: namespaces without a user namespace (in one, the sandbox's
+# uid would map to kuid 0 and own every root file), only the capabilities setpriv needs, and
+# setpriv drops to 65534 with empty capability sets before the command.  As another user,
+# bwrap makes a user namespace and maps 65534 to that user.  Paths are bound by name because
+# bwrap resolves even --bind-fd sources by path (a 0700 parent refuses uid 65534).
+_NAMESPACES = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+               "--unshare-cgroup-try"]
+_SETPRIV = ["--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups",
+            "--inh-caps=-all", "--bounding-set=-all", "--"]
+
+
+def _bwrap_argv(argv: list[str], root: Path, scratch: Path, network: bool, hide_git: bool,
+                binds: list[str]) -> list[str]:
+    cmd = [shutil.which("bwrap") or "bwrap"]
+    if _drop_to_nobody():
+        cmd += [n for n in _NAMESPACES if not (network and n == "--unshare-net")]
+        cmd += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
+                "--cap-add", "CAP_SETPCAP"]
+    else:
+        cmd += ["--unshare-all", *(["--share-net"] if network else []), "--cap-drop", "ALL",
+                "--uid", str(NOBODY), "--gid", str(NOBODY)]
+    cmd += ["--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc"):
         if os.path.islink(top):
             cmd += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             cmd += ["--ro-bind", top, top]
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--ro-bind-fd", str(root_fd), "/repo"]
+    cmd += ["--proc", "/proc", "--dev", "/dev", "--ro-bind", str(root), "/repo"]
     if hide_git and (root / ".git").exists():
         cmd += ["--tmpfs", "/repo/.git"]
-    for fd, dest in binds:
-        cmd += ["--ro-bind-fd", str(fd), dest]
-    cmd += ["--bind-fd", str(scratch_fd), "/tmp", "--chdir", "/repo", "--"]
+    for path in binds:
+        cmd += ["--ro-bind", path, path]
+    cmd += ["--bind", str(scratch), "/tmp", "--chdir", "/repo", "--"]
+    if _drop_to_nobody():
+        cmd += [shutil.which("setpriv") or "setpriv", *_SETPRIV]
     return cmd + argv
 
 
@@ -475,6 +513,18 @@ class _Killer:
             except (ProcessLookupError, PermissionError):
                 pass
 
+    def wait_gone(self, timeout: float) -> None:
+        """Until no process of the run is left (its group and cgroup are empty)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                os.killpg(self.pid, 0)
+            except (ProcessLookupError, PermissionError):
+                if not self.meter.cg.pids():
+                    return
+            time.sleep(0.01)
+            self.signal_all(signal.SIGKILL)
+
     def stop(self, reason: str) -> None:
         """TERM the whole run, then KILL after a grace; the first reason is the one named."""
         with self._lock:
@@ -581,8 +631,10 @@ def run(argv: list[str], limits: dict, root: Path, *, network: bool = False,
         cancel: threading.Event | None = None, on_start: Callable[[int], None] | None = None,
         stdin: bytes | None = None, writable_dir: Path | None = None,
         isolation: str | None = None, cgroups: bool | None = None,
-        ro_binds: list[str] | tuple = (), hide_git: bool = True) -> SandboxResult:
-    """Run ARGV (no shell) in the sandbox; see the module docstring."""
+        ro_binds: list[str] | tuple = (), hide_git: bool = True,
+        env: dict[str, str] | None = None) -> SandboxResult:
+    """Run ARGV (no shell) in the sandbox; see the module docstring.  ENV adds variables to
+    the clean environment (never the daemon's own)."""
     limits = effective_limits(limits)
     iso = _choose_isolation(isolation)
     root = Path(root).resolve()
@@ -590,28 +642,27 @@ def run(argv: list[str], limits: dict, root: Path, *, network: bool = False,
     use_cg = (cgroups if cgroups is not None else not _cgroups_off())
     overhead = 2 if iso == "bwrap" else 0  # bwrap's own two processes (outer, pid 1)
     cg = Cgroups(f"run-{os.getpid()}-{time.monotonic_ns()}", limits, overhead, use_cg)
-    fds: list[int] = []
     started = utcnow()
     t0 = time.monotonic()
     try:
         if iso == "bwrap":
-            fds = [os.open(root, os.O_PATH | os.O_DIRECTORY), os.open(scratch, os.O_PATH)]
-            binds = [(os.open(p, os.O_PATH), p) for p in ro_binds]
-            fds += [fd for fd, _ in binds]
-            inner = _bwrap_argv(list(argv), fds[0], fds[1], network, hide_git, root, binds)
-            env = {"PATH": PATH, "LANG": "C.UTF-8", "HOME": "/tmp", "TMPDIR": "/tmp"}
+            inner = _bwrap_argv(list(argv), root, scratch, network, hide_git, list(ro_binds))
+            home = "/tmp"
         else:
             inner = list(argv)
-            env = {"PATH": PATH, "LANG": "C.UTF-8", "HOME": str(scratch), "TMPDIR": str(scratch)}
+            if not network and _probes()["unshare_net"]:
+                inner = [shutil.which("unshare") or "unshare", "--user", "--net", "--"] + inner
+            home = str(scratch)
+        env = {**(env or {}), "PATH": PATH, "LANG": "C.UTF-8", "HOME": home, "TMPDIR": home}
         inner = _prlimit_argv(_rlimits(limits, cg, overhead)) + inner
-        kw = dict(user=NOBODY, group=NOBODY, extra_groups=[]) if _drop_to_nobody() else {}
+        # bwrap as root drops to 65534 itself (above); everything else starts as 65534.
+        nobody = _drop_to_nobody() and iso == "reduced"
+        kw = dict(user=NOBODY, group=NOBODY, extra_groups=[]) if nobody else {}
         proc = subprocess.Popen(["/bin/sh", "-c", _WRAPPER, "janus-sandbox", *inner],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, cwd=root, env=env, pass_fds=fds,
+                                stderr=subprocess.STDOUT, cwd=root, env=env,
                                 start_new_session=True, **kw)
     except OSError as e:
-        for fd in fds:
-            os.close(fd)
         cg.remove()
         if owned:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -627,9 +678,6 @@ def run(argv: list[str], limits: dict, root: Path, *, network: bool = False,
             proc.stdin.close()
     except OSError:
         proc.kill()
-    finally:
-        for fd in fds:
-            os.close(fd)
     if on_start is not None:
         on_start(proc.pid)
     meter = _Meter(proc.pid, cg, scratch, overhead)
@@ -647,6 +695,7 @@ def run(argv: list[str], limits: dict, root: Path, *, network: bool = False,
     killer.exited.set()
     watcher.join()
     killer.signal_all(signal.SIGKILL)  # whatever it left behind does not outlive the run
+    killer.wait_gone(2.0)
     out.thread.join(timeout=2)
     meter.cpu_seconds = max(meter.cpu_seconds, cg.cpu_seconds() or 0.0,
                             usage.ru_utime + usage.ru_stime)
@@ -659,7 +708,12 @@ def run(argv: list[str], limits: dict, root: Path, *, network: bool = False,
     res = meter.resources(wall)
     return SandboxResult(list(argv), iso, limits, exit_code, sig, limit, res, out.text(),
                          out.total, started, utcnow(), _error(exit_code, sig, limit, limits, res),
-                         sorted(cg.dirs), network)
+                         sorted(cg.dirs), _reachable(iso, network))
+
+
+def _reachable(isolation: str, network: bool) -> bool:
+    """Whether the run could reach the network (recorded; True also when it should not have)."""
+    return network or (isolation == "reduced" and not _probes()["unshare_net"])
 
 
 def _feed(pipe, data: bytes) -> None:
