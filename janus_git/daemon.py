@@ -473,10 +473,17 @@ class Daemon:
             self.queue[pid] = Ticket(pid, record)
             pending_auto += 1
 
+    def _drop_branch(self, pid: str) -> None:
+        branch = f"{APPROVAL_BRANCH_PREFIX}{pid}"
+        if branch in self.branches:
+            self.repo.run("update-ref", "-d", f"refs/heads/{branch}", check=False)
+            self.branches.discard(branch)
+
     def _refuse(self, p: Proposal, text: bytes, reason: str) -> None:
         with self.writes:
             lifecycle.transition(self.repo, p, S.REJECTED, self.config.identity,
                                  base_text=text, reason=reason)
+        self._drop_branch(p.id)
         log.warning("%s rejected: %s", p.id, reason)
 
     def _offer_branch(self, p: Proposal) -> None:
@@ -488,7 +495,7 @@ class Daemon:
         head = self.repo.head()
         shown = Proposal(**{**p.__dict__})
         shown.status = S.APPROVED
-        shown.note = "approval offered for merging"
+        shown.note = f"approved by merging {branch}"
         msg = format_message(f"janus: approve {p.id} ({p.tool}: {p.type})",
                              "Merge this branch with a merge commit to approve the proposal.",
                              {lifecycle.TRAILER_PROPOSAL: p.id, TRAILER_APPROVAL_BRANCH: branch})
@@ -537,6 +544,7 @@ class Daemon:
             lifecycle.transition(self.repo, p, S.RUNNING, self.config.identity, base_text=text,
                                  update=mark)
         crashpoint("after-running-commit")
+        self._drop_branch(p.id)
         self.escapement.take()
         run = Run(p.id, thread=None)  # type: ignore[arg-type]
 

@@ -1,6 +1,7 @@
 """The only place that changes a proposal's status: one transition, one commit, with trailers."""
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable
 
 from .gitrepo import TRAILER_PROPOSAL, TRAILER_TRANSITION, GitRepo, Identity, format_message
@@ -63,14 +64,15 @@ def transition(repo: GitRepo, p: Proposal, new: Status, identity: Identity | Non
     OLD overrides the from-status (when the file already shows a person's edit)."""
     old = old or p.status
     check_transition(old, new)
-    p.status = new
-    if reason:
-        p.note = reason
+    q = copy.deepcopy(p)  # P changes only once the commit exists
+    q.status = new
+    q.note = reason  # the note always explains the latest change (empty: nothing to explain)
     if update:
-        update(p)
-    files = {p.path: p.to_yaml(), **(extra_files or {})}
-    guard = {p.path: base_text} if base_text is not None else None
-    sha = repo.commit_files(files, message_for(p, old, new, reason), identity, guard=guard)
+        update(q)
+    files = {q.path: q.to_yaml(), **(extra_files or {})}
+    guard = {q.path: base_text} if base_text is not None else None
+    sha = repo.commit_files(files, message_for(q, old, new, reason), identity, guard=guard)
+    p.__dict__.update(q.__dict__)
     _publish(p, old, new, sha)
     return sha
 
