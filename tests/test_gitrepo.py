@@ -1,0 +1,335 @@
+"""The git layer: commits of exactly the named paths, polite retries on index.lock, and a
+person committing in the same working tree at the same time without either side losing work."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import AGENT, ALICE, git
+from janus_git import gitrepo, lifecycle
+from janus_git.errors import Conflict, GitError
+from janus_git.gitrepo import GitRepo, Identity, format_message, read_blobs
+from janus_git.proposal import Status
+
+AGENT_ID = Identity(*AGENT)
+
+
+def test_commit_files_commits_only_the_named_paths(sr):
+    root = sr.root
+    (root / "notes" / "mine.md").write_text("a person's unstaged edit\n")
+    (root / "notes" / "staged.md").write_text("a person's staged edit\n")
+    git(root, "add", "notes/staged.md")
+    sha = sr.repo.commit_files({"logs/x.txt": b"agent\n"}, "agent\n", AGENT_ID)
+    changed = git(root, "diff-tree", "--no-commit-id", "--name-only", "-r", sha).stdout.split()
+    assert changed == ["logs/x.txt"]
+    # the person's work is exactly where they left it
+    status = git(root, "status", "--porcelain").stdout.splitlines()
+    assert "A  notes/staged.md" in status and "?? notes/mine.md" in status
+    info = sr.repo.commit_info(sha)
+    assert (info.author_name, info.author_email) == AGENT
+
+
+def test_commit_files_deletes_and_guards(sr):
+    sr.repo.commit_files({"notes/a.md": b"1\n"}, "add\n", AGENT_ID)
+    sr.repo.commit_files({"notes/a.md": None}, "delete\n", AGENT_ID)
+    assert not (sr.root / "notes/a.md").exists()
+    assert sr.repo.read_blob("HEAD", "notes/a.md") is None
+    # guard: None means "must not exist yet"
+    (sr.root / "notes/b.md").write_text("someone's\n")
+    with pytest.raises(Conflict):
+        sr.repo.commit_files({"notes/b.md": b"agent\n"}, "x\n", AGENT_ID,
+                             guard={"notes/b.md": None})
+    assert (sr.root / "notes/b.md").read_text() == "someone's\n"
+
+
+def test_message_trailers_parse(sr):
+    msg = format_message("subject", "why\n", {"Janus-Proposal": "X", "Janus-Transition": "a -> b"})
+    sha = sr.repo.commit_files({"notes/t.md": b"t\n"}, msg, AGENT_ID)
+    assert sr.repo.commit_info(sha).trailers() == {"Janus-Proposal": "X",
+                                                   "Janus-Transition": "a -> b"}
+    out = git(sr.root, "log", "-1", "--format=%(trailers:key=Janus-Transition,valueonly)").stdout
+    assert out.strip() == "a -> b"
+
+
+def test_git_error_carries_command_and_output(sr):
+    with pytest.raises(GitError) as e:
+        sr.repo.run("rev-parse", "--verify", "no-such-branch")
+    assert e.value.argv == ["rev-parse", "--verify", "no-such-branch"]
+    assert e.value.returncode != 0
+    assert "rev-parse" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_read_blob_and_read_blobs(sr):
+    sha = sr.repo.commit_files({"notes/r.md": b"\x00binary\nok\n"}, "r\n", AGENT_ID)
+    assert sr.repo.read_blob(sha, "notes/r.md") == b"\x00binary\nok\n"
+    assert sr.repo.read_blob("HEAD", "notes/missing.md") is None
+    assert sr.repo.read_blob("HEAD", "notes") is None  # a tree is not a blob
+    blobs = git(sr.root, "ls-tree", "-r", "HEAD", "--", "notes", "state").stdout.splitlines()
+    shas = [line.split()[2] for line in blobs]
+    texts = read_blobs(sr.repo, shas)
+    assert texts == [subprocess.run(["git", "cat-file", "blob", s], cwd=sr.root,
+                                    capture_output=True).stdout for s in shas]
+    assert read_blobs(sr.repo, []) == []
+    assert read_blobs(sr.repo, ["0" * 40, shas[0]])[1] == texts[0], "a missing blob is skipped"
+
+
+def test_fast_head_follows_packed_refs(sr):
+    head = sr.repo.head()
+    assert sr.repo.fast_head() == head
+    git(sr.root, "pack-refs", "--all")
+    assert not (sr.root / ".git/refs/heads/main").exists()
+    assert sr.repo.fast_head() == head
+
+
+def test_dirty_paths(sr):
+    (sr.root / "state" / "constitution.md").write_text("edited\n")
+    assert sr.repo.dirty_paths(["state/constitution.md", "state/agent.yaml"]) == {
+        "state/constitution.md"}
+    assert sr.repo.dirty_paths([]) == set()
+
+
+def test_create_commit_on_leaves_worktree_and_index_alone(sr):
+    head = sr.repo.head()
+    index_before = (sr.root / ".git" / "index").read_bytes()
+    sha = sr.repo.create_commit_on(head, {"notes/branch.md": b"on a branch\n"}, "branch\n",
+                                   AGENT_ID)
+    assert sr.repo.head() == head
+    assert (sr.root / ".git" / "index").read_bytes() == index_before
+    assert not (sr.root / "notes/branch.md").exists()
+    assert sr.repo.read_blob(sha, "notes/branch.md") == b"on a branch\n"
+    assert sr.repo.commit_info(sha).parents == [head]
+
+
+# -- index.lock ---------------------------------------------------------------------------
+def test_waits_politely_for_index_lock(sr):
+    lock = sr.root / ".git" / "index.lock"
+    lock.write_text("")
+
+    def release():
+        time.sleep(0.4)
+        lock.unlink()
+
+    t = threading.Thread(target=release)
+    t.start()
+    t0 = time.monotonic()
+    sha = sr.repo.commit_files({"notes/l.md": b"l\n"}, "after the lock\n", AGENT_ID)
+    waited = time.monotonic() - t0
+    t.join()
+    assert waited >= 0.35
+    assert sr.repo.read_blob(sha, "notes/l.md") == b"l\n"
+
+
+def test_gives_up_on_a_lock_that_stays(sr, monkeypatch):
+    monkeypatch.setattr(gitrepo, "LOCK_RETRY_SECONDS", 0.3)
+    lock = sr.root / ".git" / "index.lock"
+    lock.write_text("")
+    head = sr.repo.head()
+    with pytest.raises(GitError) as e:
+        sr.repo.commit_files({"notes/l.md": b"l\n"}, "never\n", AGENT_ID)
+    assert "index.lock" in e.value.stderr
+    assert sr.repo.head() == head
+    lock.unlink()
+
+
+def test_a_failed_commit_leaves_the_working_tree_as_it_was(sr, monkeypatch):
+    """Otherwise the agent's own half-done write looks like a person's uncommitted edit and
+    every retry of the transition stops on Conflict."""
+    monkeypatch.setattr(gitrepo, "LOCK_RETRY_SECONDS", 0.2)
+    p = lifecycle.new_proposal(mission="M", type_="analysis", tool="shell", args=[],
+                               rationale="r", created_by="agent")
+    lifecycle.create(sr.repo, p, AGENT_ID)
+    text = (sr.root / p.path).read_bytes()
+    (sr.root / ".git" / "index.lock").write_text("")
+    with pytest.raises(GitError):
+        lifecycle.transition(sr.repo, p.__class__(**p.__dict__), Status.APPROVED, AGENT_ID,
+                             base_text=text)
+    (sr.root / ".git" / "index.lock").unlink()
+    assert (sr.root / p.path).read_bytes() == text
+    assert git(sr.root, "status", "--porcelain").stdout == ""
+    lifecycle.transition(sr.repo, p, Status.APPROVED, AGENT_ID, base_text=text)  # retry works
+
+
+
+# -- a person and the agent committing at the same time -----------------------------------
+def _person_commits(root, path: str, text: str) -> str:
+    (root / path).write_text(text)
+    git(root, "add", path, who=ALICE)
+    git(root, "commit", "-q", "-m", f"person: {path}", who=ALICE)
+    return git(root, "rev-parse", "HEAD").stdout.strip()
+
+
+def _interleave(monkeypatch, repo: GitRepo, when: str, action) -> list[str]:
+    """Run ACTION once, just before (or just after) the agent's first `git commit`-like
+    command: the worst moment for a person to commit in the shared working tree."""
+    fired: list[str] = []
+    orig = repo.run
+
+    def run(*args, **kw):
+        is_commit = any(a in ("commit", "update-ref") for a in args[:3])
+        if is_commit and when == "before" and not fired:
+            fired.append(action())
+        out = orig(*args, **kw)
+        if is_commit and when == "after" and not fired:
+            fired.append(action())
+        return out
+
+    monkeypatch.setattr(repo, "run", run)
+    return fired
+
+
+def _new_proposal(sr):
+    p = lifecycle.new_proposal(mission="M", type_="analysis", tool="shell", args=["ls"],
+                               rationale="r", created_by="agent")
+    return p
+
+
+def _changed(root, sha) -> list[str]:
+    return git(root, "diff-tree", "--no-commit-id", "--name-only", "-r", sha).stdout.split()
+
+
+@pytest.mark.parametrize("step", ["create", "transition"])
+def test_a_person_committing_mid_commit_never_takes_the_agents_change(sr, monkeypatch, step):
+    p = _new_proposal(sr)
+    if step == "transition":
+        lifecycle.create(sr.repo, p, AGENT_ID)
+    fired = _interleave(monkeypatch, sr.repo, "before",
+                        lambda: _person_commits(sr.root, "notes/person.md", "mine\n"))
+    if step == "create":
+        sha = lifecycle.create(sr.repo, p, AGENT_ID)
+    else:
+        sha = lifecycle.transition(sr.repo, p, Status.APPROVED, AGENT_ID)
+    assert fired, "the person committed in the middle"
+    assert _changed(sr.root, fired[0]) == ["notes/person.md"], \
+        "the person's commit swept the agent's change (it would look like their doing)"
+    assert _changed(sr.root, sha) == [p.path]
+    assert sr.repo.commit_info(sha).author_email == AGENT[1]
+    assert git(sr.root, "status", "--porcelain").stdout == ""
+
+
+def test_the_returned_sha_is_the_agents_commit(sr, monkeypatch):
+    p = _new_proposal(sr)
+    fired = _interleave(monkeypatch, sr.repo, "after",
+                        lambda: _person_commits(sr.root, "notes/person.md", "mine\n"))
+    sha = lifecycle.create(sr.repo, p, AGENT_ID)
+    assert fired
+    assert sha != fired[0], "commit_files returned the person's commit"
+    assert sr.repo.commit_info(sha).trailers()["Janus-Proposal"] == p.id
+
+
+def _human_loop(root, n: int, done: list[str], errors: list[str]) -> None:
+    """What a person (or their editor's git plugin) does: write, add, commit; when git says
+    index.lock is taken or HEAD moved under the commit, they wait and try again."""
+    for k in range(n):
+        path = f"notes/human-{k}.md"
+        (root / path).write_text(f"human {k}\n")
+        for cmd in (["add", path], ["commit", "-q", "-m", f"human {k}"]):
+            for _attempt in range(400):
+                r = git(root, *cmd, who=ALICE, check=False)
+                if r.returncode == 0:
+                    break
+                if "index.lock" not in r.stderr and "cannot lock ref" not in r.stderr:
+                    errors.append(f"{cmd}: {r.stderr.strip()}")
+                    return
+                time.sleep(0.01)
+            else:
+                errors.append(f"{cmd}: index.lock never released")
+                return
+        done.append(path)
+
+
+def _locker(root, stop: threading.Event) -> None:
+    """Someone (an IDE, a prompt running `git status`) holding index.lock for a moment."""
+    lock = root / ".git" / "index.lock"
+    while not stop.is_set():
+        time.sleep(0.05)
+        try:
+            with open(lock, "x"):
+                pass
+        except FileExistsError:
+            continue
+        time.sleep(0.03)
+        lock.unlink()
+
+
+def test_concurrent_human_and_agent_commits_lose_nothing(sr):
+    root = sr.root
+    # a person's uncommitted edits to unrelated files, there the whole time
+    (root / "notes" / "draft.md").write_text("half-written thought\n")
+    (root / "state" / "constitution.md").write_text("an uncommitted edit\n")
+
+    proposals = []
+    for i in range(6):
+        p = lifecycle.new_proposal(mission="M", type_="analysis", tool="shell",
+                                   args=["echo", str(i)], rationale="r", created_by="agent")
+        lifecycle.create(sr.repo, p, AGENT_ID)
+        proposals.append(p)
+    start = sr.repo.head()
+
+    human_done: list[str] = []
+    errors: list[str] = []
+    stop = threading.Event()
+    human = threading.Thread(target=_human_loop, args=(root, 15, human_done, errors))
+    locker = threading.Thread(target=_locker, args=(root, stop))
+    agent_shas = []
+    human.start()
+    locker.start()
+    try:
+        for p in proposals:
+            for new in (Status.APPROVED, Status.RUNNING, Status.SUCCEEDED):
+                agent_shas.append((p.id, new, lifecycle.transition(sr.repo, p, new, AGENT_ID)))
+    finally:
+        human.join()
+        stop.set()
+        locker.join()
+    assert not errors, errors
+    assert len(human_done) == 15
+
+    # every commit of both sides is there, in one line of history
+    log = git(root, "log", "--format=%H %ae", f"{start}..HEAD").stdout.splitlines()
+    authors = [line.split()[1] for line in log]
+    assert authors.count(AGENT[1]) == len(agent_shas) == 18
+    assert authors.count(ALICE[1]) == 15
+    for path in human_done:
+        assert sr.repo.read_blob("HEAD", path) is not None, f"lost {path}"
+    for p in proposals:
+        assert sr.store.read(p.id).status is Status.SUCCEEDED
+    # each agent commit holds its proposal file only; each person's commit their file only
+    for pid, new, sha in agent_shas:
+        assert _changed(root, sha) == [f"proposals/{pid[:4]}/{pid[4:6]}/{pid}.yaml"], new
+    for line in log:
+        sha, email = line.split()
+        if email == ALICE[1]:
+            assert all(c.startswith("notes/human-") for c in _changed(root, sha))
+
+    # the person's uncommitted work is untouched
+    status = git(root, "status", "--porcelain").stdout.splitlines()
+    assert sorted(status) == [" M state/constitution.md", "?? notes/draft.md"]
+    assert (root / "state/constitution.md").read_text() == "an uncommitted edit\n"
+    fsck = git(root, "fsck", "--strict", "--no-dangling", check=False)
+    assert fsck.returncode == 0, fsck.stderr
+
+
+def test_concurrent_agents_in_two_processes(sr, tmp_path):
+    """Two committers through GitRepo (the daemon and `janus-git approve`) at once: all land."""
+    script = tmp_path / "agent.py"
+    script.write_text(
+        "import sys\n"
+        "from janus_git.gitrepo import GitRepo, Identity\n"
+        "repo = GitRepo(sys.argv[1]); who = sys.argv[2]\n"
+        "for k in range(10):\n"
+        "    repo.commit_files({f'notes/{who}-{k}.md': b'x'}, f'{who} {k}\\n',\n"
+        "                      Identity(who, who + '@localhost'))\n")
+    procs = [subprocess.Popen([sys.executable, str(script), str(sr.root), who],
+                              stderr=subprocess.PIPE, text=True) for who in ("one", "two")]
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    assert [r for r, _ in results] == [0, 0], [e.strip().splitlines()[-1:] for _, e in results]
+    for who in ("one", "two"):
+        for k in range(10):
+            assert sr.repo.read_blob("HEAD", f"notes/{who}-{k}.md") == b"x"
+        assert len(git(sr.root, "log", f"--author={who}@", "--format=%H").stdout.split()) == 10
+    assert git(sr.root, "status", "--porcelain").stdout == ""
+    assert git(sr.root, "fsck", "--no-dangling", check=False).returncode == 0
