@@ -1,0 +1,235 @@
+"""Proposals on disk (shards, placement, ids) and the derived sqlite index: rebuilt when
+missing or broken, caught up incrementally, and honest about broken files."""
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+import yaml
+
+from conftest import AGENT, git
+from janus_git import lifecycle
+from janus_git.errors import ConfigError, NotFound
+from janus_git.gitrepo import Identity
+from janus_git.index import Index, index_path
+from janus_git.proposal import Status
+from janus_git.store import check_placement
+
+AGENT_ID = Identity(*AGENT)
+
+
+def _file(sr, mission="STUDY-002-BETA", tool="shell", type_="analysis", pid=None):
+    p = lifecycle.new_proposal(mission=mission, type_=type_, tool=tool, args=["ls"],
+                               rationale="r", created_by="agent", pid=pid)
+    lifecycle.create(sr.repo, p, AGENT_ID)
+    return p
+
+
+def _commit_raw(sr, path: str, text: str, msg: str = "by hand") -> None:
+    target = sr.root / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    git(sr.root, "add", path)
+    git(sr.root, "commit", "-qm", msg)
+
+
+def _ids(sr) -> list[str]:
+    return [r["id"] for r in sr.index.query()]
+
+
+def _rows_by_full_rebuild(sr) -> list[dict]:
+    fresh = Index(sr.repo)
+    fresh.path = sr.root / ".git" / "janus" / "check.sqlite"
+    fresh.rebuild()
+    return fresh.query()
+
+
+# -- placement ------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", [
+    "proposals/foo.yaml",
+    "proposals/20261126-120000000-abcdef.yaml",          # not in its shard
+    "proposals/2026/01/20261126-120000000-abcdef.yaml",  # wrong month folder
+    "proposals/2025/11/20261126-120000000-abcdef.yaml",  # wrong year folder
+    "proposals/2026/11/sub/20261126-120000000-abcdef.yaml",
+    "proposals/2026/11/20261126-120000000-ABCDEF.yaml",
+])
+def test_a_file_outside_the_shards_is_refused(path):
+    with pytest.raises(ConfigError) as e:
+        check_placement(path)
+    assert str(e.value).startswith(f"{path}: ") and "outside the shards" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_the_right_place_is_accepted():
+    check_placement("proposals/2026/11/20261126-120000000-abcdef.yaml")
+
+
+# -- the store -----------------------------------------------------------------------------
+def test_resolve_by_prefix(sr):
+    a = _file(sr, pid="20261126-120000000-aaaaaa")
+    _file(sr, pid="20261126-120000000-aaaabb")
+    c = _file(sr, pid="20261127-090000000-cccccc")
+    assert sr.store.resolve(a.id) == a.id
+    assert sr.store.resolve("20261127") == c.id
+    assert sr.store.resolve("20261126-120000000-aaaaa") == a.id
+    with pytest.raises(NotFound, match="matches 2 proposals"):
+        sr.store.resolve("20261126-120000000-aaaa")
+    with pytest.raises(NotFound, match="no proposal has an id starting with"):
+        sr.store.resolve("2030")
+    with pytest.raises(NotFound, match="at least 4 characters"):
+        sr.store.resolve("20")
+    with pytest.raises(NotFound, match="not found"):
+        sr.store.read("20261126-120000000-ffffff")
+
+
+def test_store_reads_what_is_committed_not_the_working_tree(sr):
+    p = _file(sr)
+    (sr.root / p.path).write_text("garbage: [\n")
+    assert sr.store.read(p.id).status is Status.PROPOSED
+    assert sr.store.paths() == [p.path]
+
+
+# -- the index -------------------------------------------------------------------------------
+def test_list_shows_every_other_proposal_and_marks_the_broken_ones(sr):
+    good = [_file(sr) for _ in range(3)]
+    broken = _file(sr)
+    _commit_raw(sr, broken.path, "id: [this is not\n  yaml at all\n")
+    typo = _file(sr)
+    data = yaml.safe_load((sr.root / typo.path).read_text())
+    data["stauts"] = data.pop("status")
+    _commit_raw(sr, typo.path, yaml.safe_dump(data))
+    _commit_raw(sr, "proposals/foo.yaml", "id: x\n")
+    _commit_raw(sr, "proposals/2025/01/20261126-120000000-abcdef.yaml",
+                (sr.root / good[0].path).read_text())
+    mismatch = good[1].to_dict()
+    mismatch["id"] = "20261126-130000000-bbbbbb"
+    _commit_raw(sr, "proposals/2026/11/20261126-130000000-cccccc.yaml", yaml.safe_dump(mismatch))
+
+    rows = {r["path"]: r for r in sr.index.query()}
+    assert len(rows) == 8
+    for p in good:
+        assert rows[p.path]["status"] == "proposed" and rows[p.path]["error"] is None
+    expect = {broken.path: (None, "not valid YAML"),
+              typo.path: ("stauts", "unknown field"),
+              "proposals/foo.yaml": (None, "outside the shards"),
+              "proposals/2025/01/20261126-120000000-abcdef.yaml": (None, "outside the shards"),
+              "proposals/2026/11/20261126-130000000-cccccc.yaml": ("id", "does not match")}
+    for path, (field, words) in expect.items():
+        row = rows[path]
+        assert row["status"] == "invalid"
+        where = f"{path}: {field}: " if field else f"{path}: "
+        assert row["error"].startswith(where) and words in row["error"], row["error"]
+        assert "\n" not in row["error"]
+    assert rows["proposals/foo.yaml"]["id"] == "foo"
+    assert sr.index.counts() == {"proposed": 3, "invalid": 5}
+    assert [r["status"] for r in sr.index.query(status=["invalid"])] == ["invalid"] * 5
+
+
+def test_filters(sr):
+    a = _file(sr, mission="A", tool="shell", type_="analysis")
+    b = _file(sr, mission="B", tool="file_chunker", type_="process_chunk")
+    lifecycle.transition(sr.repo, b, Status.REJECTED, AGENT_ID)
+    ids = lambda **kw: [r["id"] for r in sr.index.query(**kw)]  # noqa: E731
+    assert ids(mission="A") == [a.id]
+    assert ids(tool="file_chunker") == [b.id]
+    assert ids(type_="analysis") == [a.id]
+    assert ids(status=["rejected"]) == [b.id]
+    assert ids(status=["rejected", "proposed"]) == [a.id, b.id]
+    assert ids(since="2999-01-01") == []
+    assert ids(since=a.created_at[:10]) == [a.id, b.id]
+    assert ids(limit=1) == [a.id]
+
+
+def test_rebuilt_when_deleted(sr):
+    p = _file(sr)
+    assert _ids(sr) == [p.id]
+    index_path(sr.root).unlink()
+    assert _ids(sr) == [p.id]
+
+
+@pytest.mark.parametrize("garbage", [b"this is not a database" * 100, b"", b"SQLite format 3\0"
+                                     + b"\xff" * 4000])
+def test_rebuilt_when_corrupt(sr, garbage):
+    p = _file(sr)
+    assert _ids(sr) == [p.id]
+    for extra in ("-wal", "-shm"):
+        (index_path(sr.root).parent / f"index.sqlite{extra}").unlink(missing_ok=True)
+    index_path(sr.root).write_bytes(garbage)
+    assert _ids(sr) == [p.id]
+    assert Index(sr.repo).counts() == {"proposed": 1}
+
+
+def test_rebuilt_from_an_old_format(sr):
+    p = _file(sr)
+    assert _ids(sr) == [p.id]
+    db = sqlite3.connect(index_path(sr.root))
+    db.execute("UPDATE meta SET value='0' WHERE key='version'")
+    db.execute("DELETE FROM proposals")
+    db.commit()
+    db.close()
+    assert _ids(sr) == [p.id]
+
+
+def test_caught_up_incrementally_after_new_commits(sr):
+    a = _file(sr)
+    assert _ids(sr) == [a.id]
+    db = sqlite3.connect(index_path(sr.root))
+    # a marker row the diff does not touch: a rebuild would drop it, a catch-up keeps it
+    db.execute("INSERT INTO proposals (path, id, status, row_json) VALUES "
+               "('proposals/x.yaml', 'x', 'm', '{\"id\": \"x\"}')")
+    db.commit()
+    db.close()
+    b = _file(sr)
+    lifecycle.transition(sr.repo, a, Status.APPROVED, AGENT_ID)
+    rows = {r["id"]: r for r in sr.index.query()}
+    assert "x" in rows, "caught up by diff, not rebuilt"
+    assert rows[a.id]["status"] == "approved" and rows[b.id]["status"] == "proposed"
+
+
+def test_follows_a_person_deleting_a_file(sr):
+    a, b = _file(sr), _file(sr)
+    assert sorted(_ids(sr)) == sorted([a.id, b.id])
+    git(sr.root, "rm", "-q", a.path)
+    git(sr.root, "commit", "-qm", "remove a")
+    assert _ids(sr) == [b.id]
+    assert sr.index.query() == _rows_by_full_rebuild(sr)
+
+
+def test_follows_history_moving_backwards(sr):
+    a = _file(sr)
+    lifecycle.transition(sr.repo, a, Status.APPROVED, AGENT_ID)
+    b = _file(sr)
+    assert {r["id"]: r["status"] for r in sr.index.query()} == {a.id: "approved",
+                                                                 b.id: "proposed"}
+    git(sr.root, "reset", "-q", "--hard", "HEAD~2")
+    assert {r["id"]: r["status"] for r in sr.index.query()} == {a.id: "proposed"}
+    assert sr.index.query() == _rows_by_full_rebuild(sr)
+
+
+def test_follows_a_revert_and_a_merge(sr):
+    a = _file(sr)
+    sha = lifecycle.transition(sr.repo, a, Status.APPROVED, AGENT_ID)
+    assert sr.index.query()[0]["status"] == "approved"
+    git(sr.root, "revert", "--no-edit", sha)
+    assert sr.index.query()[0]["status"] == "proposed"
+    git(sr.root, "checkout", "-qb", "side")
+    b = _file(sr)
+    git(sr.root, "checkout", "-q", "main")
+    git(sr.root, "merge", "-q", "--no-ff", "-m", "merge side", "side")
+    assert sorted(_ids(sr)) == sorted([a.id, b.id])
+
+
+def test_survives_a_head_it_never_saw_being_garbage_collected(sr):
+    a = _file(sr)
+    _file(sr)
+    assert len(_ids(sr)) == 2
+    git(sr.root, "reset", "-q", "--hard", "HEAD~1")
+    git(sr.root, "reflog", "expire", "--expire=now", "--all")
+    git(sr.root, "gc", "-q", "--prune=now")
+    assert _ids(sr) == [a.id]
+
+
+def test_uncommitted_files_are_not_in_the_index(sr):
+    a = _file(sr)
+    (sr.root / a.path).write_text("rubbish [\n")
+    assert sr.index.query()[0]["status"] == "proposed"
