@@ -297,8 +297,11 @@ class Daemon:
         self._save_cursor()
 
     def _process_commit(self, c: Commit) -> None:
+        # The agent's own commits carry janus trailers.  A commit in the agent's name without
+        # them (or a fast-forwarded approval branch) is read like anyone's, and refused.
+        trailers = c.trailers()
         own = (c.author_email.lower() == self.config.identity.email.lower()
-               and TRAILER_APPROVAL_BRANCH not in c.trailers())
+               and bool(trailers) and TRAILER_APPROVAL_BRANCH not in trailers)
         if AGENT_PATH in c.changes:
             self._reload_config()
         if own:
@@ -525,6 +528,15 @@ class Daemon:
             return
         p, text = current
         if p.status != S.APPROVED:
+            return
+        if ticket.decision.get("rule", "").startswith("auto:") and not decide(p, self.config).auto:
+            # the policy is asked again at start: an "auto" decision forged into a commit, or
+            # one the current agent.yaml no longer allows, runs nothing
+            with self.writes:
+                lifecycle.transition(self.repo, p, S.PROPOSED, self.config.identity,
+                                     base_text=text, reason="the policy no longer allows this "
+                                     "to run by itself; it needs a person's approval")
+            self.seen_manual.discard(p.id)
             return
         if p.recompute_digest() != ticket.decision["digest"] or p.digest != ticket.decision[
                 "digest"]:

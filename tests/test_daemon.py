@@ -142,12 +142,17 @@ def test_alpha_mode_leaves_everything_manual(state_dir):
 
 
 def test_unknown_tool_and_hostile_args_are_rejected_with_reason(state_dir):
-    configure(state_dir, tools={**yaml.safe_load((state_dir / "state/agent.yaml").read_text())
-                                ["tools"]})
+    from janus_git import lifecycle
+    from janus_git.gitrepo import GitRepo
     bad = propose(state_dir, "ls;", "rm", "-rf", "/")
+    ghost = lifecycle.new_proposal(mission="TEST", type_="analysis", tool="teleport",
+                                   args=["now"], rationale="hand-written", created_by="alice")
+    lifecycle.create(GitRepo(state_dir), ghost, None)  # `propose` refuses it; a file need not
     run_once(state_dir)
     rec = record(state_dir, bad)
-    assert rec["status"] == "rejected" and rec["note"]
+    assert rec["status"] == "rejected" and ";" in rec["note"]
+    rec = record(state_dir, ghost.id)
+    assert rec["status"] == "rejected" and "teleport" in rec["note"]
 
 
 # -- signatures --------------------------------------------------------------------------------
@@ -239,6 +244,16 @@ def test_sigterm_exits_cleanly_and_one_daemon_per_repo(state_dir):
     assert d.stop() == 0
 
 
+def by_hand(root, tool, args, type_="analysis"):
+    """File a proposal with the library (the CLI refuses while agent.yaml is broken)."""
+    from janus_git import lifecycle
+    from janus_git.gitrepo import GitRepo
+    p = lifecycle.new_proposal(mission="TEST", type_=type_, tool=tool, args=args,
+                               rationale="by hand", created_by="alice")
+    lifecycle.create(GitRepo(root), p, None)
+    return p.id
+
+
 # -- bad input ---------------------------------------------------------------------------------
 def test_bad_input_keeps_the_daemon_alive(state_dir):
     with DaemonProcess(state_dir) as d:
@@ -250,14 +265,14 @@ def test_bad_input_keeps_the_daemon_alive(state_dir):
         git(state_dir, "commit", "-qam", "oops", who=ALICE)
         (state_dir / "state" / "agent.yaml").write_text("mode: [beta\n")
         git(state_dir, "commit", "-qam", "broken config", who=ALICE)
-        unknown = propose(state_dir, "x", tool="shell", type_="analysis")
-        deleted = propose(state_dir, "echo", "deleted", type_=MANUAL)
+        unknown = by_hand(state_dir, "teleport", ["now"])
+        deleted = by_hand(state_dir, "shell", ["echo", "deleted"], type_=MANUAL)
         git(state_dir, "rm", "-q", rec_path(deleted))
         git(state_dir, "commit", "-qm", "delete a proposal", who=ALICE)
         (state_dir / "proposals" / "stray.yaml").write_text("id: nope\n")
         git(state_dir, "add", "proposals/stray.yaml")
         git(state_dir, "commit", "-qm", "stray", who=ALICE)
-        after = propose(state_dir, "echo", "still alive")
+        after = by_hand(state_dir, "shell", ["echo", "still alive"])
         wait_status(state_dir, after, "succeeded")
         wait_status(state_dir, unknown, "rejected")
         assert d.alive()
