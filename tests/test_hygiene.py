@@ -1,0 +1,129 @@
+"""Hygiene on a crafted state repository: dedupe, reject, archive, and the novelty index."""
+from __future__ import annotations
+
+import datetime as dt
+
+from conftest import git
+
+from janus_git import hygiene, lifecycle
+from janus_git.config import load_config
+from janus_git.gitrepo import GitRepo
+from janus_git.proposal import Status, new_id
+from janus_git.store import Store
+
+NOW = dt.datetime.now(dt.timezone.utc)
+
+
+def file(repo, config, *, days_ago: float, args, tool="process_chunk", type_="process_chunk",
+         mission="STUDY-004-BETA", status=Status.PROPOSED):
+    when = NOW - dt.timedelta(days=days_ago)
+    p = lifecycle.new_proposal(mission=mission, type_=type_, tool=tool, args=args,
+                               rationale="crafted", created_by="test",
+                               pid=new_id(when))
+    p.created_at = when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    p.status = status
+    lifecycle.create(repo, p, config.identity)
+    return p
+
+
+def status_of(repo, p):
+    return Store(repo).read(p.id)
+
+
+def crafted(state_dir):
+    repo, config = GitRepo(state_dir), load_config(state_dir)
+    doc = "missions/docs/git-release-chronicle.txt"
+    ps = {
+        "orig": file(repo, config, days_ago=2, args={"path": doc, "chunk": 1}),
+        # the same after normalisation: key order and whitespace differ
+        "near": file(repo, config, days_ago=1, args={"chunk": 1, "path": f"  {doc} "}),
+        "exact": file(repo, config, days_ago=0.5, args={"path": doc, "chunk": 1}),
+        "old": file(repo, config, days_ago=40, args={"path": doc, "chunk": 2}),
+        "gone_tool": file(repo, config, days_ago=1, args=["x"], tool="telnet"),
+        "done_mission": file(repo, config, days_ago=1, args={"path": doc, "chunk": 3},
+                             mission="OLD-1"),
+        "ran": file(repo, config, days_ago=3, args={"path": doc, "chunk": 4},
+                    status=Status.SUCCEEDED),
+        "again": file(repo, config, days_ago=1, args={"path": doc, "chunk": 4}),
+        # outside the 14-day window of its twin: not a duplicate, not old enough to archive
+        "twin_old": file(repo, config, days_ago=25, args={"path": doc, "chunk": 5},
+                         status=Status.FAILED),
+        "twin_new": file(repo, config, days_ago=1, args={"path": doc, "chunk": 5}),
+        "fresh": file(repo, config, days_ago=0, args={"path": doc, "chunk": 6}),
+    }
+    (state_dir / "missions/OLD-1.yaml").write_text(
+        "id: OLD-1\ntitle: t\ngoal: g\nkind: k\nstatus: done\n"
+        "budget: {min: 1, max: 1, unit: u}\n")
+    git(state_dir, "add", "missions/OLD-1.yaml")
+    git(state_dir, "commit", "-qm", "a finished mission")
+    return repo, config, ps
+
+
+def test_hygiene_counts_and_statuses(state_dir):
+    repo, config, ps = crafted(state_dir)
+    head = repo.head()
+    dry = hygiene.hygiene(repo, config, dry_run=True)
+    assert repo.head() == head
+    assert {k: dry[k] for k in ("duplicate", "archived", "rejected")} == \
+        {"duplicate": 3, "archived": 1, "rejected": 2}
+    counts = hygiene.hygiene(repo, config)
+    assert counts["scanned"] == 11 and counts["commits"] == 6
+    got = {name: status_of(repo, p) for name, p in ps.items()}
+    assert got["near"].status == got["exact"].status == Status.DUPLICATE
+    assert got["near"].duplicate_of == got["exact"].duplicate_of == ps["orig"].id
+    assert got["again"].duplicate_of == ps["ran"].id
+    assert got["old"].status == Status.ARCHIVED
+    assert got["gone_tool"].status == Status.REJECTED and "registry" in got["gone_tool"].note
+    assert got["done_mission"].status == Status.REJECTED and "OLD-1 is done" in \
+        got["done_mission"].note
+    for name in ("orig", "twin_new", "fresh"):
+        assert got[name].status == Status.PROPOSED, name
+    # every change went through the lifecycle: one commit each, with trailers
+    c = repo.commit_info("HEAD")
+    assert c.trailers()["Janus-Transition"].startswith("proposed -> ")
+    assert hygiene.hygiene(repo, config)["commits"] == 0  # idempotent
+
+
+def test_a_reverted_creation_is_remembered_even_after_reindex(state_dir):
+    repo, config = GitRepo(state_dir), load_config(state_dir)
+    args = ["echo", "hello"]
+    p = file(repo, config, days_ago=0, args=args, tool="shell", type_="analysis")
+    index = hygiene.NoveltyIndex(repo).sync()
+    git(state_dir, "revert", "--no-edit", "HEAD")
+    assert hygiene.reindex(repo) == 0
+    index = hygiene.NoveltyIndex(repo).sync()
+    again = lifecycle.new_proposal(mission="STUDY-004-BETA", type_="analysis", tool="shell",
+                                   args=[" echo", "hello "], rationale="r", created_by="t")
+    assert index.original_of(again, 14) == (p.id, "its creation was reverted")
+    # and a copy someone files anyway becomes a duplicate naming the reverted one
+    q = file(repo, config, days_ago=0, args=args, tool="shell", type_="analysis")
+    hygiene.hygiene(repo, config)
+    assert status_of(repo, q).status == Status.DUPLICATE
+    assert status_of(repo, q).duplicate_of == p.id
+
+
+def test_remember_deleted_and_incremental_sync(state_dir):
+    repo, config = GitRepo(state_dir), load_config(state_dir)
+    p = file(repo, config, days_ago=0, args=["ls"], tool="shell", type_="analysis")
+    index = hygiene.NoveltyIndex(repo).sync()
+    assert len(index.rows) == 1
+    hygiene.remember_deleted(repo, p)
+    assert hygiene.NoveltyIndex(repo).sync().forgotten
+    file(repo, config, days_ago=0, args=["pwd"], tool="shell", type_="analysis")
+    assert len(hygiene.NoveltyIndex(repo).sync().rows) == 2
+
+
+def test_bulk_cleansing_uses_batch_commits(state_dir):
+    repo, config = GitRepo(state_dir), load_config(state_dir)
+    doc = "missions/docs/git-release-chronicle.txt"
+    first = file(repo, config, days_ago=1, args={"path": doc, "chunk": 7})
+    dups = [file(repo, config, days_ago=0.5, args={"path": doc, "chunk": 7})
+            for _ in range(hygiene.BATCH_THRESHOLD + 5)]
+    head = repo.head()
+    counts = hygiene.hygiene(repo, config)
+    assert counts["duplicate"] == len(dups) and counts["commits"] == 1
+    c = repo.commit_info("HEAD")
+    assert c.parents == [head] and c.trailers()["Janus-Hygiene"] == f"batch of {len(dups)}"
+    assert c.body.count("proposed -> duplicate") == len(dups)
+    assert all(status_of(repo, d).duplicate_of == first.id for d in dups)
+    assert git(state_dir, "status", "--porcelain").stdout == ""
