@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import AGENT, ALICE, git
+from test_init import _state_template, sr, state_dir  # noqa: F401  (fast fixtures)
 from janus_git import lifecycle
 from janus_git.errors import Conflict, TransitionError
 from janus_git.gitrepo import Identity
@@ -128,9 +129,6 @@ def test_a_persons_uncommitted_edit_of_the_same_file_is_never_overwritten(sr):
     assert (sr.root / p.path).read_bytes() == mine
 
 
-@pytest.mark.xfail(strict=True, reason="lifecycle.transition sets p.status before the commit; "
-                   "a Conflict leaves the caller's record claiming a status that was never "
-                   "committed (see report to the lead)")
 def test_a_conflict_leaves_the_record_unchanged(sr):
     p = _new(sr)
     committed = (sr.root / p.path).read_bytes()
