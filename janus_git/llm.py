@@ -170,9 +170,13 @@ class Model:
             t0 = time.perf_counter()
             # not streamed: 0.3.36's streaming re-detokenizes the whole output per token
             # (measured 28 s instead of 0.3 s for 384 tokens)
-            out = self.llama.create_chat_completion(
-                messages=messages, grammar=grammar, max_tokens=max_tokens,
-                temperature=temperature, seed=seed)
+            try:
+                out = self.llama.create_chat_completion(
+                    messages=messages, grammar=grammar, max_tokens=max_tokens,
+                    temperature=temperature, seed=seed)
+            except ValueError as e:  # the prompt does not fit the context
+                raise JanusError(f"the model call failed: {e} (raise model.n_ctx or lower "
+                                 "model.prompt_token_budget in state/agent.yaml)") from None
             seconds = time.perf_counter() - t0
             perf = llama_cpp.llama_perf_context(ctx)
         usage = out.get("usage", {})

@@ -135,3 +135,43 @@ if __name__ == "__main__":  # python tests/tinymodel.py out.gguf
     t0 = time.perf_counter()
     write_tiny_model(Path(sys.argv[1] if len(sys.argv) > 1 else "tiny.gguf"))
     print(f"written in {time.perf_counter() - t0:.3f}s")
+
+
+# -- test helpers ------------------------------------------------------------------------------
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory) -> Path:
+    """The tiny model, written once per test session."""
+    return write_tiny_model(tmp_path_factory.mktemp("model") / "tiny.gguf")
+
+
+class QueuedModel:
+    """A fake that implements the model interface the planner uses (chat, count_tokens,
+    name) and answers with queued replies: for tests about what the planner does with an
+    answer, not about the model."""
+
+    name = "queued-replies"
+
+    def __init__(self, *replies: str) -> None:
+        self.replies = list(replies)
+        self.calls: list[dict] = []
+
+    def count_tokens(self, text: str) -> int:
+        return max(1, len(text) // 4)
+
+    def chat(self, messages, *, schema=None, max_tokens=256, temperature=0.7, seed=None):
+        import json
+
+        from janus_git.llm import Reply
+
+        self.calls.append({"messages": messages, "schema": schema})
+        text = self.replies.pop(0)
+        reply = Reply(text=text, prompt_tokens=sum(self.count_tokens(m["content"])
+                                                   for m in messages))
+        try:
+            reply.data = json.loads(text)
+        except ValueError as e:
+            reply.error = f"output is not valid JSON: {e}"
+        return reply
