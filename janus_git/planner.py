@@ -222,10 +222,9 @@ def fit(sections: list[str], count: Callable[[str], int], budget: int) -> tuple[
             else:
                 hi = mid - 1
         cut += len(lines) - lo
-        if lo > 0:
-            kept = "\n".join(lines[:lo] + tail)
-            out.append(kept)
-            used += count(kept)
+        kept = "\n".join(lines[:lo] + tail) if lo else "[trimmed to fit the prompt budget]"
+        out.append(kept)
+        used += count(kept)
     return out, cut
 
 
