@@ -138,3 +138,83 @@ def test_the_builtin_smollm2_is_found_without_importing_it_and_answers_in_schema
                        schema=SCHEMA, max_tokens=200, seed=seed)
         ok += reply.data is not None
     assert ok == 3
+
+
+# -- the tools that use the model ---------------------------------------------------------------
+def _proposal(tool, type_, args, mission="STUDY-002-BETA"):
+    from janus_git import lifecycle
+    return lifecycle.new_proposal(mission=mission, type_=type_, tool=tool, args=args,
+                                  rationale="test", created_by="test")
+
+
+@pytest.fixture
+def tiny_config(state_dir, tiny_gguf):
+    from conftest import configure
+
+    from janus_git.config import load_config
+    configure(state_dir, model={"path": str(tiny_gguf), "n_ctx": 4096})
+    return load_config(state_dir)
+
+
+def test_node_generator_from_args_and_from_the_model(state_dir, tiny_config):
+    import yaml
+
+    from janus_git import tools
+    from janus_git.tools import ToolRefused
+    from janus_git.tools.node_generator import NODE_SCHEMA
+
+    given = _proposal("node_generator", "generate_new_nodes", {
+        "title": "Reversibility", "claim": "What can be undone can be tried.",
+        "question": "Is every effect revertible?", "related": ["audit trails"]})
+    res = tools.execute(given, tiny_config, state_dir)
+    assert res.status == "succeeded" and list(res.files) == ["nodes/reversibility.yaml"]
+    node = yaml.safe_load(res.files["nodes/reversibility.yaml"])
+    import jsonschema
+    jsonschema.validate(node, NODE_SCHEMA)
+    assert node["proposal"] == given.id and node["written_by"] == "proposal args"
+    ctx = llm.ModelContext(tiny_config, state_dir)
+    topic = _proposal("node_generator", "generate_new_nodes", {"topic": "why approvals matter"})
+    res = tools.execute(topic, tiny_config, state_dir, context=ctx)
+    assert res.status == "succeeded", res.error
+    [(path, text)] = res.files.items()
+    assert path.startswith("nodes/") and yaml.safe_load(text)["written_by"].startswith("model")
+    with pytest.raises(ToolRefused, match="claim"):
+        tools.check(_proposal("node_generator", "generate_new_nodes", {"title": "x"}),
+                    tiny_config, state_dir)
+
+
+def test_process_chunk_writes_a_note_with_facts_and_a_summary(state_dir, tiny_config):
+    from janus_git import tools
+
+    p = _proposal("process_chunk", "process_chunk",
+                  {"path": "missions/docs/git-release-chronicle.txt", "chunk": 13},
+                  mission="STUDY-004-BETA")
+    res = tools.execute(p, tiny_config, state_dir, context=llm.ModelContext(tiny_config,
+                                                                            state_dir))
+    assert res.status == "succeeded", res.error
+    note = res.files["notes/git-release-chronicle/chunk-13.md"].decode()
+    assert "lines 60001-64986 of 64986" in note and "Releases:" in note
+    assert "Most changes: " in note and "## Summary (model tiny.gguf)" in note
+    without = tools.execute(p, tiny_config, state_dir)
+    assert "no summary: no model in this run" in without.output.decode()
+    too_far = _proposal("process_chunk", "process_chunk",
+                        {"path": "missions/docs/git-release-chronicle.txt", "chunk": 14})
+    assert tools.execute(too_far, tiny_config, state_dir).status == "failed"
+    outside = _proposal("process_chunk", "process_chunk", {"path": "../etc/passwd", "chunk": 1})
+    assert "climbs out" in tools.execute(outside, tiny_config, state_dir).error
+
+
+def test_optimization_experiment_records_tokens_per_second(state_dir, tiny_config):
+    from janus_git import tools
+
+    p = _proposal("llama_bench", "optimization_experiment",
+                  {"threads": 1, "batch": 32, "n_ctx": 256, "n_tokens": 16},
+                  mission="OPT-001-BETA")
+    res = tools.execute(p, tiny_config, state_dir)
+    assert res.status == "succeeded", (res.error, res.output)
+    record = json.loads(res.files[f"notes/optimization/{p.id}.json"])
+    assert record["settings"]["threads"] == 1 and record["gen_tokens_per_s"] > 0
+    assert record["isolation"] in ("bwrap", "reduced", "in-process")
+    bad = _proposal("llama_bench", "optimization_experiment", {"threads": 0, "batch": 32,
+                                                               "n_ctx": 256})
+    assert "threads must be" in tools.execute(bad, tiny_config, state_dir).error
