@@ -127,3 +127,24 @@ def test_bulk_cleansing_uses_batch_commits(state_dir):
     assert c.body.count("proposed -> duplicate") == len(dups)
     assert all(status_of(repo, d).duplicate_of == first.id for d in dups)
     assert git(state_dir, "status", "--porcelain").stdout == ""
+
+
+def test_the_fast_reader_agrees_with_the_full_yaml_parse():
+    cases = [{"path": "docs/x.txt", "chunk": 3}, ["ls", "-la", "notes"], {"a": "yes"},
+             {"a": "1:20"}, {"a": " x  y "}, {"t": "It's"}, [], {}, None, {"n": [1, 2]},
+             "plain string", {"x": -5, "y": "0"}, ["007"], {"q": "a: b"}, {"k": "true"},
+             {"w": "x # y"}, ["a", 12, "b c"], {"z": "10.5"}, {"e": ""}, {"u": "é ü"},
+             {"o": "0o17"}, {"h": "0x1F"}, {"f": 1.5}, {"b": True}, {"d": "2026-01-01"}]
+    fast = 0
+    for args in cases:
+        p = lifecycle.new_proposal(mission="M", type_="analysis", tool="shell", args=args,
+                                   rationale="a long rationale " * 10, created_by="me <m@x>")
+        slow = [p.id, hygiene.novelty_digest(p.type, p.tool, p.args), "proposed", "M",
+                "shell", "analysis", p.created_at, "b"]
+        assert hygiene.row_from_text(p.to_yaml(), p.path, "b") == slow, args
+        try:
+            assert hygiene.fast_row(p.to_yaml(), p.path, "b") == slow, args
+            fast += 1
+        except hygiene._Slow:
+            pass
+    assert fast >= len(cases) // 2  # the common layouts take the fast path
