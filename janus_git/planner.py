@@ -144,16 +144,28 @@ def system_prompt(config: Config, constitution: str) -> str:
 
 
 def mission_section(s: Surface) -> str:
-    m, pr = s.mission, s.progress
+    """What stays the same while the mission is active (so the KV cache keeps it)."""
+    m = s.mission
     lines = [f"## Active mission {m.id}: {m.title}", f"Goal: {m.goal.strip()}",
-             f"Budget: {m.budget_min}-{m.budget_max} {m.unit}; done {pr.succeeded}, "
-             f"in flight {pr.in_flight}, target {m.target}."]
+             f"Budget: {m.budget_min}-{m.budget_max} {m.unit}."]
     if m.proposal_types:
         lines.append(f"Proposal types that count: {', '.join(m.proposal_types)}.")
     if m.tools:
         lines.append(f"Suggested tools: {', '.join(m.tools)}.")
     if m.guidance:
         lines.append(f"Guidance: {m.guidance.strip()}")
+    return "\n".join(lines)
+
+
+def status_section(s: Surface) -> str:
+    """What changes from cycle to cycle: progress and the chunks still to read."""
+    pr = s.progress
+    lines = [f"## Now: {pr.succeeded} {s.mission.unit} done, {pr.in_flight} in flight, "
+             f"target {s.mission.target}."]
+    for doc in s.mission.documents:
+        left = s.chunks_left(doc)
+        lines.append(f"{doc}: chunks not yet done or proposed: "
+                     f"{', '.join(map(str, left[:13])) or 'none'}.")
     return "\n".join(lines)
 
 
@@ -172,17 +184,13 @@ def results_section(repo: GitRepo, s: Surface) -> str:
 
 
 def document_section(s: Surface) -> str:
+    """Each document's size and opening lines, quoted (stable, so cached between cycles)."""
     parts = []
     for doc in s.mission.documents:
-        left = s.chunks_left(doc)
-        if not left:
-            continue
-        start = (left[0] - 1) * CHUNK_LINES
-        excerpt = _lines(s.root / doc, start, EXCERPT_LINES)
+        excerpt = _lines(s.root / doc, 0, EXCERPT_LINES)
         parts.append(f"Document {doc}: {document_chunks(s.root / doc)} chunks of "
-                     f"{CHUNK_LINES} lines; chunks not yet done: "
-                     f"{', '.join(map(str, left[:13]))}.\n"
-                     + quote(excerpt, f"{doc} lines {start + 1}-{start + EXCERPT_LINES}"))
+                     f"{CHUNK_LINES} lines.\n"
+                     + quote(excerpt, f"{doc} lines 1-{EXCERPT_LINES}"))
     return "\n\n".join(parts)
 
 
@@ -230,15 +238,23 @@ def fit(sections: list[str], count: Callable[[str], int], budget: int) -> tuple[
 
 def build_messages(repo: GitRepo, s: Surface, count: Callable[[str], int],
                    constitution: str) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """[system: constitution, tools, format], [user: the mission and its documents],
+    [user: progress, recent results, the ask].  Most stable first: consecutive cycles share
+    everything up to the last message, which llama.cpp then need not evaluate again."""
     system = system_prompt(s.config, constitution)
     budget = s.config["model"]["prompt_token_budget"] - count(system)
-    sections = [mission_section(s), document_section(s), results_section(repo, s)]
-    # the constitution is never trimmed; the user part gets at least a minimal share
-    kept, cut = fit([x for x in sections if x], count, max(128, budget))
     room = min(MAX_PER_CYCLE, s.progress.room)
-    user = "\n\n".join(kept + [f"Propose the next {room} step(s) for {s.mission.id}."])
-    return ([{"role": "system", "content": system}, {"role": "user", "content": user}],
-            {"lines_trimmed": cut, "budget": s.config["model"]["prompt_token_budget"]})
+    ask = f"Propose the next {room} step(s) for {s.mission.id}."
+    # importance order for trimming; the constitution itself is never trimmed
+    sections = [mission_section(s), status_section(s), document_section(s),
+                results_section(repo, s)]
+    (mission, status, docs, results), trimmed = fit(sections, count,
+                                                    max(128, budget - count(ask)))
+    stable = "\n\n".join(x for x in (mission, docs) if x)
+    varying = "\n\n".join(x for x in (results, status, ask) if x)
+    return ([{"role": "system", "content": system}, {"role": "user", "content": stable},
+             {"role": "user", "content": varying}],
+            {"lines_trimmed": trimmed, "budget": s.config["model"]["prompt_token_budget"]})
 
 
 # -- the cycle -------------------------------------------------------------------------------
