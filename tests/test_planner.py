@@ -208,4 +208,4 @@ def test_consecutive_cycles_share_all_but_the_last_message(state_dir):
     planner.think(repo, config, llm=model)
     first, second = (c["messages"] for c in model.calls)
     assert first[:2] == second[:2]  # the prefix llama.cpp keeps in its KV cache
-    assert first[2] != second[2] and "chunks not yet done or proposed: 2, 3" in first[2]["content"]
+    assert first[2] != second[2] and "done or proposed: 2, 3" in second[2]["content"]
