@@ -49,7 +49,10 @@ for a failing command; it raises ``SandboxError`` only when asked for bwrap wher
 """
 from __future__ import annotations
 
+import functools
 import os
+import queue
+import select
 import shutil
 import signal
 import subprocess
@@ -130,6 +133,7 @@ def _own_cgroup(controller: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)
 def _cgroup_base(controller: str) -> Path | None:
     """Our own cgroup's janus-git child, so runs nest under the daemon's limits."""
     own = _own_cgroup(controller)
@@ -253,17 +257,27 @@ def _unshare_probe() -> bool:
         return False
 
 
+def _owner_alive(name: str) -> bool:
+    """run-<pid>-<ns>: another live daemon's run dir, maybe created a moment ago and still
+    empty, is not ours to remove."""
+    try:
+        return psutil.pid_exists(int(name.split("-")[1]))
+    except (IndexError, ValueError):
+        return True
+
+
 def _cgroup_probe() -> dict:
     out = {}
     for ctl in CONTROLLERS:
         base = _cgroup_base(ctl)
         ok = False
         if base is not None and base.is_dir():
-            for stale in base.glob("run-*"):  # left by a daemon that died; fails if in use
-                try:
-                    stale.rmdir()
-                except OSError:
-                    pass
+            for stale in base.glob("run-*"):  # left by a daemon that died
+                if not _owner_alive(stale.name):
+                    try:
+                        stale.rmdir()
+                    except OSError:
+                        pass
         if base is not None:
             probe = base / f"probe-{os.getpid()}"
             try:
@@ -404,39 +418,24 @@ def _prlimit_argv(lim: dict[int, int]) -> list[str]:
 # --- output, measurement, killing --------------------------------------------------------
 
 class _Output:
-    """Drains the pipe: keeps the first `keep` bytes, counts and discards the rest."""
+    """Keeps the first `keep` bytes of the output, counts and discards the rest."""
 
-    def __init__(self, pipe, keep: int, hard: int, on_hard: Callable[[], None]) -> None:
+    def __init__(self, keep: int) -> None:
         self.buf = bytearray()
         self.total = 0
-        self._keep, self._hard, self._on_hard = keep, hard, on_hard
-        self.thread = threading.Thread(target=self._drain, args=(pipe,), daemon=True)
-        self.thread.start()
+        self.keep = keep
 
-    def _drain(self, pipe) -> None:
-        fd = pipe.fileno()
-        fired = False
-        while True:
-            try:
-                data = os.read(fd, 1 << 16)
-            except OSError:
-                break
-            if not data:
-                break
-            room = self._keep - len(self.buf)
-            if room > 0:
-                self.buf += data[:room]
-            self.total += len(data)
-            if self.total > self._hard and not fired:
-                fired = True
-                self._on_hard()
-        pipe.close()
+    def feed(self, data: bytes) -> None:
+        room = self.keep - len(self.buf)
+        if room > 0:
+            self.buf += data[:room]
+        self.total += len(data)
 
     def text(self) -> bytes:
         dropped = self.total - len(self.buf)
         if dropped <= 0:
             return bytes(self.buf)
-        return bytes(self.buf) + (f"\n[janus-git: output truncated at {self._keep // 1024} KiB; "
+        return bytes(self.buf) + (f"\n[janus-git: output truncated at {self.keep // 1024} KiB; "
                                   f"{dropped} bytes dropped]\n").encode()
 
 
@@ -512,8 +511,7 @@ class _Killer:
     def __init__(self, pid: int, meter: _Meter) -> None:
         self.pid, self.meter = pid, meter
         self.reason: str | None = None
-        self.exited = threading.Event()
-        self._lock = threading.Lock()
+        self.kill_at: float | None = None
 
     def signal_all(self, sig: int) -> None:
         try:
@@ -525,6 +523,20 @@ class _Killer:
                 os.kill(pid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
+
+    def stop(self, reason: str) -> None:
+        """TERM the whole run now, KILL after a grace; the first reason is the one named.
+        Resources get a short grace: they keep growing while the program handles TERM."""
+        if self.reason is not None:
+            return
+        self.reason = reason
+        self.signal_all(signal.SIGTERM)
+        self.kill_at = time.monotonic() + (2.0 if reason in ("timeout", "cancelled") else 0.25)
+
+    def tick(self) -> None:
+        if self.kill_at is not None and time.monotonic() >= self.kill_at:
+            self.signal_all(signal.SIGKILL)
+            self.kill_at = None
 
     def wait_gone(self, timeout: float) -> None:
         """Until no process of the run is left (its group and cgroup are empty)."""
@@ -540,38 +552,106 @@ class _Killer:
             pause = min(pause * 2, 0.02)
             self.signal_all(signal.SIGKILL)
 
-    def stop(self, reason: str) -> None:
-        """TERM the whole run, then KILL after a grace; the first reason is the one named."""
-        with self._lock:
-            if self.reason is not None:
-                return
-            self.reason = reason
-        grace = 2.0 if reason in ("timeout", "cancelled") else 0.25
-        self.signal_all(signal.SIGTERM)
-        if not self.exited.wait(grace):
-            self.signal_all(signal.SIGKILL)
+
+def _over_limit(meter: _Meter, limits: dict, deadline: float,
+                cancel: threading.Event | None) -> str | None:
+    if cancel is not None and cancel.is_set():
+        return "cancelled"
+    if time.monotonic() >= deadline:
+        return "timeout"
+    meter.sample()
+    if meter.peak_rss >= limits["memory_mb"] or meter.cg.oom_kills():
+        return "memory"
+    if meter.cg.pids_refused() or meter.peak_pids >= limits["pids"] + meter.overhead:
+        return "pids"
+    if meter.cpu_seconds >= limits["cpu_s"]:
+        return "cpu"
+    if meter.bytes_written >= limits["disk_write_mb"] << 20:
+        return "disk"
+    return None
 
 
-def _watch(meter: _Meter, killer: _Killer, limits: dict, deadline: float,
-           cancel: threading.Event | None) -> None:
-    mem = limits["memory_mb"]
-    disk = limits["disk_write_mb"] << 20
-    # The first sample waits one interval: a run that ends sooner costs no psutil work (its
-    # totals come from wait4 and the cgroup), and the start is never delayed by sampling.
-    while not killer.exited.wait(POLL_S):
-        if cancel is not None and cancel.is_set():
-            return killer.stop("cancelled")
-        if time.monotonic() >= deadline:
-            return killer.stop("timeout")
-        meter.sample()
-        if meter.peak_rss >= mem or meter.cg.oom_kills():
-            return killer.stop("memory")
-        if meter.cg.pids_refused() or meter.peak_pids >= limits["pids"] + meter.overhead:
-            return killer.stop("pids")
-        if meter.cpu_seconds >= limits["cpu_s"]:
-            return killer.stop("cpu")
-        if meter.bytes_written >= disk:
-            return killer.stop("disk")
+def _supervise(proc: subprocess.Popen, meter: _Meter, killer: _Killer, limits: dict,
+               deadline: float, cancel: threading.Event | None) -> tuple[int, object, _Output]:
+    """One thread does it all: poll() on the output pipe and a pidfd (readable when the
+    process exits), sampling every POLL_S in between.  Threads cost ~1 ms each to start on
+    this VM and a fixed poll interval would delay every exit; this costs neither."""
+    out = _Output(limits["output_kb"] * 1024)
+    hard = out.keep * OUTPUT_HARD_FACTOR
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+        poller.register(pidfd, select.POLLIN)
+    except (AttributeError, OSError):  # kernel < 5.3: look with WNOHANG every few ms
+        pidfd = None
+    next_sample = time.monotonic() + POLL_S  # a run that ends sooner costs no sampling
+    try:
+        while True:
+            now = time.monotonic()
+            wake = min(next_sample, killer.kill_at or next_sample)
+            if pidfd is None:
+                wake = min(wake, now + 0.005)
+            _read_ready(poller, fd, out, max(0.0, wake - now))
+            if out.total > hard:
+                killer.stop("output")
+            if pidfd is None or _readable(pidfd):
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG if pidfd is None else 0)
+                if pid:
+                    break
+            killer.tick()
+            if time.monotonic() >= next_sample:
+                if killer.reason is None:
+                    reason = _over_limit(meter, limits, deadline, cancel)
+                    if reason:
+                        killer.stop(reason)
+                next_sample = time.monotonic() + POLL_S
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: rusage needs wait4
+        killer.signal_all(signal.SIGKILL)  # whatever it left behind does not outlive the run
+        killer.wait_gone(2.0)
+        _drain(poller, fd, out, time.monotonic() + 0.5)
+    finally:
+        proc.stdout.close()
+        if pidfd is not None:
+            os.close(pidfd)
+    return status, usage, out
+
+
+def _readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def _read_ready(poller: select.poll, fd: int, out: _Output, timeout: float) -> bool:
+    """Wait up to TIMEOUT seconds; read what the pipe has.  False once it is at EOF."""
+    for ready, _ in poller.poll(timeout * 1000):
+        if ready != fd:
+            continue
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            continue
+        if not data:
+            poller.unregister(fd)
+            return False
+        out.feed(data)
+    return True
+
+
+def _drain(poller: select.poll, fd: int, out: _Output, until: float) -> None:
+    """The output left in the pipe; bounded, as a stray process may still hold it open."""
+    while time.monotonic() < until and out.total <= out.keep * OUTPUT_HARD_FACTOR:
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            select.select([fd], [], [], max(0.0, until - time.monotonic()))
+            continue
+        except OSError:
+            return
+        if not data:
+            return
+        out.feed(data)
 
 
 # --- the run -----------------------------------------------------------------------------
@@ -669,8 +749,8 @@ def _start_bwrap(argv: list[str], cwd: Path, env: dict, stdin, cg: Cgroups,
         for pid in [proc.pid, *inner]:
             _set_rlimits(pid, lim)
         os.write(block_w, b"x")
-    except OSError:
-        proc.kill()  # never run the command outside its limits
+    except OSError as e:
+        _abort(proc, e)  # never run the command outside its limits
     finally:
         os.close(info_r)
         os.close(block_w)
@@ -716,9 +796,18 @@ def _start_reduced(argv: list[str], cwd: Path, env: dict, stdin, cg: Cgroups,
         try:
             cg.attach(proc.pid)
             os.write(proc.stdin.fileno(), b"\n")  # the wrapper's `read` returns: exec
-        except OSError:
-            proc.kill()
+        except OSError as e:
+            _abort(proc, e)
     return proc
+
+
+def _abort(proc: subprocess.Popen, e: OSError) -> None:
+    proc.kill()
+    proc.wait()
+    for f in (proc.stdin, proc.stdout):
+        if f is not None:
+            f.close()
+    raise OSError(e.errno, f"could not put the run under its limits: {e.strerror}")
 
 
 def run(argv: list[str], limits: dict, root: Path, *, network: bool = False,
@@ -764,34 +853,43 @@ def run(argv: list[str], limits: dict, root: Path, *, network: bool = False,
         on_start(proc.pid)
     meter = _Meter(proc.pid, cg, scratch, overhead)
     killer = _Killer(proc.pid, meter)
-    hard = limits["output_kb"] * 1024 * OUTPUT_HARD_FACTOR
-    out = _Output(proc.stdout, limits["output_kb"] * 1024, hard,
-                  lambda: threading.Thread(target=killer.stop, args=("output",),
-                                           daemon=True).start())
-    watcher = threading.Thread(target=_watch, daemon=True,
-                               args=(meter, killer, limits, t0 + limits["timeout_s"], cancel))
-    watcher.start()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: rusage needs wait4
+    status, usage, out = _supervise(proc, meter, killer, limits,
+                                    t0 + limits["timeout_s"], cancel)
     wall = time.monotonic() - t0
-    killer.exited.set()
-    watcher.join()
-    killer.signal_all(signal.SIGKILL)  # whatever it left behind does not outlive the run
-    killer.wait_gone(2.0)
-    out.thread.join(timeout=2)
     meter.cpu_seconds = max(meter.cpu_seconds, cg.cpu_seconds() or 0.0,
                             usage.ru_utime + usage.ru_stime)
     meter.peak_rss = max(meter.peak_rss, usage.ru_maxrss / 1024)
     meter.bytes_written = max(meter.bytes_written, _dir_bytes(scratch))
     exit_code, sig, limit = _post_mortem(status, iso, killer, meter, cg, limits, out)
-    # An emptied cgroup may stay busy for a moment; removing it must not delay the result.
-    threading.Thread(target=cg.remove, daemon=True).start()
-    if owned:
-        shutil.rmtree(scratch, ignore_errors=True)
+    # An emptied cgroup may stay busy for a moment, and nobody waits for a scratch dir to go.
+    _cleanup(cg, scratch if owned else None)
     res = meter.resources(wall)
     return SandboxResult(list(argv), iso, limits, exit_code, sig, limit, res, out.text(),
                          out.total, started, utcnow(), _error(exit_code, sig, limit, limits, res),
                          sorted(cg.dirs), _reachable(iso, network))
+
+
+_cleanups: "queue.SimpleQueue[tuple[Cgroups, Path | None]]" = queue.SimpleQueue()
+_cleaner: threading.Thread | None = None
+
+
+def _cleanup(cg: Cgroups, scratch: Path | None) -> None:
+    """Hand the removal to one long-lived thread (starting a thread per run costs ~1 ms)."""
+    global _cleaner
+    _cleanups.put((cg, scratch))
+    with _probe_lock:
+        if _cleaner is None or not _cleaner.is_alive():
+            _cleaner = threading.Thread(target=_clean_forever, name="sandbox-cleanup",
+                                        daemon=True)
+            _cleaner.start()
+
+
+def _clean_forever() -> None:
+    while True:
+        cg, scratch = _cleanups.get()
+        cg.remove()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _reachable(isolation: str, network: bool) -> bool:
