@@ -1,0 +1,122 @@
+"""Benchmarks (2) and (3) on a state repository with 100,000 proposals (10,000 commits):
+
+    (2a) `janus-git list --json` warm (the index exists and is current): target <= 0.5 s
+         baseline: `git ls-tree -r HEAD -- proposals` (listing the files, nothing read)
+    (2b) the index rebuilt from scratch (index deleted, then `janus-git list --json`):
+         target <= 15 s; baseline: reading every proposal blob with
+         `git ls-tree -r HEAD proposals | git cat-file --batch`
+    (3)  `janus-git show ID`: target <= 0.3 s; baseline: `git log -- PATH` of that file,
+         both without and with a commit-graph with changed-path Bloom filters.
+
+Every figure is wall time of a real subprocess, Python start included, stdout to /dev/null.
+
+    python bench/bench_list.py            # 100,000 proposals
+    python bench/bench_list.py --quick    # 10,000 proposals
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+
+def wall(argv, cwd, shell=False) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(argv, cwd=cwd, shell=shell, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def med(fn, n) -> tuple[float, list[float]]:
+    xs = [fn() for _ in range(n)]
+    return statistics.median(xs), xs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    n_prop = 10000 if args.quick else 100000
+    common.use_env(common.WORK / "home")
+    root = common.build_repo(n_prop, 10000 if not args.quick else 2000)
+    exe = shutil.which("janus-git")
+    jg = [exe] if exe else [sys.executable, "-m", "janus_git.cli"]
+    index = root / ".git" / "janus" / "index.sqlite"
+    graph = root / ".git" / "objects" / "info" / "commit-graph"
+    graphs = root / ".git" / "objects" / "info" / "commit-graphs"
+    rows = []
+
+    def drop_index():
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(index) + suffix).unlink(missing_ok=True)
+
+    py = med(lambda: wall([sys.executable, "-c", "pass"], root), args.runs)[0]
+    print(f"# {n_prop} proposals; python start alone: {common.fmt_s(py)}")
+
+    # (2b) rebuild from scratch
+    base_read = med(lambda: wall("git ls-tree -r HEAD proposals | git cat-file --batch",
+                                 root, shell=True), 3)[0]
+    rebuilds = []
+    for _ in range(2):
+        drop_index()
+        rebuilds.append(wall([*jg, "list", "--json"], root))
+    rebuild = min(rebuilds)
+    print(f"(2b) rebuild: baseline cat-file of all blobs {common.fmt_s(base_read)}; ours "
+          f"{', '.join(common.fmt_s(x) for x in rebuilds)}")
+    rows.append({"name": f"(2b) index rebuild from scratch, {n_prop} proposals",
+                 "target": "≤ 15 s", "baseline": base_read,
+                 "baseline_what": "ls-tree piped to cat-file --batch", "ours": rebuild,
+                 "ok": rebuild <= 15})
+
+    # (2a) warm list --json
+    base_ls = med(lambda: wall(["git", "ls-tree", "-r", "HEAD", "--", "proposals"], root),
+                  args.runs)[0]
+    warm, xs = med(lambda: wall([*jg, "list", "--json"], root), args.runs)
+    print(f"(2a) list --json warm: baseline ls-tree {common.fmt_s(base_ls)}; ours median "
+          f"{common.fmt_s(warm)} (runs {', '.join(common.fmt_s(x) for x in xs)})")
+    rows.append({"name": f"(2a) `list --json` warm, {n_prop} proposals", "target": "≤ 0.5 s",
+                 "baseline": base_ls, "baseline_what": "git ls-tree -r HEAD proposals",
+                 "ours": warm, "ok": warm <= 0.5})
+    filt, _ = med(lambda: wall([*jg, "list", "--json", "--status", "failed", "--mission",
+                                "OPT-001-BETA"], root), args.runs)
+    print(f"(2a') list --json --status failed --mission OPT-001-BETA: {common.fmt_s(filt)}")
+    rows.append({"name": "(2a') `list --json` with filters (~5% of rows)", "target": "≤ 0.5 s",
+                 "baseline": base_ls, "baseline_what": "git ls-tree -r HEAD proposals",
+                 "ours": filt, "ok": filt <= 0.5})
+
+    # (3) show, without and with a commit-graph
+    ids = common.pick_ids(root, args.runs, seed=11)
+    paths = [f"proposals/{i[:4]}/{i[4:6]}/{i}.yaml" for i in ids]
+    for with_graph in (False, True):
+        graph.unlink(missing_ok=True)
+        shutil.rmtree(graphs, ignore_errors=True)
+        if with_graph:
+            t0 = time.perf_counter()
+            common.git(root, "commit-graph", "write", "--reachable", "--changed-paths")
+            print(f"# commit-graph --reachable --changed-paths written in "
+                  f"{common.fmt_s(time.perf_counter() - t0)}")
+        base = statistics.median(wall(["git", "log", "--", p], root) for p in paths)
+        ours = statistics.median(wall([*jg, "show", i], root) for i in ids)
+        ours_json = statistics.median(wall([*jg, "show", "--json", i], root) for i in ids)
+        label = "with" if with_graph else "without"
+        print(f"(3) show, {label} commit-graph: baseline git log -- path {common.fmt_s(base)}; "
+              f"ours {common.fmt_s(ours)} (--json {common.fmt_s(ours_json)})")
+        rows.append({"name": f"(3) `show ID`, {label} commit-graph", "target": "≤ 0.3 s",
+                     "baseline": base, "baseline_what": "git log -- PATH", "ours": ours,
+                     "ok": ours <= 0.3})
+    print(common.report(rows))
+    (common.WORK / f"result-list-{n_prop}.json").write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
