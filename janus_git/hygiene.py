@@ -12,13 +12,15 @@ import datetime as dt
 import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
 from . import lifecycle
 from .config import Config
-from .errors import ConfigError
-from .gitrepo import GitRepo, format_message
+from .errors import ConfigError, Conflict
+from .gitrepo import GitRepo, Identity, format_message
 from .proposal import Proposal, Status, check_transition, novelty_digest, parse_proposal
 from .store import PROPOSALS_DIR, is_proposal_path
 
@@ -417,10 +419,51 @@ def _apply_batched(repo: GitRepo, config: Config, actions: list[Action]) -> int:
         if not files:
             continue
         subject = f"janus: hygiene: {len(files)} proposals cleansed"
-        repo.commit_files(files, format_message(subject, "\n".join(lines), {
-            TRAILER_HYGIENE: f"batch of {len(files)}"}), config.identity, guard=guard)
+        commit_many(repo, files, guard, format_message(subject, "\n".join(lines), {
+            TRAILER_HYGIENE: f"batch of {len(files)}"}), config.identity)
         commits += 1
     return commits
+
+
+def commit_many(repo: GitRepo, files: dict[str, bytes], guard: dict[str, bytes],
+                message: str, identity: Identity) -> str:
+    """One commit changing thousands of files, in time linear in their number.
+
+    `git commit --only -- <paths>` matches every pathspec against every index entry: 60 s for
+    4,800 paths in a 100,000-file repository.  Here the commit is built in a temporary index
+    (read-tree, update-index --index-info, write-tree, commit-tree), the branch moves with
+    compare-and-swap, and only then are the working tree and the real index brought along, so
+    a failure leaves nothing half-written.  Like commit_files it refuses to overwrite a
+    person's uncommitted edit (GUARD: the content last read from HEAD)."""
+    for path, expected in guard.items():
+        try:
+            current = (repo.root / path).read_bytes()
+        except FileNotFoundError:
+            current = None
+        if current != expected:
+            raise Conflict(f"{path} has uncommitted changes in the working tree; commit or "
+                           "discard them and run hygiene again")
+    head, branch = repo.head(), repo.branch()
+    with tempfile.TemporaryDirectory(dir=repo.git_dir) as tmp:
+        staged = []
+        for i, (path, data) in enumerate(files.items()):
+            blob_path = Path(tmp) / f"{i}"
+            blob_path.write_bytes(data)
+            staged.append(str(blob_path))
+        shas = repo.run("hash-object", "-w", "--stdin-paths",
+                        stdin="\n".join(staged) + "\n").split()
+        info = "".join(f"100644 {sha}\t{path}\n" for sha, path in zip(shas, files))
+        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index"), **identity.env()}
+        repo.run("read-tree", head, env=env)
+        repo.run("update-index", "--index-info", env=env, stdin=info)
+        tree = repo.run("write-tree", env=env).strip()
+        sha = repo.run("commit-tree", tree, "-p", head, "-F", "-", env=env,
+                       stdin=message).strip()
+        repo.run("update-ref", "-m", "janus hygiene", f"refs/heads/{branch}", sha, head)
+        for path, blob_path in zip(files, staged):
+            os.replace(blob_path, repo.root / path)
+    repo.run_retrying("update-index", "--index-info", stdin=info)
+    return sha
 
 
 def _read_head_blobs(repo: GitRepo, paths: list[str]) -> list[bytes]:
