@@ -373,12 +373,29 @@ def _bwrap_argv(argv: list[str], root: Path, scratch: Path, network: bool, hide_
             "--ro-bind", str(root), "/repo"]
     if hide_git and (root / ".git").exists():
         cmd += ["--tmpfs", "/repo/.git"]
-    for path in binds:
-        cmd += ["--ro-bind", path, path]
+    cmd += _extra_binds(binds)
     cmd += ["--bind", str(scratch), "/tmp", "--chdir", "/repo", "--"]
     if _drop_to_nobody():
         cmd += [shutil.which("setpriv") or "setpriv", *_SETPRIV]
     return cmd + argv
+
+
+def _extra_binds(paths: list[str]) -> list[str]:
+    """Read-only binds at their own path.  Missing ancestors are made 0755 first: bwrap
+    copies the host's mode, and a 0700 /root would hide a Python under /root/.pyenv."""
+    system = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/proc", "/dev", "/tmp")
+    keep = sorted({os.path.normpath(p) for p in paths})
+    keep = [p for p in keep if not any(p != q and p.startswith(q + "/") for q in keep)]
+    keep = [p for p in keep if not p.startswith(system) and os.path.exists(p)]
+    out: list[str] = []
+    made: set[str] = set()
+    for path in keep:
+        for anc in reversed(Path(path).parents[:-1]):
+            if str(anc) not in made:
+                made.add(str(anc))
+                out += ["--perms", "0755", "--dir", str(anc)]
+        out += ["--ro-bind", path, path]
+    return out
 
 
 def _rlimits(limits: dict, cg: Cgroups, overhead: int) -> dict[int, int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -228,3 +229,14 @@ def test_doctor_says_what_is_available_and_why():
 def test_a_missing_program_fails_cleanly(repo):
     res = sandbox.run(["no-such-program-xyz"], SMALL, repo)
     assert not res.ok and res.exit_code not in (0, None) and res.limit_hit is None
+
+
+def test_python_binds_let_the_daemons_interpreter_run_under_bwrap(repo):
+    """The model tools run `python -m janus_git...` with this interpreter, which may live
+    under a 0700 /root: its binds get traversable parents."""
+    if not HAVE_BWRAP:
+        pytest.skip("no bwrap")
+    code = "import janus_git, yaml, psutil; print('ok')"
+    res = sandbox.run([sys.executable, "-c", code], dict(SMALL, memory_mb=1024), repo,
+                      isolation="bwrap", ro_binds=sandbox.python_binds())
+    assert res.ok and res.output == b"ok\n", res.output
