@@ -282,7 +282,8 @@ def remember_deleted(repo: GitRepo, p: Proposal) -> None:
     NoveltyIndex(repo).sync().remember(p)
 
 
-def reindex(repo: GitRepo) -> int:
+def reindex(repo: GitRepo, config: Config | None = None) -> int:
+    """Rebuild the novelty index from git; returns how many proposals it holds."""
     return len(NoveltyIndex(repo).rebuild().rows)
 
 
@@ -355,8 +356,6 @@ def hygiene(repo: GitRepo, config: Config, dry_run: bool = False, *,
     for a in actions:
         counts[a.new.value] += 1
     if dry_run:
-        counts["actions"] = [{"id": a.id, "to": a.new.value, "reason": a.reason,
-                              "duplicate_of": a.duplicate_of} for a in actions]
         return counts
     if len(actions) <= BATCH_THRESHOLD:
         counts["commits"] = _apply_each(repo, config, actions)

@@ -235,10 +235,16 @@ def _message(changes: list[tuple[Mission, str, str]]) -> str:
     return format_message(subject, "", trailers)
 
 
-def missions_table(missions: list[Mission], proposals: Iterable[Any]) -> list[dict[str, Any]]:
-    """Rows for `janus-git missions` (and its --json)."""
+def missions_table(missions: Any, proposals: Iterable[Any] | None = None
+                   ) -> list[dict[str, Any]]:
+    """Rows for `janus-git missions` (and its --json).  MISSIONS: a list of Mission with
+    PROPOSALS (rows or Proposal objects), or a StateRepo (its missions at HEAD, its index)."""
+    if proposals is None and hasattr(missions, "index"):
+        state = missions
+        missions = load_missions(state.repo, on_error=lambda e: None)
+        proposals = state.index.query()
     rows = []
-    proposals = list(proposals)
+    proposals = list(proposals or [])
     for m in missions:
         pr = progress(m, proposals)
         rows.append({

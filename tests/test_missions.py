@@ -127,3 +127,8 @@ def test_missions_table(state_dir):
     assert first["progress"] == "4/13 chunks" and first["in_flight"] == 1
     assert not first["complete"]
     assert [r["id"] for r in table] == ["STUDY-004-BETA", "OPT-001-BETA", "STUDY-002-BETA"]
+
+
+def test_missions_table_from_a_state_repo(sr):
+    rows = missions.missions_table(sr)
+    assert [r["progress"] for r in rows] == ["0/13 chunks", "0/10 experiments", "0/30 nodes"]
