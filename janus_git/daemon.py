@@ -277,9 +277,14 @@ class Daemon:
             self._resume()
         if self.exit:
             return
-        self._decide_new()
-        self._start_runs()
+        self._start_runs()  # approved work first: it is what a person is waiting for
+        if head != self._decided_for:
+            self._decide_new()
+            self._decided_for = head
+            self._start_runs()
         self._maybe_think()
+
+    _decided_for: str | None = None
 
     _stop_checked: str | None = None
 
@@ -679,6 +684,7 @@ class Daemon:
                                          self.config.identity, base_text=current[1],
                                          reason="resumed after the emergency stop; decided again")
                 self.seen_manual.discard(row["id"])
+        self._decided_for = None
         self.activity = "idle"
 
     # -- thinking ------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import os
 import random
 import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,7 +130,10 @@ class GitRepo:
             try:
                 return self.run(*args, env=env, stdin=stdin)
             except GitError as e:
-                if "index.lock" not in e.stderr or time.monotonic() > deadline:
+                # index.lock: someone is staging; "cannot lock ref": a concurrent commit moved
+                # the branch between our read and our update.  Both clear up: try again.
+                transient = "index.lock" in e.stderr or "cannot lock ref" in e.stderr
+                if not transient or time.monotonic() > deadline:
                     raise
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 0.25)
@@ -252,12 +256,20 @@ class GitRepo:
                 atomic_write(target, data)
         paths = sorted(files)
         env = identity.env() if identity else None
-        self.run_retrying("add", "-A", "--", *paths)
-        crashpoint("mid-commit")
-        self.run_retrying("commit", "-q", "--no-verify", "--allow-empty", "--only", "-F", "-",
-                          "--", *paths, env=env, stdin=message)
+        for attempt in range(5):
+            self.run_retrying("add", "-A", "--", *paths)
+            crashpoint("mid-commit")
+            try:
+                self.run_retrying("commit", "-q", "--no-verify", "--allow-empty", "--only",
+                                  "-F", "-", "--", *paths, env=env, stdin=message)
+                break
+            except GitError as e:
+                # A concurrent `git commit -- path` by someone else can write back an index it
+                # read before our `git add` (a lost update inside git): stage again.
+                if "did not match any file" not in e.stderr or attempt == 4:
+                    raise
         journal.unlink(missing_ok=True)
-        return self.run("rev-parse", "HEAD").strip()
+        return self.fast_head() or ""
 
     # An intent journal makes a write-then-commit safe against a crash in between: what a dead
     # process wrote but never committed is put back to HEAD, so it cannot be mistaken for a
@@ -265,7 +277,7 @@ class GitRepo:
     def _write_intent(self, files: dict[str, bytes | None]) -> Path:
         jdir = self.git_dir / "janus"
         jdir.mkdir(parents=True, exist_ok=True)
-        path = jdir / f"intent-{os.getpid()}.json"
+        path = jdir / f"intent-{os.getpid()}-{threading.get_ident()}.json"
         intent = {p: (hashlib.sha256(d).hexdigest() if d is not None else None)
                   for p, d in files.items()}
         atomic_write(path, json.dumps(intent).encode())
@@ -275,9 +287,9 @@ class GitRepo:
         """Undo the uncommitted writes of janus-git processes that died mid-commit."""
         restored = []
         for journal in (self.git_dir / "janus").glob("intent-*.json"):
-            pid = int(journal.stem.split("-", 1)[1])
-            if pid != os.getpid() and _alive(pid):
-                continue
+            pid = int(journal.stem.split("-")[1])
+            if _alive(pid):
+                continue  # in flight (this process's other threads included)
             intent = json.loads(journal.read_text() or "{}")
             for path, digest in intent.items():
                 current = _read_or_none(self.root / path)

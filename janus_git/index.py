@@ -115,12 +115,21 @@ class Index:
             if not is_proposal_path(path):
                 continue
             (deleted if meta[4] == "D" else changed).append((path, meta[3]))
-        texts = read_blobs(self.repo, [b for _, b in changed]) if changed else []
+        if len(changed) > 20:
+            texts = read_blobs(self.repo, [b for _, b in changed])
+        else:  # a few files: the persistent cat-file process beats starting a new one
+            texts = [self._blob(b) for _, b in changed]
         db.execute("BEGIN")
         db.executemany("DELETE FROM proposals WHERE path=?", [(p,) for p, _ in deleted])
         db.executemany(f"INSERT OR REPLACE INTO proposals VALUES ({','.join('?' * 14)})",
                        [row_for(p, b, t) for (p, b), t in zip(changed, texts)])
         db.execute("COMMIT")
+
+    def _blob(self, sha: str) -> bytes:
+        try:
+            return self.repo._git.get_object_data(sha)[3]
+        except (ValueError, OSError):
+            return b""
 
     def query(self, *, status: Iterable[str] = (), mission: str | None = None,
               tool: str | None = None, type_: str | None = None, since: str | None = None,
