@@ -1,0 +1,99 @@
+"""What this machine offers the sandbox (probed once per process), and doctor()."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from . import cgroups
+from .launch import NOBODY, bwrap_argv, drop_to_nobody
+
+_probe_lock = threading.Lock()
+_probe: dict | None = None
+
+
+def bwrap_probe() -> tuple[bool, str]:
+    """Run `true` with exactly the bwrap command line real runs get."""
+    path = shutil.which("bwrap")
+    if not path:
+        return False, "bwrap is not installed (apt-get install bubblewrap)"
+    scratch = Path(tempfile.mkdtemp(prefix="janus-git-probe-"))
+    try:
+        r = subprocess.run(bwrap_argv(["true"], Path("/usr"), scratch, False, False, []),
+                           capture_output=True, timeout=10, cwd="/")
+    except (OSError, subprocess.SubprocessError) as e:
+        return False, f"bwrap does not start: {e}"
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if r.returncode != 0:
+        detail = (r.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+        return False, f"bwrap cannot build the sandbox here: {detail}"
+    how = ("as root: privileged namespaces, setpriv to uid 65534" if drop_to_nobody()
+           else "in a user namespace as uid 65534")
+    return True, f"bwrap works ({how}, all capabilities dropped)"
+
+
+def unshare_probe() -> bool:
+    """Can the reduced sandbox still take the network away (an unprivileged user+net
+    namespace with util-linux unshare)?"""
+    path = shutil.which("unshare")
+    if not path:
+        return False
+    kw = dict(user=NOBODY, group=NOBODY, extra_groups=[]) if drop_to_nobody() else {}
+    try:
+        return subprocess.run([path, "--user", "--net", "true"], capture_output=True,
+                              timeout=10, cwd="/", **kw).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+
+
+
+
+def probes() -> dict:
+    global _probe
+    with _probe_lock:
+        if _probe is None:
+            ok, why = bwrap_probe()
+            _probe = {"bwrap_usable": ok, "bwrap_why": why, "cgroups": cgroups.probe(),
+                      "unshare_net": unshare_probe()}
+        return _probe
+
+
+def forced_reduced() -> bool:
+    return os.environ.get("JANUS_GIT_FORCE_REDUCED", "") not in ("", "0")
+
+
+def cgroups_off() -> bool:
+    return os.environ.get("JANUS_GIT_NO_CGROUPS", "") not in ("", "0")
+
+
+def doctor() -> dict:
+    """Which isolation runs would get, and why (for `janus-git doctor`)."""
+    p = probes()
+    forced = forced_reduced()
+    isolation = "bwrap" if p["bwrap_usable"] and not forced else "reduced"
+    why = p["bwrap_why"] if not forced else "JANUS_GIT_FORCE_REDUCED is set"
+    if isolation == "reduced":
+        why += "; runs get rlimits, their own session and a clean environment, no namespaces"
+    cg = {k: (v and not cgroups_off()) for k, v in p["cgroups"].items()}
+    return {"bwrap": shutil.which("bwrap") is not None, "bwrap_path": shutil.which("bwrap"),
+            "bwrap_usable": p["bwrap_usable"], "isolation": isolation, "why": why,
+            "forced_reduced": forced, "cgroups": cg,
+            "fork_bomb_guard": "pids cgroup" if cg.get("pids") else
+            ("RLIMIT_NPROC as uid 65534" if drop_to_nobody() else "none (not root, no cgroup)"),
+            "run_as_uid": NOBODY if drop_to_nobody() else os.geteuid(),
+            "network_isolation": isolation == "bwrap" or p["unshare_net"]}
+
+
+def python_binds() -> list[str]:
+    """Paths a `python -m janus_git...` child needs inside bwrap (interpreter, site, package)."""
+    import janus_git
+    paths = {sys.base_prefix, sys.prefix, str(Path(janus_git.__file__).parent.parent)}
+    paths.update(p for p in sys.path if p and Path(p).is_dir() and "site-packages" in p)
+    return sorted(p for p in paths if not p.startswith(("/usr/", "/etc/")) and p != "/usr")

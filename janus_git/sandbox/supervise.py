@@ -1,0 +1,254 @@
+"""Watching a run: its output (bounded), what it uses (psutil and the cgroups), its limits,
+and stopping it (TERM to the whole run, KILL after a grace)."""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from .cgroups import Cgroups
+
+POLL_S = 0.025
+OUTPUT_HARD_FACTOR = 64
+
+class Output:
+    """Keeps the first `keep` bytes of the output, counts and discards the rest."""
+
+    def __init__(self, keep: int) -> None:
+        self.buf = bytearray()
+        self.total = 0
+        self.keep = keep
+
+    def feed(self, data: bytes) -> None:
+        room = self.keep - len(self.buf)
+        if room > 0:
+            self.buf += data[:room]
+        self.total += len(data)
+
+    def text(self) -> bytes:
+        dropped = self.total - len(self.buf)
+        if dropped <= 0:
+            return bytes(self.buf)
+        return bytes(self.buf) + (f"\n[janus-git: output truncated at {self.keep // 1024} KiB; "
+                                  f"{dropped} bytes dropped]\n").encode()
+
+
+def dir_bytes(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+class Meter:
+    """Samples the run's processes: CPU, RSS sum, bytes written, process count."""
+
+    def __init__(self, pid: int, cg: Cgroups, scratch: Path, overhead: int) -> None:
+        self.pid, self.cg, self.scratch, self.overhead = pid, cg, scratch, overhead
+        self.ncpu = os.cpu_count() or 1
+        self._procs: dict[int, psutil.Process] = {}
+        self._cpu: dict[int, float] = {}
+        self._io: dict[int, int] = {}
+        self.cpu_seconds = self.cpu_peak = self.peak_rss = 0.0
+        self.bytes_written = self.peak_pids = self._n = 0
+        self._last = (time.monotonic(), 0.0)
+
+    def members(self) -> list[int]:
+        if self.cg.dirs:
+            return self.cg.pids()
+        try:
+            top = psutil.Process(self.pid)
+            return [self.pid] + [c.pid for c in top.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def sample(self) -> None:
+        pids = self.members()
+        rss = 0
+        for pid in pids:
+            try:
+                p = self._procs.get(pid) or self._procs.setdefault(pid, psutil.Process(pid))
+                with p.oneshot():
+                    rss += p.memory_info().rss
+                    t = p.cpu_times()
+                    self._cpu[pid] = t.user + t.system
+                    self._io[pid] = p.io_counters().write_bytes
+            except (psutil.Error, OSError):
+                continue
+        self.peak_pids = max(self.peak_pids, len(pids))
+        self.peak_rss = max(self.peak_rss, rss / 2**20)
+        cg_cpu = self.cg.cpu_seconds()
+        self.cpu_seconds = max(self.cpu_seconds, cg_cpu if cg_cpu is not None
+                               else sum(self._cpu.values()))
+        now = time.monotonic()
+        t0, c0 = self._last
+        if now - t0 >= 0.02:
+            share = (self.cpu_seconds - c0) / (now - t0) / self.ncpu * 100
+            self.cpu_peak = max(self.cpu_peak, min(100.0, share))
+            self._last = (now, self.cpu_seconds)
+        self._n += 1
+        scratch = dir_bytes(self.scratch) if self._n % 4 == 1 else 0
+        self.bytes_written = max(self.bytes_written, sum(self._io.values()), scratch)
+
+    def resources(self, wall: float) -> dict:
+        return {"cpu_seconds": round(self.cpu_seconds, 3),
+                "cpu_peak_percent": round(self.cpu_peak, 1),
+                "peak_rss_mb": round(self.peak_rss, 1), "bytes_written": int(self.bytes_written),
+                "wall_seconds": round(wall, 3), "peak_processes": self.peak_pids}
+
+
+class Killer:
+    def __init__(self, pid: int, meter: Meter) -> None:
+        self.pid, self.meter = pid, meter
+        self.reason: str | None = None
+        self.kill_at: float | None = None
+
+    def signal_all(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for pid in self.meter.members():
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def stop(self, reason: str) -> None:
+        """TERM the whole run now, KILL after a grace; the first reason is the one named.
+        Resources get a short grace: they keep growing while the program handles TERM."""
+        if self.reason is not None:
+            return
+        self.reason = reason
+        self.signal_all(signal.SIGTERM)
+        self.kill_at = time.monotonic() + (2.0 if reason in ("timeout", "cancelled") else 0.25)
+
+    def tick(self) -> None:
+        if self.kill_at is not None and time.monotonic() >= self.kill_at:
+            self.signal_all(signal.SIGKILL)
+            self.kill_at = None
+
+    def wait_gone(self, timeout: float) -> None:
+        """Until no process of the run is left (its group and cgroup are empty)."""
+        end = time.monotonic() + timeout
+        pause = 0.0005
+        while time.monotonic() < end:
+            try:
+                os.killpg(self.pid, 0)
+            except (ProcessLookupError, PermissionError):
+                if not self.meter.cg.pids():
+                    return
+            time.sleep(pause)  # exiting tasks leave their cgroup within a millisecond or so
+            pause = min(pause * 2, 0.02)
+            self.signal_all(signal.SIGKILL)
+
+
+def over_limit(meter: Meter, limits: dict, deadline: float,
+                cancel: threading.Event | None) -> str | None:
+    if cancel is not None and cancel.is_set():
+        return "cancelled"
+    if time.monotonic() >= deadline:
+        return "timeout"
+    meter.sample()
+    if meter.peak_rss >= limits["memory_mb"] or meter.cg.oom_kills():
+        return "memory"
+    if meter.cg.pids_refused() or meter.peak_pids >= limits["pids"] + meter.overhead:
+        return "pids"
+    if meter.cpu_seconds >= limits["cpu_s"]:
+        return "cpu"
+    if meter.bytes_written >= limits["disk_write_mb"] << 20:
+        return "disk"
+    return None
+
+
+def supervise(proc: subprocess.Popen, meter: Meter, killer: Killer, limits: dict,
+               deadline: float, cancel: threading.Event | None) -> tuple[int, object, Output]:
+    """One thread does it all: poll() on the output pipe and a pidfd (readable when the
+    process exits), sampling every POLL_S in between.  Threads cost ~1 ms each to start on
+    this VM and a fixed poll interval would delay every exit; this costs neither."""
+    out = Output(limits["output_kb"] * 1024)
+    hard = out.keep * OUTPUT_HARD_FACTOR
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+        poller.register(pidfd, select.POLLIN)
+    except (AttributeError, OSError):  # kernel < 5.3: look with WNOHANG every few ms
+        pidfd = None
+    next_sample = time.monotonic() + POLL_S  # a run that ends sooner costs no sampling
+    try:
+        while True:
+            now = time.monotonic()
+            wake = min(next_sample, killer.kill_at or next_sample)
+            if pidfd is None:
+                wake = min(wake, now + 0.005)
+            _read_ready(poller, fd, out, max(0.0, wake - now))
+            if out.total > hard:
+                killer.stop("output")
+            if pidfd is None or _readable(pidfd):
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG if pidfd is None else 0)
+                if pid:
+                    break
+            killer.tick()
+            if time.monotonic() >= next_sample:
+                if killer.reason is None:
+                    reason = over_limit(meter, limits, deadline, cancel)
+                    if reason:
+                        killer.stop(reason)
+                next_sample = time.monotonic() + POLL_S
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: rusage needs wait4
+        killer.signal_all(signal.SIGKILL)  # whatever it left behind does not outlive the run
+        killer.wait_gone(2.0)
+        _drain(poller, fd, out, time.monotonic() + 0.5)
+    finally:
+        proc.stdout.close()
+        if pidfd is not None:
+            os.close(pidfd)
+    return status, usage, out
+
+
+def _readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def _read_ready(poller: select.poll, fd: int, out: Output, timeout: float) -> bool:
+    """Wait up to TIMEOUT seconds; read what the pipe has.  False once it is at EOF."""
+    for ready, _ in poller.poll(timeout * 1000):
+        if ready != fd:
+            continue
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            continue
+        if not data:
+            poller.unregister(fd)
+            return False
+        out.feed(data)
+    return True
+
+
+def _drain(poller: select.poll, fd: int, out: Output, until: float) -> None:
+    """The output left in the pipe; bounded, as a stray process may still hold it open."""
+    while time.monotonic() < until and out.total <= out.keep * OUTPUT_HARD_FACTOR:
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            select.select([fd], [], [], max(0.0, until - time.monotonic()))
+            continue
+        except OSError:
+            return
+        if not data:
+            return
+        out.feed(data)
