@@ -119,9 +119,17 @@ def tool_types(runner: str) -> list[str]:
     return RUNNER_TYPES.get(runner, ["analysis"])
 
 
+def offered_tools(surface: Surface) -> list[str]:
+    """The mission's tools when it names any (registered ones only), else the registry."""
+    registry = surface.config.tools
+    named = [t for t in surface.mission.tools if t in registry]
+    return named or sorted(registry)
+
+
 def output_schema(surface: Surface, max_items: int) -> dict[str, Any]:
     variants = []
-    for name, spec in sorted(surface.config.tools.items()):
+    for name in offered_tools(surface):
+        spec = surface.config.tools[name]
         runner = spec.get("runner", name)
         variants.append({
             "type": "object", "additionalProperties": False,
@@ -282,17 +290,35 @@ def index_rows(index: NoveltyIndex) -> list[dict[str, Any]]:
 
 
 def _taken_args(repo: GitRepo, mission: missions.Mission, rows: list[dict[str, Any]]) -> list:
-    """Args of the mission's chunk proposals that are done or under way: those chunks leave
-    the schema's enum, so the model cannot ask for them again."""
+    """Args of the mission's counting proposals that are done or under way: those chunks
+    leave the schema's enum, so the model cannot ask for them again."""
     live = missions.IN_FLIGHT | {"succeeded"}
+    counting = set(mission.proposal_types) or {"process_chunk"}
     out = []
     for r in rows:
         if r.get("mission") == mission.id and str(r.get("status")) in live \
-                and (r.get("tool") in CHUNK_TOOLS or r.get("type") == "process_chunk"):
+                and r.get("type") in counting:
             p = _read(repo, r["id"])
             if p:
                 out.append(p.args)
     return out
+
+
+def salvage(text: str) -> dict[str, Any]:
+    """The complete proposals of an answer cut off at max_tokens: the grammar guarantees a
+    valid prefix, so every item before the cut decodes on its own."""
+    decoder, items = json.JSONDecoder(), []
+    start = text.find("[", text.find('"proposals"'))
+    pos = start + 1 if start >= 0 else len(text)
+    while pos < len(text):
+        while pos < len(text) and text[pos] in " \t\n\r,":
+            pos += 1
+        try:
+            item, pos = decoder.raw_decode(text, pos)
+        except ValueError:
+            break
+        items.append(item)
+    return {"proposals": items}
 
 
 def validate_items(data: Any, schema: dict[str, Any]) -> tuple[list[dict], list[str]]:
@@ -335,8 +361,10 @@ def think(repo: GitRepo, config: Config, *, llm: Any = None,
     reply = model.chat(messages, schema=schema, max_tokens=mc["max_tokens"],
                        temperature=mc["temperature"],
                        seed=seed if seed is not None else mc.get("seed"))
-    items, problems = validate_items(reply.data, schema) if reply.data is not None \
-        else ([], [reply.error])
+    data = reply.data if reply.data is not None else salvage(reply.text)
+    items, problems = validate_items(data, schema)
+    if reply.data is None:
+        problems.insert(0, f"{reply.error}; {len(items)} complete proposal(s) salvaged")
     return _file(repo, config, index, mission, messages, schema, reply, items, problems, trim,
                  getattr(model, "name", type(model).__name__))
 

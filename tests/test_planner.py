@@ -140,7 +140,19 @@ def test_the_hostile_document_with_the_real_tiny_model_files_only_proposed(state
             assert Store(repo).read(p.id).status == Status.PROPOSED
 
 
+def free_mission(root) -> None:
+    """Make FREE-1 (no tools named: the whole registry is offered) the active mission."""
+    (root / "missions/FREE-1.yaml").write_text(
+        "id: FREE-1\ntitle: Look around\ngoal: Inspect the repository.\nkind: analysis\n"
+        "budget: {min: 5, max: 9, unit: steps}\norder: 0\nstatus: active\n")
+    path = root / "missions/STUDY-004-BETA.yaml"
+    path.write_text(path.read_text().replace("status: active", "status: queued"))
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "a mission with no tools named")
+
+
 def test_duplicates_are_not_filed_again(state_dir):
+    free_mission(state_dir)
     repo, config = repo_config(state_dir)
     ls = {"tool": "shell", "type": "analysis", "args": ["ls", "notes"], "rationale": "see notes"}
     near = {**ls, "args": ["ls ", "  notes"]}
@@ -209,3 +221,20 @@ def test_consecutive_cycles_share_all_but_the_last_message(state_dir):
     first, second = (c["messages"] for c in model.calls)
     assert first[:2] == second[:2]  # the prefix llama.cpp keeps in its KV cache
     assert first[2] != second[2] and "done or proposed: 2, 3" in second[2]["content"]
+
+
+def test_an_answer_cut_off_at_max_tokens_keeps_its_complete_proposals(state_dir):
+    repo, config = repo_config(state_dir)
+    cut = answer(chunk(4), chunk(5))[:-40]
+    filed = planner.think(repo, config, llm=QueuedModel(cut))
+    assert [p.args["chunk"] for p in filed] == [4]
+    assert "1 complete proposal(s) salvaged" in prompt_log(repo)[1]["problems"][0]
+
+
+def test_a_mission_that_names_its_tools_is_offered_only_those(state_dir):
+    repo, config = repo_config(state_dir)
+    model = QueuedModel(answer(curl()))
+    assert planner.think(repo, config, llm=model) == []  # curl is not STUDY-004-BETA's
+    offered = [v["properties"]["tool"]["const"] for v in
+               model.calls[0]["schema"]["properties"]["proposals"]["items"]["anyOf"]]
+    assert offered == ["process_chunk"]
