@@ -281,3 +281,31 @@ def test_bad_input_keeps_the_daemon_alive(state_dir):
     listed = subprocess.run(["janus-git", "list", "-C", str(state_dir), "--json"],
                             capture_output=True, text=True, check=True).stdout
     assert '"status": "invalid"' in listed and after in listed
+
+
+def test_first_sigterm_finishes_the_run_second_aborts_it(state_dir):
+    import signal as sig
+    d = DaemonProcess(state_dir).wait_ready()
+    pid = propose(state_dir, "-c", "import time; time.sleep(2); print('finished')",
+                  tool="python", type_=MANUAL)
+    wait_for(lambda: git(state_dir, "rev-parse", "-q", "--verify",
+                         f"refs/heads/janus/proposal/{pid}", check=False).returncode == 0)
+    set_status(state_dir, pid, "approved")
+    wait_status(state_dir, pid, "running")
+    d.proc.send_signal(sig.SIGTERM)
+    assert d.proc.wait(20) == 0
+    rec = record(state_dir, pid)
+    assert rec["status"] == "succeeded", (rec, d.text())  # the step in hand was finished
+
+    d = DaemonProcess(state_dir).wait_ready()
+    slow = propose(state_dir, "-c", "import time; time.sleep(60)", tool="python", type_=MANUAL)
+    wait_for(lambda: git(state_dir, "rev-parse", "-q", "--verify",
+                         f"refs/heads/janus/proposal/{slow}", check=False).returncode == 0)
+    set_status(state_dir, slow, "approved")
+    wait_status(state_dir, slow, "running")
+    d.proc.send_signal(sig.SIGTERM)
+    time.sleep(0.5)
+    assert d.alive()
+    d.proc.send_signal(sig.SIGTERM)
+    assert d.proc.wait(20) == 0
+    assert record(state_dir, slow)["status"] == "interrupted"

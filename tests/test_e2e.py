@@ -1,0 +1,71 @@
+"""The README's main-job command, run as a user would, and what it leaves in the repository."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, git
+
+README = (ROOT / "README.md").read_text()
+
+
+def readme_command(marker: str) -> str:
+    """The shell line under the README comment that starts with MARKER."""
+    block = re.search(r"```sh\n(.*?)```", README, re.S).group(1)
+    lines = block.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("# " + marker):
+            return lines[i + 1].strip()
+    raise AssertionError(f"README has no command under '# {marker}'")
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    test_cmd = readme_command("2.")
+    assert test_cmd in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.slow
+def test_readme_main_job_leaves_real_work_in_the_state_repo(tmp_path):
+    cmd = readme_command("1.")
+    assert "janus-git demo" in cmd
+    demo = cmd.split("&&")[-1].strip()  # the install step already ran (CI does it first)
+    out = subprocess.run(demo, shell=True, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    repo = tmp_path / demo.split()[-1]
+    rows = json.loads(subprocess.run(["janus-git", "list", "--json", "-C", str(repo)],
+                                     capture_output=True, text=True, check=True).stdout)
+    agent_made = [r for r in rows if r["created_by"] and "janus" in r["created_by"]]
+    assert agent_made, "the model filed no proposals"
+    assert any(r["status"] == "succeeded" for r in rows), rows
+    prompts = list((repo / "logs" / "prompts").rglob("*.json"))
+    assert prompts, "no prompt log"
+    log = git(repo, "log", "--format=%(trailers:key=Janus-Transition,valueonly)").stdout
+    assert "running -> succeeded" in log
+    assert git(repo, "status", "--porcelain").stdout == ""
+    made = [p for d in ("nodes", "notes") for p in (repo / d).rglob("*")
+            if p.is_file() and p.name != ".gitkeep"]
+    assert made, "no nodes or notes were written"
+    for p in made:  # every file a tool wrote is committed
+        assert git(repo, "log", "--oneline", "--", str(p.relative_to(repo))).stdout.strip()
+
+
+def test_systemd_unit_verifies(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed here")
+    exe = shutil.which("janus-git")
+    unit = (ROOT / "deploy" / "janus-git.service").read_text()
+    unit = unit.replace("/usr/local/bin/janus-git", exe).replace("/srv/janus/state",
+                                                                  str(tmp_path))
+    path = tmp_path / "janus-git.service"
+    path.write_text(unit)
+    out = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True)
+    problems = [l for l in (out.stdout + out.stderr).splitlines()
+                if "janus-git.service" in l and "User=" not in l]
+    assert not problems, problems
