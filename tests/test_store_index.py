@@ -234,3 +234,112 @@ def test_uncommitted_files_are_not_in_the_index(sr):
     a = _file(sr)
     (sr.root / a.path).write_text("rubbish [\n")
     assert sr.index.query()[0]["status"] == "proposed"
+
+
+# -- the index's fast reader agrees with PyYAML ------------------------------------------------
+def _slow(path: str, text: bytes):
+    from janus_git.index import _slow_row
+    try:
+        check_placement(path)
+        return _slow_row(path, text)
+    except ConfigError:
+        return "error"
+
+
+TRICKY = ["", "plain", "123", "0o17", "1_000", "1e3", ".inf", "true", "yes", "No", "on", "null",
+          "~", "2025-01-01", "2025-01-01T00:00:00Z", "1:20", "<<", "=", "-", "-1", "-la", "- x",
+          "a: b", "a:b", "a #b", "a#b", "#x", "it's", "'quoted'", '"dq"', "tab\there",
+          "line\nbreak", "trailing ", " leading", "ünïcödé ✓", "emoji 🦀", "\x85nel",
+          "back\\slash", "[x]", "{x}", "a, b", "*star", "&amp", "!tag", "|pipe", ">gt", "%pc",
+          "@at", "`tick", "?q", ",c", "x" * 250, "word " * 60, "a  b", "ends with:",
+          "\u2028ls", "\ufeffbom", "\x00nul"]
+
+
+def _variants():
+    import random as _random
+    from janus_git.proposal import compute_digest
+    rng = _random.Random(5)
+    out = []
+    for k in range(400):
+        pick = lambda: rng.choice(TRICKY)  # noqa: E731
+        args = rng.choice([[pick(), pick()], {"path": pick(), "n": rng.randint(0, 9)}, pick(),
+                           None, [], {}, {"nested": {"deep": [pick()]}}])
+        p = lifecycle.new_proposal(mission=pick() or "M", type_=pick(), tool=pick(), args=args,
+                                   rationale=pick(), created_by=pick())
+        p.note = pick()
+        p.risk = pick()
+        p.status = rng.choice(list(Status))
+        if k % 3 == 0:
+            p.execution = {"exit_code": rng.randint(0, 2), "isolation": pick(),
+                           "resources": {"cpu_s": 0.5, "note": pick()}, "argv": [pick()]}
+            p.decision = {"rule": pick(), "digest": compute_digest("a", "b", args)}
+        if k % 7 == 0:
+            p.duplicate_of = pick()
+        out.append((p.path, p.to_yaml()))
+    return out
+
+
+def test_fast_reader_agrees_with_pyyaml_on_what_the_dumper_writes():
+    from janus_git.fastrow import fast_columns
+    statuses = frozenset(s.value for s in Status)
+    fast = 0
+    for path, text in _variants():
+        row = fast_columns(path, text, statuses)
+        if row is not None:
+            fast += 1
+            assert row == _slow(path, text), text.decode()
+    assert fast > 50
+    # what the agent writes every day takes the fast path
+    from janus_git.proposal import compute_digest
+    p = lifecycle.new_proposal(mission="STUDY-004-BETA", type_="process_chunk",
+                               tool="process_chunk", args={"path": "missions/docs/x.md",
+                                                           "chunk": 3},
+                               rationale="Summarise chunk 3 of 13 of the chronicle: who "
+                               "changed what, and why it mattered for the release after it. " * 3,
+                               created_by="janus-agent <janus-agent@localhost>")
+    p.status, p.risk, p.note = Status.SUCCEEDED, "low", "exit 0 in 1.2 s"
+    p.decision = {"rule": "auto:beta-whitelist", "by": "janus-agent@localhost",
+                  "digest": compute_digest("a", "b", []), "commit": "ab" * 20}
+    p.execution = {"started_at": p.created_at, "ended_at": p.created_at, "exit_code": 0,
+                   "limit_hit": None, "isolation": "bwrap", "output": "logs/runs/x.txt",
+                   "resources": {"cpu_s": 0.12, "max_rss_mb": 31.5, "disk_write_mb": 0.0,
+                                 "wall_s": 1.2}, "argv": ["python3", "-c", "x"]}
+    row = fast_columns(p.path, p.to_yaml(), statuses)
+    assert row is not None and row == _slow(p.path, p.to_yaml())
+
+
+def test_fast_reader_never_accepts_what_pyyaml_reads_differently():
+    """Random edits (the kind a person or a bad merge makes) of dumped files: whenever the fast
+    reader gives a row, PyYAML plus the validator give the same row."""
+    import random as _random
+    from janus_git.fastrow import fast_columns
+    statuses = frozenset(s.value for s in Status)
+    rng = _random.Random(11)
+    base = _variants()
+    specials = list(" -:#'\"\n\t{}[]&*!|>%@`?,~") + ["  ", "- ", ": ", "\n  ", "\n- "]
+    checked = 0
+    for _ in range(3000):
+        path, text = rng.choice(base)
+        s = text.decode()
+        op = rng.randrange(5)
+        pos = rng.randrange(len(s) + 1)
+        if op == 0:
+            s = s[:pos] + rng.choice(specials) + s[pos:]
+        elif op == 1:
+            s = s[:pos] + s[pos + 1:]
+        else:
+            lines = s.split("\n")
+            i = rng.randrange(len(lines))
+            if op == 2:
+                lines.insert(i, lines[rng.randrange(len(lines))])
+            elif op == 3:
+                lines[i] = "  " + lines[i]
+            else:
+                lines[i] = lines[i].lstrip(" ")
+            s = "\n".join(lines)
+        mutated = s.encode()
+        row = fast_columns(path, mutated, statuses)
+        if row is not None:
+            checked += 1
+            assert row == _slow(path, mutated), s
+    assert checked > 200
