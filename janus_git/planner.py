@@ -10,6 +10,7 @@ The planner only ever files `proposed`: the policy and people decide.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -336,15 +337,20 @@ def validate_items(data: Any, schema: dict[str, Any]) -> tuple[list[dict], list[
 
 
 def think(repo: GitRepo, config: Config, *, llm: Any = None,
-          proposals: list[Any] | None = None, seed: int | None = None) -> list[Proposal]:
+          proposals: list[Any] | None = None, seed: int | None = None,
+          commit_lock: Any = None) -> list[Proposal]:
     """One thinking cycle: advance the missions, then file up to MAX_PER_CYCLE proposals for
     the active one.  PROPOSALS: the derived list of proposals (rows or Proposal objects); by
-    default read from the novelty index.  LLM: a Model, a ModelContext or None (load)."""
+    default read from the novelty index.  LLM: a Model, a ModelContext or None (load).
+    COMMIT_LOCK: held only while committing, not while the model thinks (a minute on a
+    small CPU)."""
+    lock = commit_lock if commit_lock is not None else contextlib.nullcontext()
     index = NoveltyIndex(repo).sync()
     rows = proposals if proposals is not None else index_rows(index)
     rows = [r if isinstance(r, dict) else {**r.to_dict(), "status": str(r.status)}
             for r in rows]
-    missions.advance(repo, config, rows)
+    with lock:
+        missions.advance(repo, config, rows)
     mission = missions.active_mission(missions.load_missions(repo, on_error=_warn))
     if mission is None:
         return []
@@ -365,8 +371,9 @@ def think(repo: GitRepo, config: Config, *, llm: Any = None,
     items, problems = validate_items(data, schema)
     if reply.data is None:
         problems.insert(0, f"{reply.error}; {len(items)} complete proposal(s) salvaged")
-    return _file(repo, config, index, mission, messages, schema, reply, items, problems, trim,
-                 getattr(model, "name", type(model).__name__))
+    with lock:  # what was filed while the model thought counts for novelty too
+        return _file(repo, config, NoveltyIndex(repo).sync(), mission, messages, schema,
+                     reply, items, problems, trim, getattr(model, "name", type(model).__name__))
 
 
 def _file(repo, config, index, mission, messages, schema, reply, items, problems,

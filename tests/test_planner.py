@@ -238,3 +238,18 @@ def test_a_mission_that_names_its_tools_is_offered_only_those(state_dir):
     offered = [v["properties"]["tool"]["const"] for v in
                model.calls[0]["schema"]["properties"]["proposals"]["items"]["anyOf"]]
     assert offered == ["process_chunk"]
+
+
+def test_the_commit_lock_is_held_only_while_committing(state_dir):
+    import threading
+
+    repo, config = repo_config(state_dir)
+    lock = threading.Lock()
+
+    class Checking(QueuedModel):
+        def chat(self, messages, **kw):
+            assert not lock.locked()  # the model thinks without blocking the daemon's commits
+            return super().chat(messages, **kw)
+
+    assert len(planner.think(repo, config, llm=Checking(answer(chunk(3))),
+                             commit_lock=lock)) == 1
