@@ -35,6 +35,7 @@ from .state import STOP_PATH, StateRepo
 from .store import check_placement, id_from_path, is_proposal_path
 
 log = logging.getLogger("janus_git.daemon")
+POLL_SECONDS = 1.0  # how often refs are read with no watchdog event
 S = Status
 
 
@@ -173,7 +174,11 @@ class Daemon:
             return
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
-        signal.signal(signal.SIGUSR1, lambda *_: self.wake.set())  # `janus-git stop` nudges us
+        signal.signal(signal.SIGUSR1, self._nudged)  # `janus-git stop` nudges us
+
+    def _nudged(self, *_: Any) -> None:
+        self.dirty = True
+        self.wake.set()
 
     def _on_term(self, *_: Any) -> None:
         self.term_count += 1
@@ -198,6 +203,7 @@ class Daemon:
                     return
                 path = f"{event.src_path} {getattr(event, 'dest_path', '')}"
                 if "refs" in path or "HEAD" in path or "packed-refs" in path:
+                    daemon.dirty = True
                     daemon.wake.set()
 
         observer = Observer()
@@ -262,7 +268,14 @@ class Daemon:
 
     def _step(self) -> None:
         self._collect_results()
-        head = self.repo.fast_head()
+        now = time.monotonic()
+        if self.dirty or now - self._polled > POLL_SECONDS or self.runs or self.exit:
+            # events only say "look now"; the poll is the safety net for a missed one
+            self.dirty = False
+            self._polled = now
+            head = self.repo.fast_head()
+        else:
+            head = self.cursor
         if head != self.cursor:
             with self.writes:
                 self._catch_up(head)
@@ -287,6 +300,8 @@ class Daemon:
     _decided_for: str | None = None
 
     _stop_checked: str | None = None
+    _polled = 0.0
+    dirty = True
 
     # -- reading what people did ---------------------------------------------------------
     def _catch_up(self, head: str | None) -> None:
@@ -727,15 +742,19 @@ class Daemon:
             os.replace(tmp, self.lock.dir / "cursor")
 
     def _write_status(self, force: bool = False) -> None:
+        """Written when something changed (or every 30 s as a heartbeat), not every tick."""
+        status = {"pid": os.getpid(), "started_at": self.started, "activity": self.activity,
+                  "head": self.cursor, "stopped": self.stopped, "queued": sorted(self.queue),
+                  "running_ids": sorted(self.runs), "mode": self.config.mode,
+                  "last_error": self.last_error}
         now = time.monotonic()
-        if not force and now < self._status_due:
+        if not force and status == self._last_status and now < self._status_due:
             return
-        self._status_due = now + 1.0
-        self.lock.write_status({
-            "pid": os.getpid(), "started_at": self.started, "activity": self.activity,
-            "head": self.cursor, "stopped": self.stopped, "queued": sorted(self.queue),
-            "running_ids": sorted(self.runs), "mode": self.config.mode,
-            "last_error": self.last_error, "updated_at": utcnow()})
+        self._last_status = status
+        self._status_due = now + 30.0
+        self.lock.write_status({**status, "updated_at": utcnow()})
+
+    _last_status: dict[str, Any] | None = None
 
 
 def _cpu_percent() -> float:

@@ -66,7 +66,9 @@ def set_status(root: Path, pid: str, new: str, who: tuple[str, str] = ALICE,
     if sign_key:
         args = ["-c", "gpg.format=ssh", "-c", f"user.signingkey={sign_key}", *args, "-S"]
     git(root, *args, who=who)
-    return git(root, "rev-parse", "HEAD").stdout.strip()
+    # not `rev-parse HEAD`: the daemon may have committed on top already
+    return git(root, "log", "-1", "--format=%H", f"--author={who[1]}", "--",
+               str(path)).stdout.strip()
 
 
 class DaemonProcess:
