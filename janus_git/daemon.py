@@ -719,8 +719,8 @@ class Daemon:
         except ImportError:
             return
         try:
-            with self.writes:
-                planner.think(self.repo, self.config, llm=self._context())
+            # the model's minutes are spent outside the write lock; it is held only to commit
+            planner.think(self.repo, self.config, llm=self._context(), commit_lock=self.writes)
         except JanusError as e:
             self.last_error = str(e)
             log.error("thinking cycle: %s", e)
