@@ -28,7 +28,7 @@ from .approvals import (APPROVAL_BRANCH_PREFIX, TRAILER_APPROVAL_BRANCH, check_a
 from .config import AGENT_PATH, Config, load_config
 from .controls import Escapement, Governor, ReliefValve
 from .errors import ConfigError, Conflict, JanusError, NotFound
-from .gitrepo import Commit, crashpoint, format_message
+from .gitrepo import Commit, GitRepo, crashpoint, format_message
 from .policy import decide
 from .proposal import HUMAN_TRANSITIONS, Proposal, Status, parse_proposal, shard_path, utcnow
 from .state import STOP_PATH, StateRepo
@@ -720,7 +720,12 @@ class Daemon:
             return
         try:
             # the model's minutes are spent outside the write lock; it is held only to commit
-            planner.think(self.repo, self.config, llm=self._context(), commit_lock=self.writes)
+            # its own GitRepo: GitPython's persistent cat-file pipe is not shared across threads
+            repo = GitRepo(self.root)
+            try:
+                planner.think(repo, self.config, llm=self._context(), commit_lock=self.writes)
+            finally:
+                repo.close()
         except JanusError as e:
             self.last_error = str(e)
             log.error("thinking cycle: %s", e)
