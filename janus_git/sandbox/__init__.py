@@ -54,6 +54,7 @@ this module puts a run together.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import queue
 import shutil
@@ -177,14 +178,15 @@ def _error(exit_code: int | None, sig: int | None, limit: str | None, limits: di
         return "cancelled"
     if limit:
         what = {"memory": f"{limits['memory_mb']} MB memory (peak RSS {res['peak_rss_mb']} MB)",
-                "cpu": f"{limits['cpu_s']} CPU seconds (used {res['cpu_seconds']})",
+                "cpu": f"{limits['cpu_s']} CPU seconds",
                 "disk": f"{limits['disk_write_mb']} MB written "
                         f"({res['bytes_written'] >> 20} MB)",
                 "pids": f"{limits['pids']} processes",
                 "output": f"{limits['output_kb'] * OUTPUT_HARD_FACTOR} KiB of output"}[limit]
         return f"stopped: {limit} limit reached, {what}"
     if sig is not None:
-        return f"killed by signal {signal.Signals(sig).name if sig in signal.valid_signals() else sig}"
+        name = signal.Signals(sig).name if sig in signal.valid_signals() else str(sig)
+        return f"killed by signal {name}"
     return "" if exit_code == 0 else f"exit status {exit_code}"
 
 
@@ -212,7 +214,7 @@ def run(argv: list[str], limits: dict, root: Path, *, network: bool = False,
     try:
         if iso == "bwrap":
             cmd = bwrap_argv(list(argv), root, scratch, network, hide_git, list(ro_binds),
-                              limits["disk_write_mb"] << 20)
+                             limits["disk_write_mb"] << 20)
             proc = start_bwrap(cmd, root, env, pipe_in, cg, lim)
         else:
             proc = start_reduced(list(argv), root, env, pipe_in, cg, lim, network,
@@ -233,7 +235,7 @@ def run(argv: list[str], limits: dict, root: Path, *, network: bool = False,
     meter = Meter(proc.pid, cg, scratch, overhead)
     killer = Killer(proc.pid, meter)
     status, usage, out = supervise(proc, meter, killer, limits,
-                                    t0 + limits["timeout_s"], cancel)
+                                   t0 + limits["timeout_s"], cancel)
     wall = time.monotonic() - t0
     meter.cpu_seconds = max(meter.cpu_seconds, cg.cpu_seconds() or 0.0,
                             usage.ru_utime + usage.ru_stime)
@@ -266,10 +268,20 @@ def _cleanup(cg: Cgroups, scratch: Path | None) -> None:
 
 def _clean_forever() -> None:
     while True:
-        cg, scratch = _cleanups.get()
-        cg.remove()
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
+        _clean_one(*_cleanups.get())
+
+
+def _clean_one(cg: Cgroups, scratch: Path | None) -> None:
+    cg.remove()
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@atexit.register
+def _clean_pending() -> None:
+    """At exit, what the cleanup thread had not reached yet (it is a daemon thread)."""
+    while not _cleanups.empty():
+        _clean_one(*_cleanups.get())
 
 
 def _reachable(isolation: str, network: bool) -> bool:

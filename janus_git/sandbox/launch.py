@@ -34,7 +34,7 @@ _SETPRIV = ["--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups",
 
 
 def bwrap_argv(argv: list[str], root: Path, scratch: Path, network: bool, hide_git: bool,
-                binds: list[str], shm_bytes: int = 64 << 20) -> list[str]:
+               binds: list[str], shm_bytes: int = 64 << 20) -> list[str]:
     cmd = [shutil.which("bwrap") or "bwrap"]
     if drop_to_nobody():
         cmd += [n for n in _NAMESPACES if not (network and n == "--unshare-net")]

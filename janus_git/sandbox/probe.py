@@ -51,10 +51,6 @@ def unshare_probe() -> bool:
         return False
 
 
-
-
-
-
 def probes() -> dict:
     global _probe
     with _probe_lock:

@@ -17,6 +17,7 @@ from .cgroups import Cgroups
 POLL_S = 0.025
 OUTPUT_HARD_FACTOR = 64
 
+
 class Output:
     """Keeps the first `keep` bytes of the output, counts and discards the rest."""
 
@@ -154,7 +155,7 @@ class Killer:
 
 
 def over_limit(meter: Meter, limits: dict, deadline: float,
-                cancel: threading.Event | None) -> str | None:
+               cancel: threading.Event | None) -> str | None:
     if cancel is not None and cancel.is_set():
         return "cancelled"
     if time.monotonic() >= deadline:
@@ -172,7 +173,7 @@ def over_limit(meter: Meter, limits: dict, deadline: float,
 
 
 def supervise(proc: subprocess.Popen, meter: Meter, killer: Killer, limits: dict,
-               deadline: float, cancel: threading.Event | None) -> tuple[int, object, Output]:
+              deadline: float, cancel: threading.Event | None) -> tuple[int, object, Output]:
     """One thread does it all: poll() on the output pipe and a pidfd (readable when the
     process exits), sampling every POLL_S in between.  Threads cost ~1 ms each to start on
     this VM and a fixed poll interval would delay every exit; this costs neither."""

@@ -19,6 +19,9 @@ from typing import Any, Callable
 from ..audit import TOOL_USE_SCHEMA, tool_use_line, tool_use_schema
 from ..errors import JanusError
 
+__all__ = ["RUNNERS", "RunResult", "TOOL_USE_SCHEMA", "ToolRefused", "check", "doctor",
+           "execute", "from_sandbox", "path_problem", "refused", "tool_use_line",
+           "tool_use_schema"]
 log = logging.getLogger("janus_git.tools")
 
 RUNNERS: dict[str, Any] = {
