@@ -240,3 +240,16 @@ def test_python_binds_let_the_daemons_interpreter_run_under_bwrap(repo):
     res = sandbox.run([sys.executable, "-c", code], dict(SMALL, memory_mb=1024), repo,
                       isolation="bwrap", ro_binds=sandbox.python_binds())
     assert res.ok and res.output == b"ok\n", res.output
+
+
+@pytest.mark.parametrize("isolation,cgroups", MODES)
+def test_no_capabilities_and_no_new_privileges(repo, isolation, cgroups):
+    res = sandbox.run(["grep", "-E", "^(CapEff|CapBnd|CapPrm|NoNewPrivs|Uid)", "/proc/self/status"],
+                      SMALL, repo, isolation=isolation, cgroups=cgroups)
+    assert res.ok, res.output
+    status = dict(line.split(":", 1) for line in res.output.decode().splitlines())
+    assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0
+    if isolation == "bwrap":
+        assert int(status["CapBnd"], 16) == 0 and status["NoNewPrivs"].strip() == "1"
+    if os.geteuid() == 0:
+        assert status["Uid"].split()[:2] == ["65534", "65534"]
