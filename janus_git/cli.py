@@ -263,6 +263,35 @@ def hygiene(dry_run: bool = typer.Option(False, "--dry-run"),
 
 
 @app.command()
+def summary(day: Optional[str] = typer.Option(None, "--date", help="YYYY-MM-DD (UTC), "
+                                              "default today."),
+            commit: bool = typer.Option(False, "--commit", help="Commit it under "
+                                        "logs/summaries/."),
+            send: bool = typer.Option(False, "--send", help="Send it to notifications.urls."),
+            repo: str = RepoOpt, as_json: bool = JsonOpt):
+    """The daily summary: success rate, resource metrics, proposals executed."""
+    import datetime as dt
+
+    from . import notify
+    from . import summary as sm
+    sr = _sr(repo)
+    try:
+        when = dt.date.fromisoformat(day) if day else dt.datetime.now(dt.timezone.utc).date()
+    except ValueError:
+        raise JanusError(f"--date {day!r} is not a date: use YYYY-MM-DD") from None
+    data = sm.build(sr.repo, when, len(sr.index.query(status=["proposed"])))
+    _out(json.dumps(data, indent=1) if as_json else sm.render(data))
+    if commit:
+        sm.commit_summary(sr.repo, sr.config.identity, data)
+    if send:
+        ok, total = notify.send(sr.config["notifications"]["urls"],
+                                f"janus-git daily summary {when}", sm.render(data))
+        sys.stderr.write(f"delivered to {ok} of {total} notification URLs\n")
+        if ok < total:
+            raise typer.Exit(1)
+
+
+@app.command()
 def doctor(repo: str = RepoOpt, as_json: bool = JsonOpt):
     """What isolation, model and git features are available here, and why."""
     from .doctor import diagnose

@@ -11,6 +11,7 @@ and every file it changed are one commit, so `git revert` of that commit undoes 
 """
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import json
 import logging
@@ -22,13 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import lifecycle
+from . import lifecycle, summary
 from .approvals import (APPROVAL_BRANCH_PREFIX, TRAILER_APPROVAL_BRANCH, check_approval,
                         is_revert_of_result)
 from .config import AGENT_PATH, Config, load_config
 from .controls import Escapement, Governor, ReliefValve
 from .errors import ConfigError, Conflict, JanusError, NotFound
 from .gitrepo import Commit, GitRepo, crashpoint, format_message
+from .notify import Notifier, needs_human
 from .policy import decide
 from .proposal import HUMAN_TRANSITIONS, Proposal, Status, parse_proposal, shard_path, utcnow
 from .state import STOP_PATH, StateRepo
@@ -143,6 +145,8 @@ class Daemon:
                                     "kp": c["governor"]["kp"], "ki": c["governor"]["ki"]})
         self.valve = ReliefValve(c["relief_valve"]["max_pending_auto"])
         self._model_context = None
+        self.notifier = Notifier(self.root, self.config["notifications"]["urls"])
+        self._summary_checked = 0.0
 
     # -- life ----------------------------------------------------------------------------
     def run(self) -> int:
@@ -150,6 +154,8 @@ class Daemon:
         observer = None
         try:
             self._install_signals()
+            self.notifier.start()
+            lifecycle.subscribe(self.notifier.on_transition)
             self._start_up()
             if not self.once:
                 observer = self._watch()
@@ -162,6 +168,8 @@ class Daemon:
             self._shut_down()
             return 0
         finally:
+            lifecycle.unsubscribe(self.notifier.on_transition)
+            self.notifier.close()
             if observer is not None:
                 observer.stop()
             self.activity = "exited"
@@ -291,6 +299,7 @@ class Daemon:
         if self.exit:
             return
         self._start_runs()  # approved work first: it is what a person is waiting for
+        self._maybe_summarise()
         if head != self._decided_for:
             self._decide_new()
             self._decided_for = head
@@ -473,6 +482,7 @@ class Daemon:
             if not decision.auto:
                 self._offer_branch(p)
                 self.seen_manual.add(pid)
+                self.notifier.post(*needs_human(p, decision.reason), kind="approval")
                 continue
             if self.valve.should_vent(pending_auto):
                 with self.writes:
@@ -675,8 +685,10 @@ class Daemon:
 
     # -- emergency stop ------------------------------------------------------------------
     def _enforce_stop(self) -> None:
-        if self.activity != "stopped":
+        if self.activity not in ("stopped", "stopping"):
             log.warning("emergency stop in force (%s)", STOP_PATH)
+            self.notifier.post("janus-git: EMERGENCY STOP in force",
+                               self.state.stopped_at() or "", kind="stop")
         for run in self.runs.values():
             run.cancel.set()
         for pid in list(self.queue):
@@ -701,6 +713,24 @@ class Daemon:
                 self.seen_manual.discard(row["id"])
         self._decided_for = None
         self.activity = "idle"
+
+    # -- daily summary -------------------------------------------------------------------
+    def _maybe_summarise(self) -> None:
+        now = time.monotonic()
+        if now - self._summary_checked < 60:
+            return
+        self._summary_checked = now
+        at = self.config["notifications"]["daily_summary_at"]
+        if time.strftime("%H:%M") < at:
+            return
+        day = dt.datetime.now(dt.timezone.utc).date()
+        if self.repo.read_blob("HEAD", summary.summary_path(day)) is not None:
+            return
+        pending = len(self.state.index.query(status=[S.PROPOSED.value]))
+        data = summary.build(self.repo, day, pending)
+        with self.writes:
+            summary.commit_summary(self.repo, self.config.identity, data)
+        self.notifier.post(f"janus-git daily summary {day}", summary.render(data), "summary")
 
     # -- thinking ------------------------------------------------------------------------
     def _maybe_think(self) -> None:
