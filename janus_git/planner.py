@@ -37,6 +37,8 @@ MAX_PER_CYCLE = 3
 RECENT_RESULTS = 6
 EXCERPT_LINES = 40
 CHUNK_TOOLS = ("process_chunk", "file_chunker")
+# chronological reading: only the next few chunks not yet done or proposed are offered
+NEXT_CHUNKS = 3
 # which proposal types a tool's runner serves (the registry names runners, types are policy's)
 RUNNER_TYPES = {"process_chunk": ["process_chunk"], "node_generator": ["generate_new_nodes"],
                 "optimization_experiment": ["optimization_experiment"],
@@ -99,8 +101,8 @@ def args_schema(runner: str, surface: Surface) -> dict[str, Any]:
                 "additionalProperties": False}
         variants = [{"type": "object", "additionalProperties": False,
                      "required": ["path", "chunk"],
-                     "properties": {"path": {"const": d},
-                                    "chunk": {"enum": surface.chunks_left(d)[:13]}}}
+                     "properties": {"path": {"const": d}, "chunk": {
+                         "enum": surface.chunks_left(d)[:NEXT_CHUNKS]}}}
                     for d in docs]
         return variants[0] if len(variants) == 1 else {"anyOf": variants}
     if runner == "node_generator":

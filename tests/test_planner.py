@@ -225,9 +225,9 @@ def test_consecutive_cycles_share_all_but_the_last_message(state_dir):
 
 def test_an_answer_cut_off_at_max_tokens_keeps_its_complete_proposals(state_dir):
     repo, config = repo_config(state_dir)
-    cut = answer(chunk(4), chunk(5))[:-40]
+    cut = answer(chunk(1), chunk(2))[:-40]
     filed = planner.think(repo, config, llm=QueuedModel(cut))
-    assert [p.args["chunk"] for p in filed] == [4]
+    assert [p.args["chunk"] for p in filed] == [1]
     assert "1 complete proposal(s) salvaged" in prompt_log(repo)[1]["problems"][0]
 
 
