@@ -29,10 +29,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 
-def wall(argv, cwd, shell=False) -> float:
+CPU: dict[str, list[float]] = {}  # label -> CPU seconds (user+sys) of each measured run
+
+
+def wall(argv, cwd, shell=False, label: str | None = None) -> float:
+    """Wall time of one run; its CPU time (children's user+sys) is kept under LABEL: on a
+    shared machine the CPU time is the steadier figure (wall = CPU when the cores are free)."""
+    import resource
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(argv, cwd=cwd, shell=shell, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if label:
+        CPU.setdefault(label, []).append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
+    return elapsed
+
+
+def cpu(label: str) -> str:
+    xs = CPU.get(label, [])
+    return f"cpu {common.fmt_s(statistics.median(xs))}" if xs else ""
 
 
 def med(fn, n) -> tuple[float, list[float]]:
@@ -44,12 +60,18 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--cmd", default=None,
+                    help="the command to measure instead of janus-git (e.g. another python)")
+    ap.add_argument("--label", default="")
     args = ap.parse_args()
     n_prop = 10000 if args.quick else 100000
     common.use_env(common.WORK / "home")
     root = common.build_repo(n_prop, 10000 if not args.quick else 2000)
     exe = shutil.which("janus-git")
     jg = [exe] if exe else [sys.executable, "-m", "janus_git.cli"]
+    if args.cmd:
+        import shlex
+        jg = shlex.split(args.cmd)
     index = root / ".git" / "janus" / "index.sqlite"
     graph = root / ".git" / "objects" / "info" / "commit-graph"
     graphs = root / ".git" / "objects" / "info" / "commit-graphs"
@@ -60,7 +82,9 @@ def main() -> int:
             Path(str(index) + suffix).unlink(missing_ok=True)
 
     py = med(lambda: wall([sys.executable, "-c", "pass"], root), args.runs)[0]
-    print(f"# {n_prop} proposals; python start alone: {common.fmt_s(py)}")
+    load = os.getloadavg()[0]
+    print(f"# {n_prop} proposals; {' '.join(jg)}; python start alone: {common.fmt_s(py)}; "
+          f"load average {load:.1f} on {os.cpu_count()} cores")
 
     # (2b) rebuild from scratch
     base_read = med(lambda: wall("git ls-tree -r HEAD proposals | git cat-file --batch",
@@ -68,10 +92,10 @@ def main() -> int:
     rebuilds = []
     for _ in range(2):
         drop_index()
-        rebuilds.append(wall([*jg, "list", "--json"], root))
+        rebuilds.append(wall([*jg, "list", "--json"], root, label="rebuild"))
     rebuild = min(rebuilds)
     print(f"(2b) rebuild: baseline cat-file of all blobs {common.fmt_s(base_read)}; ours "
-          f"{', '.join(common.fmt_s(x) for x in rebuilds)}")
+          f"{', '.join(common.fmt_s(x) for x in rebuilds)} ({cpu('rebuild')}, both processes)")
     rows.append({"name": f"(2b) index rebuild from scratch, {n_prop} proposals",
                  "target": "≤ 15 s", "baseline": base_read,
                  "baseline_what": "ls-tree piped to cat-file --batch", "ours": rebuild,
@@ -80,15 +104,16 @@ def main() -> int:
     # (2a) warm list --json
     base_ls = med(lambda: wall(["git", "ls-tree", "-r", "HEAD", "--", "proposals"], root),
                   args.runs)[0]
-    warm, xs = med(lambda: wall([*jg, "list", "--json"], root), args.runs)
+    warm, xs = med(lambda: wall([*jg, "list", "--json"], root, label="warm"), args.runs)
     print(f"(2a) list --json warm: baseline ls-tree {common.fmt_s(base_ls)}; ours median "
-          f"{common.fmt_s(warm)} (runs {', '.join(common.fmt_s(x) for x in xs)})")
+          f"{common.fmt_s(warm)} (runs {', '.join(common.fmt_s(x) for x in xs)}; {cpu('warm')})")
     rows.append({"name": f"(2a) `list --json` warm, {n_prop} proposals", "target": "≤ 0.5 s",
                  "baseline": base_ls, "baseline_what": "git ls-tree -r HEAD proposals",
                  "ours": warm, "ok": warm <= 0.5})
     filt, _ = med(lambda: wall([*jg, "list", "--json", "--status", "failed", "--mission",
-                                "OPT-001-BETA"], root), args.runs)
-    print(f"(2a') list --json --status failed --mission OPT-001-BETA: {common.fmt_s(filt)}")
+                                "OPT-001-BETA"], root, label="filt"), args.runs)
+    print(f"(2a') list --json --status failed --mission OPT-001-BETA: {common.fmt_s(filt)} "
+          f"({cpu('filt')})")
     rows.append({"name": "(2a') `list --json` with filters (~5% of rows)", "target": "≤ 0.5 s",
                  "baseline": base_ls, "baseline_what": "git ls-tree -r HEAD proposals",
                  "ours": filt, "ok": filt <= 0.5})
@@ -105,16 +130,21 @@ def main() -> int:
             print(f"# commit-graph --reachable --changed-paths written in "
                   f"{common.fmt_s(time.perf_counter() - t0)}")
         base = statistics.median(wall(["git", "log", "--", p], root) for p in paths)
-        ours = statistics.median(wall([*jg, "show", i], root) for i in ids)
+        ours = statistics.median(wall([*jg, "show", i], root, label=f"show{with_graph}")
+                                 for i in ids)
         ours_json = statistics.median(wall([*jg, "show", "--json", i], root) for i in ids)
         label = "with" if with_graph else "without"
         print(f"(3) show, {label} commit-graph: baseline git log -- path {common.fmt_s(base)}; "
-              f"ours {common.fmt_s(ours)} (--json {common.fmt_s(ours_json)})")
+              f"ours {common.fmt_s(ours)} ({cpu(f'show{with_graph}')}; --json "
+              f"{common.fmt_s(ours_json)})")
         rows.append({"name": f"(3) `show ID`, {label} commit-graph", "target": "≤ 0.3 s",
                      "baseline": base, "baseline_what": "git log -- PATH", "ours": ours,
                      "ok": ours <= 0.3})
+    for r, label in zip(rows, ["rebuild", "warm", "filt", "showFalse", "showTrue"]):
+        r["name"] += f" {args.label}".rstrip()
+        r["cpu"] = statistics.median(CPU[label]) if CPU.get(label) else None
     print(common.report(rows))
-    (common.WORK / f"result-list-{n_prop}.json").write_text(json.dumps(rows, indent=1))
+    (common.WORK / f"result-list-{n_prop}{args.label.replace(' ', '-')}.json").write_text(json.dumps(rows, indent=1))
     return 0
 
 
