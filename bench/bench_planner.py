@@ -82,7 +82,8 @@ def main() -> None:
         if opts.max_tokens:
             config.data["model"]["max_tokens"] = opts.max_tokens
         elif opts.model == "tiny":
-            config.data["model"]["max_tokens"] = 1200  # its byte tokens are short
+            # its byte-level tokens are ~4x shorter than SmolLM2's: scale the budgets
+            config.data["model"].update(max_tokens=1200, prompt_token_budget=4096)
         model = llm.Model(path, n_ctx=n_ctx)
         timed = Timed(model)
         rows = []
