@@ -11,7 +11,10 @@ notes/optimization/<proposal id>.json (committed with the result).
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from . import RunResult, ToolRefused, from_sandbox
 RANGES = {"threads": (1, 64), "batch": (8, 2048), "n_ctx": (128, 8192), "n_tokens": (8, 512)}
 DEFAULT_TOKENS = 64
 RESULTS_DIR = "notes/optimization"
+SCRATCH_PREFIX = "scratch:"
 
 
 def settings(args: Any) -> dict[str, int]:
@@ -51,11 +55,14 @@ def execute(proposal: Any, config: Any, root: Path, *, cancel=None, on_start=Non
 
     s = settings(proposal.args)
     model = find_model(config["model"], Path(root))
-    argv = [sys.executable, "-m", "janus_git.tools.optimization", str(model),
-            json.dumps(s, separators=(",", ":"))]
-    res = sandbox.run(argv, dict(config.tool_limits(proposal.tool)), Path(root),
-                      cancel=cancel, on_start=on_start, isolation=isolation,
-                      ro_binds=sorted({*sandbox.python_binds(), str(model.parent)}))
+    with tempfile.TemporaryDirectory(prefix="janus-bench-") as scratch:
+        shown = _reachable(model, Path(scratch))
+        argv = [sys.executable, "-m", "janus_git.tools.optimization", shown,
+                json.dumps(s, separators=(",", ":"))]
+        res = sandbox.run(argv, dict(config.tool_limits(proposal.tool)), Path(root),
+                          cancel=cancel, on_start=on_start, isolation=isolation,
+                          writable_dir=Path(scratch),
+                          ro_binds=sorted({*sandbox.python_binds(), str(model.parent)}))
     if res.exit_code in (126, 127) and b"failed to execute" in res.output:
         # The sandbox's uid cannot reach this interpreter (a Python under /root, say): run
         # the benchmark here instead; it executes no code from the proposal, only integers.
@@ -72,6 +79,19 @@ def execute(proposal: Any, config: Any, root: Path, *, cancel=None, on_start=Non
     return result
 
 
+def _reachable(model: Path, scratch: Path) -> str:
+    """The model's path as the child will see it.  The sandbox mounts its scratch dir over
+    /tmp, hiding a model that lives there: such a model is hard-linked into the scratch dir
+    (no copy; it counts towards the run's disk writes, so this is for small test models)."""
+    if not str(model.resolve()).startswith("/tmp/"):
+        return str(model)
+    try:
+        os.link(model, scratch / model.name)
+    except OSError:
+        shutil.copyfile(model, scratch / model.name)
+    return f"{SCRATCH_PREFIX}{model.name}"
+
+
 def _record(proposal: Any, model: Path, s: dict, measured: dict, isolation: str,
             resources: dict, at: str) -> dict[str, bytes | None]:
     record = {"proposal": proposal.id, "mission": proposal.mission, "model": model.name,
@@ -83,8 +103,6 @@ def _record(proposal: Any, model: Path, s: dict, measured: dict, isolation: str,
 
 def _in_process(proposal: Any, config: Any, model: Path, s: dict, cancel, on_start,
                 why: str) -> RunResult:
-    import os
-
     from ..proposal import utcnow
     from .node_generator import in_process_result
 
@@ -147,5 +165,8 @@ def bench(model_path: str, s: dict[str, int], cancel: Any = None) -> dict[str, A
 
 
 if __name__ == "__main__":
-    result = bench(sys.argv[1], json.loads(sys.argv[2]))
+    given = sys.argv[1]
+    if given.startswith(SCRATCH_PREFIX):  # $TMPDIR is the scratch dir in either sandbox
+        given = os.path.join(os.environ.get("TMPDIR", "/tmp"), given[len(SCRATCH_PREFIX):])
+    result = bench(given, json.loads(sys.argv[2]))
     print(json.dumps(result, sort_keys=True))
