@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import tempfile
 import threading
@@ -29,6 +30,7 @@ LOCK_RETRY_SECONDS = 10.0
 TRAILER_PROPOSAL = "Janus-Proposal"
 TRAILER_TRANSITION = "Janus-Transition"
 _RS, _US = "\x1e", "\x1f"
+_COMMITTED = re.compile(r"^\[[^\]]*?([0-9a-f]{40})\]", re.M)  # "[main 1a2b...] subject"
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,28 @@ class GitRepo:
                 raise Conflict(f"{path} has uncommitted changes in the working tree; "
                                "commit or discard them and the daemon will retry")
         journal = self._write_intent(files)
+        before = {path: _read_or_none(self.root / path) for path in files}
+        try:
+            sha = self._write_and_commit(files, message, identity)
+        except BaseException:
+            self._put_back(before)  # a failed commit leaves the tree as it found it
+            raise
+        journal.unlink(missing_ok=True)
+        return sha
+
+    def _put_back(self, before: dict[str, bytes | None]) -> None:
+        for path, data in before.items():
+            if data is None:
+                (self.root / path).unlink(missing_ok=True)
+            else:
+                atomic_write(self.root / path, data)
+        self.run("reset", "-q", "--", *before, check=False)  # unstage, if the lock allows
+        for journal in (self.git_dir / "janus").glob(
+                f"intent-{os.getpid()}-{threading.get_ident()}.json"):
+            journal.unlink(missing_ok=True)
+
+    def _write_and_commit(self, files: dict[str, bytes | None], message: str,
+                          identity: Identity | None) -> str:
         for path, data in files.items():
             target = self.root / path
             if data is None:
@@ -255,21 +279,27 @@ class GitRepo:
             else:
                 atomic_write(target, data)
         paths = sorted(files)
+        present = [p for p in paths if files[p] is not None]
         env = identity.env() if identity else None
         for attempt in range(5):
-            self.run_retrying("add", "-A", "--", *paths)
+            # Nothing of ours is ever staged in the shared index: new files get only an
+            # intent-to-add entry (a person's plain `git commit` skips those), and
+            # `commit --only` takes the content from the working tree inside its own lock.
+            if present:
+                self.run_retrying("add", "--intent-to-add", "--", *present)
             crashpoint("mid-commit")
             try:
-                self.run_retrying("commit", "-q", "--no-verify", "--allow-empty", "--only",
-                                  "-F", "-", "--", *paths, env=env, stdin=message)
+                out = self.run_retrying("-c", "core.abbrev=40", "commit", "--no-verify",
+                                        "--allow-empty", "--only", "-F", "-", "--", *paths,
+                                        env=env, stdin=message)
                 break
             except GitError as e:
-                # A concurrent `git commit -- path` by someone else can write back an index it
-                # read before our `git add` (a lost update inside git): stage again.
+                # A concurrent `git commit` by someone else can write back an index it read
+                # before our `git add` (a lost update inside git): add again.
                 if "did not match any file" not in e.stderr or attempt == 4:
                     raise
-        journal.unlink(missing_ok=True)
-        return self.fast_head() or ""
+        m = _COMMITTED.search(out)
+        return m.group(1) if m else self.run("rev-parse", "HEAD").strip()
 
     # An intent journal makes a write-then-commit safe against a crash in between: what a dead
     # process wrote but never committed is put back to HEAD, so it cannot be mistaken for a
