@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from janus_git import lifecycle  # noqa: E402
 from janus_git.daemon import Daemon  # noqa: E402
+from janus_git.gitrepo import GitRepo  # noqa: E402
 from janus_git.state import init_state  # noqa: E402
 
 APPROVER = ("Bench Approver", "approver@example.com")
@@ -76,11 +77,12 @@ def bench_latency(root: Path, approvals: int) -> tuple[list[float], list[float]]
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
     ids = []
+    person = GitRepo(root)  # not the daemon's: GitPython's cat-file pipe is per thread
     for i in range(approvals):
         p = lifecycle.new_proposal(mission="BENCH", type_="maintenance", tool="shell",
                                    args=["echo", f"approval {i}"], rationale="bench",
                                    created_by="bench")
-        lifecycle.create(daemon.repo, p, None)
+        lifecycle.create(person, p, None)
         ids.append(p.id)
     time.sleep(1.0)  # let the daemon offer approval branches for all of them
     latencies, commits = [], []

@@ -586,7 +586,6 @@ class Daemon:
             lifecycle.transition(self.repo, p, S.RUNNING, self.config.identity, base_text=text,
                                  update=mark)
         crashpoint("after-running-commit")
-        self._drop_branch(p.id)
         self.escapement.take()
         run = Run(p.id, thread=None)  # type: ignore[arg-type]
 
@@ -604,6 +603,7 @@ class Daemon:
         self.runs[p.id] = run
         self.activity = f"running {p.id} ({p.tool})"
         run.thread.start()
+        self._drop_branch(p.id)  # after the start: it is bookkeeping, not on anyone's clock
 
     def _started(self, pid: str, os_pid: int) -> None:
         crashpoint("tool-started")

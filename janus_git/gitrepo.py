@@ -279,7 +279,8 @@ class GitRepo:
             else:
                 atomic_write(target, data)
         paths = sorted(files)
-        present = [p for p in paths if files[p] is not None]
+        # only new paths need an index entry; a tracked one is read from the tree by --only
+        present = [p for p in paths if files[p] is not None and self.read_blob("HEAD", p) is None]
         env = identity.env() if identity else None
         for attempt in range(5):
             # Nothing of ours is ever staged in the shared index: new files get only an
