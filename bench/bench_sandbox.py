@@ -35,6 +35,14 @@ def p90(xs: list[float]) -> float:
 def variants(root: Path) -> dict:
     d = sandbox.doctor()
     out = {"plain subprocess /bin/true": lambda: subprocess.run(["/bin/true"], check=True)}
+    if d["bwrap_usable"]:
+        # bwrap alone with the exact command line a run gets: what bubblewrap itself costs
+        from janus_git.sandbox.launch import bwrap_argv
+        scratch = Path(tempfile.mkdtemp(prefix="janus-bench-scratch-"))
+        if os.geteuid() == 0:
+            os.chown(scratch, sandbox.NOBODY, sandbox.NOBODY)
+        bare = bwrap_argv(["true"], root, scratch, False, True, [])
+        out["bare bwrap, same command line"] = lambda: subprocess.run(bare, check=True)
     for iso in ("bwrap", "reduced"):
         if iso == "bwrap" and not d["bwrap_usable"]:
             continue
