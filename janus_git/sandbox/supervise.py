@@ -161,7 +161,11 @@ def over_limit(meter: Meter, limits: dict, deadline: float,
     if time.monotonic() >= deadline:
         return "timeout"
     meter.sample()
-    if meter.peak_rss >= limits["memory_mb"] or meter.cg.oom_kills():
+    # With a memory cgroup the kernel enforces the cap exactly (and we see its OOM kill); the
+    # RSS sum counts pages shared between forked processes more than once, so it is the
+    # trigger only without one.
+    capped = "memory" in meter.cg.dirs
+    if meter.cg.oom_kills() or (not capped and meter.peak_rss >= limits["memory_mb"]):
         return "memory"
     if meter.cg.pids_refused() or meter.peak_pids >= limits["pids"] + meter.overhead:
         return "pids"
