@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -60,11 +61,13 @@ def model_path(choice: str, tmp: Path) -> Path:
     return Path(choice)
 
 
-def ttft(model: llm.Model, messages, reset: bool) -> tuple[float, int]:
+def ttft(model: llm.Model, messages, reset: bool) -> tuple[float, int, float]:
+    """(wall seconds, prompt tokens evaluated, CPU seconds) to the first token."""
     if reset:
         model.llama.reset()
+    c0 = time.process_time()
     reply = model.chat(messages, max_tokens=1, temperature=0.0, seed=0)
-    return reply.seconds, reply.evaluated_prompt_tokens
+    return reply.seconds, reply.evaluated_prompt_tokens, time.process_time() - c0
 
 
 def main() -> None:
@@ -101,12 +104,19 @@ def main() -> None:
         # replay two consecutive cycles' real prompts for time to first token
         logs = sorted((root / "logs/prompts").rglob("*.json"))
         first, second = (json.loads(p.read_text())["messages"] for p in logs[-2:])
-        cold = [ttft(model, second, reset=True)[0] for _ in range(3)]
+        assert first[:2] == second[:2], "consecutive cycles should share their prefix"
+        cold = [ttft(model, second, reset=True) for _ in range(3)]
         warm = []
         for _ in range(3):
             ttft(model, first, reset=True)
             warm.append(ttft(model, second, reset=False))
-        cold_s, warm_s = statistics.median(cold), statistics.median(w for w, _ in warm)
+        for label, runs in (("cold", cold), ("warm", warm)):
+            print(f"  {label}: " + ", ".join(f"{w * 1000:.0f} ms wall / {c * 1000:.0f} ms CPU "
+                                             f"({n} tok evaluated)" for w, n, c in runs))
+        cold_s, warm_s = statistics.median(w for w, _, _ in cold), \
+            statistics.median(w for w, _, _ in warm)
+        cold_cpu, warm_cpu = statistics.median(c for _, _, c in cold), \
+            statistics.median(c for _, _, c in warm)
         print(f"\nmodel {path.name}, {opts.cycles} cycles")
         print(f"planner overhead per cycle: median {statistics.median(over) * 100:.1f} % of "
               f"llama.cpp time (median cycle {statistics.median(r[0] for r in rows):.3f} s, "
@@ -114,7 +124,9 @@ def main() -> None:
         print(f"time to first token, second cycle: cold {cold_s * 1000:.1f} ms, cached prefix "
               f"{warm_s * 1000:.1f} ms ({warm[0][1]} of "
               f"{model.count_tokens(''.join(m['content'] for m in second))}+ prompt tokens "
-              f"evaluated) = {warm_s / cold_s * 100:.1f} % of cold   target <= 10 %")
+              f"evaluated) = {warm_s / cold_s * 100:.1f} % of cold (CPU: "
+              f"{warm_cpu / cold_cpu * 100:.1f} %)   target <= 10 %")
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

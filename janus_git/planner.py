@@ -39,6 +39,7 @@ EXCERPT_LINES = 40
 CHUNK_TOOLS = ("process_chunk", "file_chunker")
 # chronological reading: only the next few chunks not yet done or proposed are offered
 NEXT_CHUNKS = 3
+STABLE_SHARE = 70  # % of the user part's token budget for the mission and its documents
 # which proposal types a tool's runner serves (the registry names runners, types are policy's)
 RUNNER_TYPES = {"process_chunk": ["process_chunk"], "node_generator": ["generate_new_nodes"],
                 "optimization_experiment": ["optimization_experiment"],
@@ -264,12 +265,15 @@ def build_messages(repo: GitRepo, s: Surface, count: Callable[[str], int],
     budget = s.config["model"]["prompt_token_budget"] - count(system)
     room = min(MAX_PER_CYCLE, s.progress.room)
     ask = f"Propose the next {room} step(s) for {s.mission.id}."
-    # importance order for trimming; the constitution itself is never trimmed
-    sections = [mission_section(s), status_section(s), document_section(s),
-                results_section(repo, s)]
-    (mission, status, docs, results), trimmed = fit(sections, count,
-                                                    max(128, budget - count(ask)))
+    # The constitution is never trimmed.  The stable part gets its share first, trimmed
+    # independently of what varies, so it stays byte-identical between cycles (the cache).
+    budget = max(192, budget)
+    (mission, docs), cut1 = fit([mission_section(s), document_section(s)], count,
+                                budget * STABLE_SHARE // 100)
     stable = "\n\n".join(x for x in (mission, docs) if x)
+    (status, results), cut2 = fit([status_section(s), results_section(repo, s)], count,
+                                  max(64, budget - count(stable) - count(ask)))
+    trimmed = cut1 + cut2
     varying = "\n\n".join(x for x in (results, status, ask) if x)
     return ([{"role": "system", "content": system}, {"role": "user", "content": stable},
              {"role": "user", "content": varying}],
