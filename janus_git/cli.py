@@ -120,9 +120,10 @@ def list_(status: Optional[List[str]] = typer.Option(None, "--status", "-s"),
     """List proposals (broken files are listed too, with their error)."""
     sr = _sr(repo)
     rows = sr.index.query_json(status=status or (), mission=mission, tool=tool, type_=type_,
-                               since=since, limit=limit)
-    if as_json:
-        sys.stdout.write("[" + ",\n".join(rows) + "]\n")
+                               since=since, limit=limit, raw=True)
+    if as_json:  # the stored UTF-8 bytes as they are: no decode and re-encode of 40 MB
+        sys.stdout.flush()
+        sys.stdout.buffer.write(b"[" + b",\n".join(rows) + b"]\n")
         return
     from .views import table
     _console().print(table([json.loads(r) for r in rows], f"{len(rows)} proposals"))

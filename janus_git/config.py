@@ -6,8 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
 from .errors import ConfigError
 from .gitrepo import Identity
 from .proposal import load_yaml
@@ -112,6 +110,7 @@ def _merge(base: Any, over: Any) -> Any:
 
 def validate(data: Any, schema: dict[str, Any], path: str) -> None:
     """Raise ConfigError naming the first offending field (dotted path)."""
+    import jsonschema  # ~0.1 s to import: only commands that load agent.yaml pay it
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), e.path))
     if not errors:
