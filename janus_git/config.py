@@ -38,7 +38,9 @@ DEFAULTS: dict[str, Any] = {
 
 _limits_schema = {
     "type": "object", "additionalProperties": False,
-    "properties": {k: {"type": "integer", "minimum": 1} for k in DEFAULT_LIMITS},
+    "properties": {**{k: {"type": "integer", "minimum": 1} for k in DEFAULT_LIMITS},
+                   # CPU seconds; unset: cpu_percent % of timeout_s
+                   "cpu_s": {"type": "integer", "minimum": 1}},
 }
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
