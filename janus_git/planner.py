@@ -184,8 +184,9 @@ def status_section(s: Surface) -> str:
              f"target {s.mission.target}."]
     for doc in s.mission.documents:
         left = s.chunks_left(doc)
-        lines.append(f"{doc}: chunks not yet done or proposed: "
-                     f"{', '.join(map(str, left[:13])) or 'none'}.")
+        lines.append(f"{doc}: next chunks not yet done or proposed: "
+                     f"{', '.join(map(str, left[:NEXT_CHUNKS])) or 'none'} "
+                     f"({len(left)} left).")
     return "\n".join(lines)
 
 
