@@ -9,6 +9,7 @@ import json
 import os
 import sqlite3
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -73,9 +74,14 @@ def _rows_child(root: Path, entries: list[tuple[str, str]], conn) -> None:
 def _rows_in_two(repo: GitRepo, entries: list[tuple[str, str]]) -> list[tuple]:
     """Rows for ENTRIES; a big rebuild reads and parses half of them in a forked process (the
     parse is CPU-bound Python, and one process's read overlaps the other's parse)."""
-    if len(entries) < PARALLEL_MIN or (os.cpu_count() or 1) < 2 or sys.platform == "win32":
+    # Forking is unsafe while other threads run (the daemon's watcher may hold a lock the
+    # child would need), and spawn needs an importable __main__: then one process it is.
+    if (len(entries) < PARALLEL_MIN or (os.cpu_count() or 1) < 2 or sys.platform == "win32"
+            or threading.active_count() > 1):
         return _rows(repo, entries)
     import multiprocessing
+
+    from . import fastrow  # noqa: F401  (imported before the fork, not in the child)
     ctx = multiprocessing.get_context("fork")
     half = len(entries) // 2
     recv, send = ctx.Pipe(duplex=False)
@@ -83,9 +89,16 @@ def _rows_in_two(repo: GitRepo, entries: list[tuple[str, str]]) -> list[tuple]:
     child.start()
     send.close()
     mine = _rows(repo, entries[:half])
+    theirs = None
     try:
-        theirs = recv.recv()
-    except (EOFError, OSError):  # the helper died: do its half here
+        while theirs is None:
+            if recv.poll(0.5):
+                theirs = recv.recv()
+            elif not child.is_alive():
+                break
+    except (EOFError, OSError):
+        pass
+    if theirs is None:  # the helper died: do its half here
         theirs = _rows(repo, entries[half:])
     child.join()
     return mine + theirs
