@@ -2,6 +2,7 @@
 missing or broken, caught up incrementally, and honest about broken files."""
 from __future__ import annotations
 
+import os
 import sqlite3
 
 import pytest
@@ -343,3 +344,28 @@ def test_fast_reader_never_accepts_what_pyyaml_reads_differently():
             checked += 1
             assert row == _slow(path, mutated), s
     assert checked > 200
+
+
+def _counting(fn, calls):
+    def wrapper(*a, **kw):
+        calls.append(len(a[1]))
+        return fn(*a, **kw)
+    return wrapper
+
+
+def test_a_big_rebuild_in_two_processes_gives_the_same_rows(sr, monkeypatch):
+    from janus_git import index as index_mod
+    for _ in range(5):
+        _file(sr)
+    _commit_raw(sr, "proposals/foo.yaml", "id: x\n")
+    one = _rows_by_full_rebuild(sr)
+    monkeypatch.setattr(index_mod, "PARALLEL_MIN", 2)
+    helped: list[int] = []  # the parent's calls (the child's own are in another process)
+    monkeypatch.setattr(index_mod, "_rows", _counting(index_mod._rows, helped))
+    assert _rows_by_full_rebuild(sr) == one
+    assert len(helped) == 1, "the parent made one half, the child the other"
+    # a helper that dies leaves its half to the parent
+    monkeypatch.setattr(index_mod, "_rows_child", lambda *a: os._exit(1))
+    assert _rows_by_full_rebuild(sr) == one
+    assert len(helped) == 3
+    assert len(one) == 6
