@@ -3,13 +3,11 @@ through lifecycle.transition on a real repository; the proposal validators."""
 from __future__ import annotations
 
 import itertools
-import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import AGENT, git
+from conftest import AGENT
 from janus_git import lifecycle
 from janus_git.errors import ConfigError, TransitionError
 from janus_git.gitrepo import GitRepo, Identity, init_repo
