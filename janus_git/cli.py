@@ -313,6 +313,8 @@ def schema(out: Optional[Path] = typer.Option(None, "--out", "-o",
     if out is None:
         _out(json.dumps(schemas, indent=1))
         return
+    if out.exists() and not out.is_dir():
+        raise JanusError(f"{out} is a file; give a folder for the schemas")
     out.mkdir(parents=True, exist_ok=True)
     for name, s in schemas.items():
         (out / f"{name}.schema.json").write_text(json.dumps(s, indent=1) + "\n")

@@ -9,6 +9,8 @@ uncommitted work in a shared working tree is never swept into an agent commit.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -127,7 +129,12 @@ class GitRepo:
                 # index.lock: someone is staging; "cannot lock ref": a concurrent commit moved
                 # the branch between our read and our update.  Both clear up: try again.
                 transient = "index.lock" in e.stderr or "cannot lock ref" in e.stderr
-                if not transient or time.monotonic() > deadline:
+                if not transient:
+                    raise
+                if time.monotonic() > deadline:
+                    e.args = (f"{self.git_dir / 'index.lock'} was held for "
+                              f"{LOCK_RETRY_SECONDS:.0f} s by another git process; if none "
+                              "is running, remove it",)
                     raise
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 0.25)
@@ -252,12 +259,26 @@ class GitRepo:
         journal = self._write_intent(files)
         before = {path: _read_or_none(self.root / path) for path in files}
         try:
-            sha = self._write_and_commit(files, message, identity)
+            with self._commit_lock():
+                sha = self._write_and_commit(files, message, identity)
         except BaseException:
             self._put_back(before)  # a failed commit leaves the tree as it found it
             raise
         journal.unlink(missing_ok=True)
         return sha
+
+    @contextlib.contextmanager
+    def _commit_lock(self):
+        """janus-git processes commit one at a time: git's `commit --only` reads the index
+        before it locks it, so two of them at once could drop each other's entries."""
+        jdir = self.git_dir / "janus"
+        jdir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(jdir / "commit.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _put_back(self, before: dict[str, bytes | None]) -> None:
         for path, data in before.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,15 @@ def git(root: Path, *args: str, who: tuple[str, str] | None = None, check: bool 
     if who:
         env.update(GIT_AUTHOR_NAME=who[0], GIT_AUTHOR_EMAIL=who[1],
                    GIT_COMMITTER_NAME=who[0], GIT_COMMITTER_EMAIL=who[1])
-    return subprocess.run(["git", *args], cwd=root, env=env, check=check, text=True,
-                          capture_output=True, **kw)
+    for _ in range(200):  # like a person, try again while the daemon holds index.lock
+        out = subprocess.run(["git", *args], cwd=root, env=env, text=True,
+                             capture_output=True, **kw)
+        if out.returncode == 0 or "index.lock" not in out.stderr:
+            break
+        time.sleep(0.02)
+    if check:
+        out.check_returncode()
+    return out
 
 
 def edit_yaml(path: Path, **changes) -> None:
