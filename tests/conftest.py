@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -66,13 +67,30 @@ def configure(root: Path, who: tuple[str, str] = ALICE, **changes) -> None:
     git(root, "commit", "-qm", "configure", who=who)
 
 
-@pytest.fixture
-def state_dir(tmp_path) -> Path:
-    """A fresh state repository with Alice as approver and the agent identity from conftest."""
+@pytest.fixture(scope="session")
+def _state_template(tmp_path_factory) -> Path:
+    """One state repository made by `init`, with Alice as approver and the agent identity
+    above; tests get a copy (~20 ms instead of ~500 ms for init + configure)."""
     from janus_git.state import init_state
-    root, _ = init_state(tmp_path / "state")
-    configure(root, agent={"name": AGENT[0], "email": AGENT[1]},
-              approvers=[{"name": ALICE[0], "email": ALICE[1]}])
+    home = tmp_path_factory.mktemp("template-home")
+    cfg = home / ".gitconfig"
+    cfg.write_text(f"[user]\n\tname = {ALICE[0]}\n\temail = {ALICE[1]}\n"
+                   "[init]\n\tdefaultBranch = main\n")
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in dict(HOME=str(home), GIT_CONFIG_GLOBAL=str(cfg), GIT_CONFIG_NOSYSTEM="1",
+                         JANUS_GIT_HOME=str(home / "janus-git")).items():
+            mp.setenv(k, v)
+        root, _ = init_state(tmp_path_factory.mktemp("template") / "state")
+        configure(root, agent={"name": AGENT[0], "email": AGENT[1]},
+                  approvers=[{"name": ALICE[0], "email": ALICE[1]}])
+    return root
+
+
+@pytest.fixture
+def state_dir(_state_template, tmp_path) -> Path:
+    """A fresh state repository (a copy of the template): Alice approves, the agent is AGENT."""
+    root = tmp_path / "state"
+    shutil.copytree(_state_template, root, symlinks=True)
     return root
 
 

@@ -15,7 +15,6 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import AGENT, ALICE, MALLORY, git
-from test_init import _state_template, sr, state_dir  # noqa: F401  (fast fixtures)
 from janus_git import cli
 from janus_git.cli import app
 from janus_git.proposal import shard_path

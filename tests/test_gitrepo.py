@@ -11,7 +11,6 @@ import warnings
 import pytest
 
 from conftest import AGENT, ALICE, git
-from test_init import _state_template, sr, state_dir  # noqa: F401  (fast fixtures)
 from janus_git import gitrepo, lifecycle
 from janus_git.errors import Conflict, GitError
 from janus_git.gitrepo import GitRepo, Identity, format_message, read_blobs

@@ -1,49 +1,15 @@
-"""`janus-git init`, and a new user's first five minutes, through the real command.
-
-This module also provides `state_dir`, a faster twin of conftest's fixture (the same state
-repository, made once per module and copied per test: ~20 ms instead of ~500 ms), which the
-other foundation test modules import."""
+"""`janus-git init`, and a new user's first five minutes, through the real command."""
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import AGENT, ALICE, configure, git
+from conftest import ALICE, git
 from janus_git.state import TEMPLATE_DIRS, StateRepo, init_state, template_root
-
-
-@pytest.fixture(scope="module")
-def _state_template(tmp_path_factory) -> Path:
-    home = tmp_path_factory.mktemp("template-home")
-    cfg = home / ".gitconfig"
-    cfg.write_text(f"[user]\n\tname = {ALICE[0]}\n\temail = {ALICE[1]}\n"
-                   "[init]\n\tdefaultBranch = main\n")
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in dict(HOME=str(home), GIT_CONFIG_GLOBAL=str(cfg), GIT_CONFIG_NOSYSTEM="1",
-                         JANUS_GIT_HOME=str(home / "janus-git")).items():
-            mp.setenv(k, v)
-        root, _ = init_state(tmp_path_factory.mktemp("template") / "state")
-        configure(root, agent={"name": AGENT[0], "email": AGENT[1]},
-                  approvers=[{"name": ALICE[0], "email": ALICE[1]}])
-    return root
-
-
-@pytest.fixture
-def state_dir(_state_template, tmp_path) -> Path:
-    """Same as conftest's state_dir (Alice approves, the agent is AGENT), copied."""
-    root = tmp_path / "state"
-    shutil.copytree(_state_template, root, symlinks=True)
-    return root
-
-
-@pytest.fixture
-def sr(state_dir):
-    return StateRepo(state_dir)
 
 
 def _exe() -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 
 from conftest import AGENT, ALICE, git
-from test_init import _state_template, sr, state_dir  # noqa: F401  (fast fixtures)
 from janus_git import lifecycle
 from janus_git.errors import Conflict, TransitionError
 from janus_git.gitrepo import Identity

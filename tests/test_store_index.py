@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from conftest import AGENT, git
-from test_init import _state_template, sr, state_dir  # noqa: F401  (fast fixtures)
 from janus_git import lifecycle
 from janus_git.errors import ConfigError, NotFound
 from janus_git.gitrepo import Identity
