@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from conftest import AGENT, ALICE, MALLORY, configure, git
 from daemonkit import (DaemonProcess, fsck_clean, propose, record, run_once, set_status,

@@ -5,7 +5,6 @@ import json
 import socket
 import subprocess
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
