@@ -85,8 +85,11 @@ class DaemonLock:
 
     def write_status(self, status: dict[str, Any]) -> None:
         tmp = self.status_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(status, indent=1))
-        os.replace(tmp, self.status_path)
+        try:
+            tmp.write_text(json.dumps(status, indent=1))
+            os.replace(tmp, self.status_path)
+        except FileNotFoundError:  # the repository was removed under us
+            pass
 
 
 def read_status(root: Path) -> dict[str, Any]:
@@ -167,7 +170,7 @@ class Daemon:
                 self.wake.wait(self._next_timeout())
                 self.wake.clear()
             self._shut_down()
-            return 0
+            return 1 if self.fatal else 0
         finally:
             lifecycle.unsubscribe(self.notifier.on_transition)
             self.notifier.close()
@@ -278,6 +281,9 @@ class Daemon:
         self._write_status()
 
     def _step(self) -> None:
+        if not self.repo.git_dir.is_dir():
+            self.exit, self.fatal = True, True
+            raise JanusError(f"{self.root} is no longer a git repository; stopping")
         self._collect_results()
         now = time.monotonic()
         if self.dirty or now - self._polled > POLL_SECONDS or self.runs or self.exit:
@@ -313,6 +319,7 @@ class Daemon:
     _decided_for: str | None = None
 
     _stop_checked: str | None = None
+    fatal = False
     _polled = 0.0
     dirty = True
 
@@ -619,7 +626,7 @@ class Daemon:
         if self._model_context is None:
             try:
                 from .llm import ModelContext
-                self._model_context = ModelContext(self.config)
+                self._model_context = ModelContext(self.config, self.root)
             except (ImportError, AttributeError):
                 self._model_context = None
         return self._model_context
@@ -780,6 +787,11 @@ class Daemon:
             repo = GitRepo(self.root)
             try:
                 planner.think(repo, self.config, llm=self._context(), commit_lock=self.writes)
+                from . import hygiene
+                with self.writes:  # deduplicate / archive / reject what the cycle left
+                    counts = hygiene.hygiene(repo, self.config)
+                if any(counts.get(k) for k in ("duplicate", "archived", "rejected")):
+                    log.info("hygiene: %s", counts)
             finally:
                 repo.close()
         except JanusError as e:
@@ -797,7 +809,7 @@ class Daemon:
             return None
 
     def _save_cursor(self) -> None:
-        if self.cursor:
+        if self.cursor and self.lock.dir.is_dir():
             tmp = self.lock.dir / "cursor.tmp"
             tmp.write_text(self.cursor)
             os.replace(tmp, self.lock.dir / "cursor")

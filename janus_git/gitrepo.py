@@ -113,8 +113,14 @@ class GitRepo:
         """(exit status, stdout, stderr).  Commands run through subprocess directly, as
         pre-commit does: GitPython's import (~0.1 s) is paid only by what reads objects."""
         full_env = {**os.environ, "LANGUAGE": "C", "LC_ALL": "C", **(env or {})}
-        proc = subprocess.run(["git", *map(str, args)], cwd=self.root, env=full_env,
-                              input=stdin, capture_output=True, text=True, errors="replace")
+        try:
+            proc = subprocess.run(["git", *map(str, args)], cwd=self.root, env=full_env,
+                                  input=stdin, capture_output=True, text=True,
+                                  errors="replace")
+        except FileNotFoundError:
+            if not self.root.is_dir():
+                raise JanusError(f"{self.root} no longer exists") from None
+            raise JanusError("git is not installed (apt-get install git)") from None
         return proc.returncode, proc.stdout, proc.stderr
 
     def run_retrying(self, *args: str, env: dict[str, str] | None = None,

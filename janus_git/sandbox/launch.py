@@ -58,16 +58,21 @@ def bwrap_argv(argv: list[str], root: Path, scratch: Path, network: bool, hide_g
     if hide_git and (root / ".git").exists():
         cmd += ["--tmpfs", "/repo/.git"]
     cmd += extra_binds(binds)
-    cmd += ["--bind", str(scratch), "/tmp", "--chdir", "/repo", "--"]
+    cmd += ["--bind", str(scratch), "/tmp"]
+    # what lives under /tmp (a virtualenv, say) is bound over the scratch, after it
+    cmd += extra_binds([p for p in binds if os.path.normpath(p).startswith("/tmp/")],
+                       under_tmp=True)
+    cmd += ["--chdir", "/repo", "--"]
     if drop_to_nobody():
         cmd += [shutil.which("setpriv") or "setpriv", *_SETPRIV]
     return cmd + argv
 
 
-def extra_binds(paths: list[str]) -> list[str]:
+def extra_binds(paths: list[str], under_tmp: bool = False) -> list[str]:
     """Read-only binds at their own path.  Missing ancestors are made 0755 first: bwrap
     copies the host's mode, and a 0700 /root would hide a Python under /root/.pyenv."""
-    system = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/proc", "/dev", "/tmp")
+    system = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/proc", "/dev")
+    system += () if under_tmp else ("/tmp",)
     keep = sorted({os.path.normpath(p) for p in paths})
     keep = [p for p in keep if not any(p != q and p.startswith(q + "/") for q in keep)]
     keep = [p for p in keep if not p.startswith(system) and os.path.exists(p)]
