@@ -196,6 +196,13 @@ class GitRepo:
             return None
         return data if kind in (b"blob", "blob") else None
 
+    def read_blob_once(self, rev: str, path: str) -> bytes | None:
+        """One read without GitPython's persistent pipe (whose import alone costs ~0.1 s):
+        for one-shot commands such as `show`."""
+        proc = subprocess.run(["git", "cat-file", "blob", f"{rev}:{path}"], cwd=self.root,
+                              capture_output=True)
+        return proc.stdout if proc.returncode == 0 else None
+
     def ls_tree(self, rev: str, prefix: str) -> list[str]:
         out = self.run("ls-tree", "-r", "--name-only", "-z", rev, "--", prefix, check=False)
         return [p for p in out.split("\0") if p]

@@ -17,7 +17,7 @@ def show(sr: StateRepo, pid: str) -> dict[str, Any]:
     """The record and its history (one entry per commit that touched it, newest first)."""
     full = sr.store.resolve(pid)
     path = shard_path(full)
-    text = sr.repo.read_blob("HEAD", path)
+    text = sr.repo.read_blob_once("HEAD", path)
     record: dict[str, Any]
     try:
         record = parse_proposal(text, path).to_dict() if text is not None else {}
