@@ -10,6 +10,7 @@ repository with N proposals: CPU % and RSS over a quiet window.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import statistics
 import subprocess
@@ -25,6 +26,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from janus_git import lifecycle  # noqa: E402
+from janus_git.proposal import new_id  # noqa: E402
 from janus_git.daemon import Daemon  # noqa: E402
 from janus_git.gitrepo import GitRepo  # noqa: E402
 from janus_git.state import init_state  # noqa: E402
@@ -45,16 +47,19 @@ def git(root: Path, *args: str) -> str:
     raise SystemExit("index.lock never freed")
 
 
-def make_repo(tmp: Path, existing: int) -> Path:
+def make_repo(tmp: Path, existing: int, months: int = 12) -> Path:
     root, _ = init_state(tmp / "state")
     cfg = yaml.safe_load((root / "state/agent.yaml").read_text())
     cfg["approvers"] = [{"name": APPROVER[0], "email": APPROVER[1]}]
     cfg["controls"]["max_starts_per_second"] = 1000
     (root / "state/agent.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    now = dt.datetime.now(dt.timezone.utc)
     for i in range(existing):  # history: finished proposals the daemon must not trip over
+        # spread over the past `months` month shards, as a year of work would be
+        when = now - dt.timedelta(days=31 * (1 + i % months)) if months else now
         p = lifecycle.new_proposal(mission="BENCH", type_="analysis", tool="shell",
                                    args=["echo", str(i)], rationale="bench filler",
-                                   created_by="bench")
+                                   created_by="bench", pid=new_id(when))
         p.status = lifecycle.Status.SUCCEEDED
         path = root / p.path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,12 +135,17 @@ def main() -> None:
     ap.add_argument("--approvals", type=int, default=100)
     ap.add_argument("--proposals", type=int, default=10_000)
     ap.add_argument("--idle-seconds", type=float, default=10.0)
+    ap.add_argument("--months", type=int, default=12,
+                    help="month shards the existing proposals are spread over (0: all in "
+                         "the current month, the worst case for git's tree rewrite)")
     args = ap.parse_args()
+    print(f"# load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
-        root = make_repo(Path(tmp), args.proposals)
+        root = make_repo(Path(tmp), args.proposals, args.months)
         lat, raw = bench_latency(root, args.approvals)
         cpu, rss = bench_idle(root, args.idle_seconds)
-    print(f"repository: {args.proposals} finished proposals + {args.approvals} approvals")
+    print(f"repository: {args.proposals} finished proposals over {args.months or 1} month "
+          f"shard(s) + {args.approvals} approvals")
     print(f"baseline raw `git commit` of the approval: p50 {statistics.median(raw):.1f} ms, "
           f"p99 {pct(raw, 0.99):.1f} ms")
     print(f"approval commit -> tool start:            p50 {statistics.median(lat):.1f} ms, "
