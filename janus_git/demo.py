@@ -4,13 +4,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from . import lifecycle
 from .daemon import Daemon
-from .state import StateRepo, init_state
+from .gitrepo import GitRepo
+from .state import StateRepo, committer, init_state
+
+DEMO_TOPIC = "autonomy through empowerment, not risk"
 
 
 def run_demo(directory: Path, echo: Callable[[str], None] = print) -> int:
     path, created = init_state(directory)
     echo(f"{'created' if created else 'reusing'} state repository {path}")
+    if created:
+        # The operator's side of the demo: one philosophy node asked for by topic (the local
+        # model writes it); the agent's side is the thinking cycle on the active mission.
+        p = lifecycle.new_proposal(
+            mission="STUDY-002-BETA", type_="generate_new_nodes", tool="node_generator",
+            args={"topic": DEMO_TOPIC}, rationale="demo: the operator asks for one node",
+            created_by="janus-git demo")
+        lifecycle.create(GitRepo(path), p, committer(GitRepo(path)))
+        echo(f"filed {p.id}: node_generator on {DEMO_TOPIC!r} (whitelisted: runs by itself)")
     echo("running the daemon once: thinking cycle with the built-in model, policy, runs...")
     Daemon(path, once=True, think=True).run()
     sr = StateRepo(path)

@@ -74,7 +74,7 @@ def init_state(target: Path) -> tuple[Path, bool]:
         (target / folder).mkdir(exist_ok=True)
         (target / folder / ".gitkeep").touch()
     repo.run("add", "-A")
-    ident = _committer(repo)
+    ident = committer(repo)
     repo.commit_all_staged(format_message("janus: initialise state repository"), ident)
     # A commit-graph with changed-path Bloom filters makes per-file `git log` ~15x faster.
     repo.run("config", "core.commitGraph", "true")
@@ -82,7 +82,8 @@ def init_state(target: Path) -> tuple[Path, bool]:
     return target, True
 
 
-def _committer(repo: GitRepo) -> Identity | None:
+def committer(repo: GitRepo) -> Identity | None:
+    """None when git knows the person (their identity is used), else the agent's."""
     ident = repo.run("var", "GIT_AUTHOR_IDENT", check=False).strip()
     if "<" in ident:
         return None

@@ -47,9 +47,10 @@ def test_readme_main_job_leaves_real_work_in_the_state_repo(tmp_path):
     log = git(repo, "log", "--format=%(trailers:key=Janus-Transition,valueonly)").stdout
     assert "running -> succeeded" in log
     assert git(repo, "status", "--porcelain").stdout == ""
-    made = [p for d in ("nodes", "notes") for p in (repo / d).rglob("*")
-            if p.is_file() and p.name != ".gitkeep"]
-    assert made, "no nodes or notes were written"
+    made = {d: [p for p in (repo / d).rglob("*") if p.is_file() and p.name != ".gitkeep"]
+            for d in ("nodes", "notes")}
+    assert made["nodes"] and made["notes"], made
+    made = made["nodes"] + made["notes"]
     for p in made:  # every file a tool wrote is committed
         assert git(repo, "log", "--oneline", "--", str(p.relative_to(repo))).stdout.strip()
 
