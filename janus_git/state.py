@@ -8,7 +8,6 @@ from pathlib import Path
 from .config import AGENT_PATH, Config, load_config
 from .errors import JanusError
 from .gitrepo import GitRepo, Identity, format_message, init_repo
-from .index import Index
 from .store import Store
 
 TEMPLATE_DIRS = ("state", "missions", "proposals", "logs")
@@ -32,7 +31,12 @@ class StateRepo:
                              "(create one with `janus-git init DIR`)")
         self.repo = GitRepo(self.root)
         self.store = Store(self.repo)
-        self.index = Index(self.repo)
+
+    @cached_property
+    def index(self):
+        """The derived sqlite index (imported on first use: `show` never needs it)."""
+        from .index import Index
+        return Index(self.repo)
 
     @cached_property
     def config(self) -> Config:
