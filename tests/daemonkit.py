@@ -53,6 +53,20 @@ def propose(root: Path, *argv: str, type_: str = "analysis", tool: str = "shell"
     return json.loads(out.stdout)["id"]
 
 
+def person_commits(root: Path, message: str, *paths: str, who=ALICE) -> None:
+    """`git add PATHS && git commit` as a person would, adding again when git's own race (a
+    concurrent `commit --only` writes back an index read before the add) undid the add."""
+    for _ in range(20):
+        git(root, "add", "-A", "--", *paths)
+        out = git(root, "commit", "-qm", message, who=who, check=False)
+        if out.returncode == 0:
+            return
+        if "nothing added to commit" not in out.stdout + out.stderr \
+                and "no changes added" not in out.stdout + out.stderr:
+            out.check_returncode()
+    raise AssertionError(f"could not commit {paths}")
+
+
 def set_status(root: Path, pid: str, new: str, who: tuple[str, str] = ALICE,
                sign_key: Path | None = None, **changes) -> str:
     """Edit the proposal file and commit it as WHO: how a person approves."""
@@ -61,11 +75,12 @@ def set_status(root: Path, pid: str, new: str, who: tuple[str, str] = ALICE,
     data["status"] = new
     data.update(changes)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    git(root, "add", str(path))
+    # `commit -- PATH` takes the tracked file from the working tree under git's own lock: no
+    # separate `git add` for a concurrent daemon commit to undo
     args = ["commit", "-qm", f"{new} {pid}"]
     if sign_key:
         args = ["-c", "gpg.format=ssh", "-c", f"user.signingkey={sign_key}", *args, "-S"]
-    git(root, *args, who=who)
+    git(root, *args, "--", str(path), who=who)
     # not `rev-parse HEAD`: the daemon may have committed on top already
     return git(root, "log", "-1", "--format=%H", f"--author={who[1]}", "--",
                str(path)).stdout.strip()

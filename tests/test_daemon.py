@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import AGENT, ALICE, MALLORY, configure, git
-from daemonkit import (DaemonProcess, fsck_clean, propose, record, run_once, set_status,
-                       status, wait_for, wait_status)
+from daemonkit import (DaemonProcess, fsck_clean, person_commits, propose, record, run_once,
+                       set_status, status, wait_for, wait_status)
 
 MANUAL = "maintenance"  # a type that is not on the auto-exec whitelist
 
@@ -266,11 +266,10 @@ def test_bad_input_keeps_the_daemon_alive(state_dir):
         git(state_dir, "commit", "-qam", "broken config", who=ALICE)
         unknown = by_hand(state_dir, "teleport", ["now"])
         deleted = by_hand(state_dir, "shell", ["echo", "deleted"], type_=MANUAL)
-        git(state_dir, "rm", "-q", rec_path(deleted))
-        git(state_dir, "commit", "-qm", "delete a proposal", who=ALICE)
+        (state_dir / rec_path(deleted)).unlink()
+        person_commits(state_dir, "delete a proposal", rec_path(deleted))
         (state_dir / "proposals" / "stray.yaml").write_text("id: nope\n")
-        git(state_dir, "add", "proposals/stray.yaml")
-        git(state_dir, "commit", "-qm", "stray", who=ALICE)
+        person_commits(state_dir, "stray", "proposals/stray.yaml")
         after = by_hand(state_dir, "shell", ["echo", "still alive"])
         wait_status(state_dir, after, "succeeded")
         wait_status(state_dir, unknown, "rejected")
