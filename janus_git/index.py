@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import ConfigError
-from .gitrepo import GitRepo, read_blobs
+from .gitrepo import GitRepo, atomic_write, read_blobs
 from .proposal import Status, parse_proposal
 from .store import PROPOSALS_DIR, check_placement, id_from_path, is_proposal_path
 
@@ -124,7 +124,7 @@ class Index:
 
     def sync(self, head: str | None = None) -> sqlite3.Connection:
         """Bring the index to HEAD (or HEAD given) and return an open connection."""
-        head = head or self.repo.head()
+        head = head or self.repo.fast_head()  # a file read, not a git process
         try:
             db = self._connect()
             if self._meta(db, "version") != SCHEMA_VERSION:
@@ -202,9 +202,10 @@ class Index:
     def query_json(self, *, status: Iterable[str] = (), mission: str | None = None,
                    tool: str | None = None, type_: str | None = None,
                    since: str | None = None, limit: int | None = None,
-                   raw: bool = False) -> list[Any]:
+                   raw: bool = False, joined: bool = False) -> list[Any] | bytes:
         """Rows as stored JSON strings (the fast path for `list --json`); RAW gives UTF-8
-        bytes, to be written as they are (no decode and re-encode of 40 MB at 100k rows)."""
+        bytes, to be written as they are (no decode and re-encode of 40 MB at 100k rows);
+        JOINED gives one JSON array as bytes, concatenated inside sqlite (no 100k objects)."""
         where, params = [], []
         status = list(status)
         if status:
@@ -227,9 +228,30 @@ class Index:
         if raw:
             db.text_factory = bytes
         try:
+            if joined:
+                sql = f"SELECT CAST(group_concat(row_json, ',\n') AS BLOB) FROM ({sql})"
+                body = db.execute(sql, params).fetchone()[0] or b""
+                return b"[" + bytes(body) + b"]\n"
             return [r[0] for r in db.execute(sql, params)]
         finally:
             db.close()
+
+    def all_json(self) -> bytes:
+        """`list --json` with no filter: kept as one file per HEAD under .git/janus/, so a
+        warm call reads 40 MB (at 100k rows) instead of querying; rebuilt on first use after
+        HEAD moves.  Derived like the index: delete it and nothing is lost."""
+        head = self.repo.fast_head() or ""
+        cache, tag = self.path.parent / "list.json", self.path.parent / "list.json.head"
+        want = f"{SCHEMA_VERSION} {head}"
+        try:
+            if tag.read_text() == want:
+                return cache.read_bytes()
+        except FileNotFoundError:
+            pass
+        data = self.query_json(raw=True, joined=True)
+        atomic_write(cache, data)
+        atomic_write(tag, want.encode())
+        return data
 
     def counts(self) -> dict[str, int]:
         db = self.sync()

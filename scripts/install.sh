@@ -16,4 +16,5 @@ fi
 # llama-cpp-python builds from source where no wheel exists; these flags halve the build and
 # keep it portable (pip caches the wheel, so the next install takes seconds).
 export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF}"
-python3 -m pip install -q -e '.[llm,test]'
+# compat mode: a plain path entry instead of an import hook (~20 ms off every command)
+python3 -m pip install -q -e '.[llm,test]' --config-settings editable_mode=compat

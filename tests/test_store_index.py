@@ -375,3 +375,15 @@ def test_a_big_rebuild_in_two_processes_gives_the_same_rows(sr, monkeypatch):
     if forks and threading.active_count() == 1:
         assert len(helped) - before == 2
     assert len(one) == 6
+
+
+def test_the_unfiltered_list_cache_follows_head(sr):
+    """`list --json` keeps one file per HEAD; a new commit must show up, a reset must not."""
+    import json as _json
+    first = _json.loads(sr.index.all_json())
+    p = _file(sr)
+    second = _json.loads(sr.index.all_json())
+    assert [r["id"] for r in second] == [r["id"] for r in first] + [p.id]
+    assert sr.index.all_json() == sr.index.query_json(raw=True, joined=True)
+    git(sr.root, "reset", "-q", "--hard", "HEAD~1")
+    assert [r["id"] for r in _json.loads(sr.index.all_json())] == [r["id"] for r in first]
