@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import lifecycle
-from .daemon import read_status
+from .runlock import read_status
 from .errors import JanusError
 from .gitrepo import format_message
 from .policy import decide

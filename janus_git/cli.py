@@ -68,7 +68,7 @@ def daemon(directory: Path = typer.Argument(Path("."), help="The state repositor
 @app.command()
 def status(repo: str = RepoOpt, as_json: bool = JsonOpt):
     """Whether the daemon runs, its pid, what it is doing; proposal counts; the stop."""
-    from .daemon import read_status
+    from .runlock import read_status
     sr = _sr(repo)
     info = {"daemon": read_status(sr.root), "stopped": sr.stopped_at(),
             "counts": sr.index.counts(), "mode": sr.config.mode}
@@ -222,9 +222,10 @@ def stop(reason: str = typer.Option("emergency stop", "--reason"),
         _out("an emergency stop is already in force (state/STOP); `janus-git resume` lifts it")
         return
     verb = "would" if dry_run else "will"
-    _out(f"{'DRY RUN: nothing changed.' if dry_run else 'emergency stop committed: ' + str(plan.commit)[:10]}")
+    _out("DRY RUN: nothing changed." if dry_run
+         else f"emergency stop committed: {str(plan.commit)[:10]}")
     _out(f"- {'would commit' if dry_run else 'committed'} state/STOP (reason: {reason})")
-    _out(f"- local daemon: " + (f"pid {d.get('pid')} {verb} be signalled" if d.get("running")
+    _out("- local daemon: " + (f"pid {d.get('pid')} {verb} be signalled" if d.get("running")
                                 else "not running here (others see the commit)"))
     _out(f"- running, {verb} be killed and marked interrupted: {', '.join(plan.running) or 'none'}")
     _out(f"- queued, {verb} be suspended: {', '.join(plan.to_suspend) or 'none'}")

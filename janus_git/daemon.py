@@ -12,7 +12,6 @@ and every file it changed are one commit, so `git revert` of that commit undoes 
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import json
 import logging
 import os
@@ -28,12 +27,13 @@ from .approvals import (APPROVAL_BRANCH_PREFIX, TRAILER_APPROVAL_BRANCH, check_a
                         is_revert_of_result)
 from .config import AGENT_PATH, Config, load_config
 from .controls import Escapement, Governor, ReliefValve
-from .errors import ConfigError, Conflict, JanusError, NotFound
+from .errors import ConfigError, Conflict, JanusError
 from .gitrepo import Commit, GitRepo, crashpoint, format_message
 from .notify import Notifier, needs_human
 from .policy import decide
 from .proposal import HUMAN_TRANSITIONS, Proposal, Status, parse_proposal, shard_path, utcnow
 from .state import STOP_PATH, StateRepo
+from .runlock import DaemonLock
 from .store import check_placement, id_from_path, is_proposal_path
 
 log = logging.getLogger("janus_git.daemon")
@@ -55,64 +55,6 @@ class Run:
     thread: threading.Thread
     cancel: threading.Event = field(default_factory=threading.Event)
     result: Any = None
-
-
-class DaemonLock:
-    """One daemon per repository: an flock on .git/janus/daemon.lock, pid and state beside it."""
-
-    def __init__(self, root: Path) -> None:
-        self.dir = root / ".git" / "janus"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.dir / "daemon.lock"
-        self.status_path = self.dir / "daemon.json"
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise JanusError(f"another janus-git daemon already works on this repository "
-                             f"(pid {read_status(self.path.parent.parent.parent).get('pid')}); "
-                             "`janus-git status` shows it") from None
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def write_status(self, status: dict[str, Any]) -> None:
-        tmp = self.status_path.with_suffix(".tmp")
-        try:
-            tmp.write_text(json.dumps(status, indent=1))
-            os.replace(tmp, self.status_path)
-        except FileNotFoundError:  # the repository was removed under us
-            pass
-
-
-def read_status(root: Path) -> dict[str, Any]:
-    """What the daemon last said about itself, and whether it still holds the lock."""
-    jdir = root / ".git" / "janus"
-    try:
-        status = json.loads((jdir / "daemon.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {"running": False}
-    alive = False
-    try:
-        fd = os.open(jdir / "daemon.lock", os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        except BlockingIOError:
-            alive = True
-        finally:
-            os.close(fd)
-    except FileNotFoundError:
-        pass
-    status["running"] = alive
-    return status
 
 
 class Daemon:

@@ -26,7 +26,7 @@ def diagnose(root: Path) -> dict[str, Any]:
     except Exception as e:  # doctor reports, it does not fail
         info["model"] = f"not found: {e}"
     if (root / ".git").exists():
-        from .daemon import read_status
+        from .runlock import read_status
         info["daemon"] = read_status(root)
         try:
             from .config import load_config
