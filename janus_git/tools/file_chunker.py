@@ -24,28 +24,33 @@ CHUNK_LINES = 5000
 BLOCK = 1 << 20
 
 
-def _args(proposal: Any) -> tuple[str, int]:
+def chunk_args(proposal: Any, tool: str = "file_chunker") -> tuple[str, int]:
+    """(path, chunk) from args {path, chunk}: shared by every tool that reads one chunk."""
     a = proposal.args
     if not isinstance(a, dict):
-        raise ToolRefused("file_chunker: args must be a mapping like {path: docs/x.txt, chunk: 1}")
+        raise ToolRefused(f"{tool}: args must be a mapping like {{path: docs/x.txt, chunk: 1}}")
     unknown = sorted(set(a) - {"path", "chunk"})
     if unknown:
-        raise ToolRefused(f"file_chunker: unknown argument {unknown[0]!r} (known: path, chunk)")
+        raise ToolRefused(f"{tool}: unknown argument {unknown[0]!r} (known: path, chunk)")
     path, chunk = a.get("path"), a.get("chunk", 1)
     if not isinstance(path, str) or not path.strip():
-        raise ToolRefused("file_chunker: path must be a file in the repository, e.g. docs/x.txt")
+        raise ToolRefused(f"{tool}: path must be a file in the repository, e.g. docs/x.txt")
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
-        raise ToolRefused(f"file_chunker: chunk must be a whole number from 1, got {chunk!r}")
-    return path, chunk
+        raise ToolRefused(f"{tool}: chunk must be a whole number from 1, got {chunk!r}")
+    return path.strip(), chunk
+
+
+def check_chunk_file(proposal: Any, root: Path, tool: str = "file_chunker") -> None:
+    path, _ = chunk_args(proposal, tool)
+    problem = path_problem(root, path)
+    if problem:
+        raise ToolRefused(f"{tool}: {problem}")
+    if not (Path(root) / path).is_file():
+        raise ToolRefused(f"{tool}: {path!r} is not a file in the repository")
 
 
 def check(proposal: Any, config: Any, root: Path) -> None:
-    path, _ = _args(proposal)
-    problem = path_problem(root, path)
-    if problem:
-        raise ToolRefused(f"file_chunker: {problem}")
-    if not (Path(root) / path).is_file():
-        raise ToolRefused(f"file_chunker: {path!r} is not a file in the repository")
+    check_chunk_file(proposal, root)
 
 
 def open_confined(root: Path, rel: str) -> int:
@@ -117,7 +122,7 @@ def read_chunk(fd: int, chunk: int, keep: int, deadline: float, cancel=None
 
 def execute(proposal: Any, config: Any, root: Path, *, cancel=None, on_start=None,
             context=None, isolation: str | None = None) -> RunResult:
-    path, chunk = _args(proposal)
+    path, chunk = chunk_args(proposal)
     limits = dict(config.tool_limits(proposal.tool))
     keep = limits["output_kb"] * 1024
     started, t0, c0 = utcnow(), time.monotonic(), time.thread_time()

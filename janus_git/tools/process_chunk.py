@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..proposal import utcnow
-from . import ToolRefused, path_problem
-from .file_chunker import CHUNK_LINES, open_confined, read_chunk
+from .file_chunker import CHUNK_LINES, check_chunk_file, chunk_args, open_confined, read_chunk
 from .node_generator import in_process_result
 
 NOTES_DIR = "notes"
@@ -39,26 +38,8 @@ STOP = frozenset("that this with from have into when then than they them were be
                  "after before other used uses using what will would could should".split())
 
 
-def _args(proposal: Any) -> tuple[str, int]:
-    a = proposal.args
-    if not isinstance(a, dict) or set(a) - {"path", "chunk"} or "path" not in a:
-        raise ToolRefused("process_chunk: args must be {path: <file in the repository>, "
-                          "chunk: N}")
-    path, chunk = a["path"], a.get("chunk", 1)
-    if not isinstance(path, str) or not path.strip():
-        raise ToolRefused("process_chunk: path must be a file in the repository")
-    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
-        raise ToolRefused(f"process_chunk: chunk must be a whole number from 1, got {chunk!r}")
-    return path.strip(), chunk
-
-
 def check(proposal: Any, config: Any, root: Path) -> None:
-    path, _ = _args(proposal)
-    problem = path_problem(root, path)
-    if problem:
-        raise ToolRefused(f"process_chunk: {problem}")
-    if not (Path(root) / path).is_file():
-        raise ToolRefused(f"process_chunk: {path!r} is not a file in the repository")
+    check_chunk_file(proposal, root, "process_chunk")
 
 
 def note_path(path: str, chunk: int) -> str:
@@ -124,7 +105,7 @@ def render(path: str, chunk: int, first: int, last: int, total: int, f: dict[str
 
 def execute(proposal: Any, config: Any, root: Path, *, cancel=None, on_start=None,
             context=None, **_: Any) -> Any:
-    path, chunk = _args(proposal)
+    path, chunk = chunk_args(proposal, "process_chunk")
     started, t0, c0 = utcnow(), time.monotonic(), time.thread_time()
     if on_start is not None:
         on_start(os.getpid())
