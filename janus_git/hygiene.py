@@ -21,7 +21,7 @@ from typing import Any, Iterable
 from . import lifecycle
 from .config import Config
 from .errors import ConfigError, Conflict
-from .gitrepo import GitRepo, Identity, format_message
+from .gitrepo import GitRepo, Identity, format_message, read_blobs
 from .proposal import Proposal, Status, check_transition, novelty_digest, parse_proposal
 from .store import PROPOSALS_DIR, is_proposal_path
 
@@ -36,14 +36,6 @@ TRAILER_HYGIENE = "Janus-Hygiene"
 
 # a row: [id, novelty digest, status, mission, tool, type, created_at, blob]
 ID, NOV, STATUS, MISSION, TOOL, TYPE, CREATED, BLOB = range(8)
-
-
-def _read_blobs(repo: GitRepo, shas: list[str]) -> list[bytes]:
-    try:  # one `cat-file --batch` for all, where the git layer offers it
-        from .gitrepo import read_blobs
-    except ImportError:  # pragma: no cover
-        return [repo.read_blob(s, "") or b"" for s in shas]
-    return read_blobs(repo, shas)
 
 
 def row_from_text(text: bytes, path: str, blob: str) -> list[Any] | None:
@@ -208,7 +200,7 @@ class NoveltyIndex:
         self._add(changed)
 
     def _add(self, entries: list[tuple[str, str]]) -> None:
-        texts = _read_blobs(self.repo, [b for _, b in entries]) if entries else []
+        texts = read_blobs(self.repo, [b for _, b in entries]) if entries else []
         for (path, blob), text in zip(entries, texts):
             row = row_from_text(text, path, blob)
             if row is None:
@@ -405,7 +397,7 @@ def _apply_batched(repo: GitRepo, config: Config, actions: list[Action]) -> int:
     Janus-Hygiene trailer instead of the per-proposal trailers."""
     commits = 0
     texts = dict(zip([a.path for a in actions],
-                     _read_blobs(repo, [a.blob for a in actions]) if all(a.blob for a in actions)
+                     read_blobs(repo, [a.blob for a in actions]) if all(a.blob for a in actions)
                      else _read_head_blobs(repo, [a.path for a in actions])))
     for start in range(0, len(actions), BATCH_SIZE):
         files, guard, lines = {}, {}, []
@@ -506,7 +498,7 @@ def _read_head_blobs(repo: GitRepo, paths: list[str]) -> list[bytes]:
         meta, path = item.split("\t", 1)
         blobs[path] = meta.split()[2]
     wanted = [blobs.get(p) for p in paths]
-    found = _read_blobs(repo, [b for b in wanted if b])
+    found = read_blobs(repo, [b for b in wanted if b])
     it = iter(found)
     return [next(it) if b else b"" for b in wanted]
 
