@@ -412,12 +412,10 @@ class Daemon(CommitReader):
             self.on_start_hook(pid, os_pid)
 
     def _context(self):
+        """One model per process, loaded on first use (llama_cpp is imported only then)."""
         if self._model_context is None:
-            try:
-                from .llm import ModelContext
-                self._model_context = ModelContext(self.config, self.root)
-            except (ImportError, AttributeError):
-                self._model_context = None
+            from .llm import ModelContext
+            self._model_context = ModelContext(self.config, self.root)
         return self._model_context
 
     def _collect_results(self) -> None:
@@ -566,10 +564,7 @@ class Daemon(CommitReader):
         self.thinker.start()
 
     def _think(self) -> None:
-        try:
-            from . import planner
-        except ImportError:
-            return
+        from . import planner
         try:
             # the model's minutes are spent outside the write lock; it is held only to commit
             # its own GitRepo: GitPython's persistent cat-file pipe is not shared across threads

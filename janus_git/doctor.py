@@ -7,24 +7,27 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from .errors import JanusError
+
 
 def diagnose(root: Path) -> dict[str, Any]:
     info: dict[str, Any] = {}
     git = shutil.which("git")
     info["git"] = subprocess.run(["git", "--version"], capture_output=True, text=True
                                  ).stdout.strip() if git else "MISSING: install git"
-    try:
-        from . import tools
-        info["sandbox"] = tools.doctor()
-    except (ImportError, AttributeError) as e:
-        info["sandbox"] = f"unavailable: {e}"
+    from . import tools
+    info["sandbox"] = tools.doctor()
     info["llama_cpp"] = ("installed" if importlib.util.find_spec("llama_cpp") else
                          "MISSING: pip install -e '.[llm]'")
+    from .llm import find_model
     try:
-        from .llm import find_default_model
-        info["model"] = str(find_default_model())
-    except Exception as e:  # doctor reports, it does not fail
-        info["model"] = f"not found: {e}"
+        model_cfg = {"path": None}
+        if (root / "state" / "agent.yaml").is_file():
+            from .config import load_config
+            model_cfg = load_config(root)["model"]
+        info["model"] = str(find_model(model_cfg, root))
+    except JanusError as e:  # doctor reports, it does not fail
+        info["model"] = f"NOT FOUND: {e}"
     if (root / ".git").exists():
         from .runlock import read_status
         info["daemon"] = read_status(root)

@@ -152,11 +152,11 @@ class CommitReader:
         old = self.repo.read_blob(c.parents[0], path) if c.parents else None
         if old is None:
             return
-        try:
-            from . import hygiene
+        from . import hygiene
+        try:  # the novelty index remembers it, so it is not proposed again
             hygiene.remember_deleted(self.repo, parse_proposal(old, path))
-        except (ImportError, AttributeError, ConfigError):
-            pass
+        except ConfigError:
+            pass  # a file that never parsed has no digest to remember
 
     def _reload_config(self) -> None:
         try:

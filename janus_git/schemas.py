@@ -5,16 +5,6 @@ from typing import Any
 
 
 def all_schemas() -> dict[str, dict[str, Any]]:
-    from . import config, proposal
-    out = {"agent": config.SCHEMA, "proposal": proposal.json_schema()}
-    try:
-        from . import missions
-        out["mission"] = missions.SCHEMA
-    except (ImportError, AttributeError):
-        pass
-    try:
-        from . import tools
-        out["tool_use"] = tools.TOOL_USE_SCHEMA
-    except (ImportError, AttributeError):
-        pass
-    return out
+    from . import audit, config, missions, proposal
+    return {"agent": config.SCHEMA, "proposal": proposal.json_schema(),
+            "mission": missions.SCHEMA, "tool_use": audit.TOOL_USE_SCHEMA}

@@ -1,0 +1,23 @@
+"""`janus-git doctor` reports what this machine offers, naming the model it would load."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+from conftest import configure
+
+
+def test_doctor_names_isolation_model_and_config(state_dir):
+    out = subprocess.run(["janus-git", "doctor", "--json", "-C", str(state_dir)],
+                         capture_output=True, text=True, check=True)
+    info = json.loads(out.stdout)
+    assert info["sandbox"]["isolation"] in ("bwrap", "reduced") and info["sandbox"]["why"]
+    assert info["model"].endswith(".gguf"), info["model"]
+    assert info["config"].startswith("valid (beta mode")
+
+
+def test_doctor_says_when_the_configured_model_is_missing(state_dir):
+    configure(state_dir, model={"path": "models/none.gguf"})
+    out = subprocess.run(["janus-git", "doctor", "--json", "-C", str(state_dir)],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["model"].startswith("NOT FOUND")
