@@ -248,8 +248,14 @@ def missions(repo: str = RepoOpt, as_json: bool = JsonOpt):
     if as_json:
         _out(json.dumps(rows, indent=1))
         return
+    from rich.table import Table
+    t = Table(title=f"{len(rows)} missions")
+    for col in ("id", "status", "progress", "depends on", "title"):
+        t.add_column(col, overflow="fold")
     for r in rows:
-        _out("  ".join(f"{k}={v}" for k, v in r.items()))
+        t.add_row(r["id"], r["status"], r["progress"], ", ".join(r["depends_on"]) or "-",
+                  r["title"], style="bold" if r["status"] == "active" else None)
+    _console().print(t)
 
 
 @app.command()
