@@ -269,8 +269,8 @@ class GitRepo:
             if current != expected:
                 raise Conflict(f"{path} has uncommitted changes in the working tree; "
                                "commit or discard them and the daemon will retry")
-        journal = self._write_intent(files)
         before = {path: _read_or_none(self.root / path) for path in files}
+        journal = self.write_intent(files, before)
         try:
             with self._commit_lock():
                 sha = self._write_and_commit(files, message, identity)
@@ -342,12 +342,15 @@ class GitRepo:
     # An intent journal makes a write-then-commit safe against a crash in between: what a dead
     # process wrote but never committed is put back to HEAD, so it cannot be mistaken for a
     # person's uncommitted edit (which the daemon would otherwise wait on forever).
-    def _write_intent(self, files: dict[str, bytes | None]) -> Path:
+    def write_intent(self, files: dict[str, bytes | None],
+                     before: dict[str, bytes | None]) -> Path:
+        """Journal a write-and-commit: for each path the content before and after.  Whichever
+        of the two a dead process left in the working tree, it is janus-git's, and recovery
+        puts the path to HEAD (the commit either happened or did not)."""
         jdir = self.git_dir / "janus"
         jdir.mkdir(parents=True, exist_ok=True)
         path = jdir / f"intent-{os.getpid()}-{threading.get_ident()}.json"
-        intent = {p: (hashlib.sha256(d).hexdigest() if d is not None else None)
-                  for p, d in files.items()}
+        intent = {p: [_digest(before.get(p)), _digest(d)] for p, d in files.items()}
         atomic_write(path, json.dumps(intent).encode())
         return path
 
@@ -359,11 +362,8 @@ class GitRepo:
             if _alive(pid):
                 continue  # in flight (this process's other threads included)
             intent = json.loads(journal.read_text() or "{}")
-            for path, digest in intent.items():
-                current = _read_or_none(self.root / path)
-                ours = (current is None if digest is None else
-                        current is not None and hashlib.sha256(current).hexdigest() == digest)
-                if not ours:
+            for path, digests in intent.items():
+                if _digest(_read_or_none(self.root / path)) not in digests:
                     continue  # someone else's content now: leave it alone
                 if self.read_blob("HEAD", path) is not None:
                     self.run_retrying("checkout", "-q", "HEAD", "--", path)
@@ -419,6 +419,10 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _digest(data: bytes | None) -> str | None:
+    return None if data is None else hashlib.sha256(data).hexdigest()
 
 
 def _read_or_none(path: Path) -> bytes | None:

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 from . import lifecycle
 from .config import Config
 from .errors import ConfigError, Conflict
-from .gitrepo import GitRepo, Identity, format_message, read_blobs
+from .gitrepo import GitRepo, Identity, crashpoint, format_message, read_blobs
 from .proposal import Proposal, Status, check_transition, novelty_digest, parse_proposal
 from .store import PROPOSALS_DIR, is_proposal_path
 
@@ -482,9 +482,14 @@ def commit_many(repo: GitRepo, files: dict[str, bytes], guard: dict[str, bytes],
         tree = repo.run("write-tree", env=env).strip()
         sha = repo.run("commit-tree", tree, "-p", head, "-F", "-", env=env,
                        stdin=message).strip()
+    # a crash after the branch moved but before the tree followed is put right at the next
+    # daemon start (GitRepo.recover_intents), not mistaken for a person's edit
+    journal = repo.write_intent(dict(files), dict(guard))
     repo.run("update-ref", "-m", "janus hygiene", f"refs/heads/{branch}", sha, head)
+    crashpoint("hygiene-after-ref")
     repo.run_retrying("update-index", "--index-info", stdin=info)
     repo.run_retrying("checkout-index", "-f", "-u", "--stdin", stdin="\n".join(paths) + "\n")
+    journal.unlink(missing_ok=True)
     return sha
 
 

@@ -66,3 +66,27 @@ def test_kill9_mid_tool_from_outside_kills_the_tool_too(state_dir):
     left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
     assert left.strip() == "", "the tool outlived the daemon"
     _check_recovered(state_dir, pid)
+
+
+def test_kill9_inside_a_hygiene_batch_commit_leaves_nothing_stuck(state_dir):
+    """The batch commit moves the branch before the working tree follows; a crash between
+    must not leave files that look like a person's uncommitted edit."""
+    from janus_git import lifecycle
+    from janus_git.gitrepo import GitRepo
+    repo = GitRepo(state_dir)
+    ids = []
+    for _ in range(30):  # one original and 29 duplicates: above the batch threshold
+        p = lifecycle.new_proposal(mission="STUDY-004-BETA", type_="maintenance", tool="shell",
+                                   args=["echo", "same"], rationale="r", created_by="agent")
+        lifecycle.create(repo, p, None)
+        ids.append(p.id)
+    crashed = subprocess.run([sys.executable, "-m", "janus_git.cli", "hygiene", "-C",
+                              str(state_dir)], capture_output=True, text=True,
+                             env={**os.environ, "JANUS_GIT_CRASHPOINT": "hygiene-after-ref"})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert git(state_dir, "status", "--porcelain").stdout != ""  # the tree lags behind HEAD
+    assert run_once(state_dir).returncode == 0
+    assert git(state_dir, "status", "--porcelain").stdout == ""
+    statuses = [record(state_dir, pid)["status"] for pid in ids]
+    assert statuses.count("duplicate") == 29
+    fsck_clean(state_dir)
