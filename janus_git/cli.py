@@ -265,9 +265,10 @@ def hygiene(dry_run: bool = typer.Option(False, "--dry-run"),
             repo: str = RepoOpt, as_json: bool = JsonOpt):
     """Deduplicate, archive and reject stale proposals; print counts."""
     from . import hygiene as hy
+    from . import novelty
     sr = _sr(repo)
     if reindex:
-        hy.reindex(sr.repo, sr.config)
+        novelty.reindex(sr.repo, sr.config)
     counts = hy.hygiene(sr.repo, sr.config, dry_run=dry_run)
     _out(json.dumps(counts) if as_json else
          ("DRY RUN: " if dry_run else "") + ", ".join(f"{k} {v}" for k, v in counts.items()))

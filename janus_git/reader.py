@@ -152,9 +152,9 @@ class CommitReader:
         old = self.repo.read_blob(c.parents[0], path) if c.parents else None
         if old is None:
             return
-        from . import hygiene
+        from . import novelty
         try:  # the novelty index remembers it, so it is not proposed again
-            hygiene.remember_deleted(self.repo, parse_proposal(old, path))
+            novelty.remember_deleted(self.repo, parse_proposal(old, path))
         except ConfigError:
             pass  # a file that never parsed has no digest to remember
 

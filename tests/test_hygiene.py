@@ -5,7 +5,7 @@ import datetime as dt
 
 from conftest import git
 
-from janus_git import hygiene, lifecycle
+from janus_git import hygiene, lifecycle, novelty
 from janus_git.config import load_config
 from janus_git.gitrepo import GitRepo
 from janus_git.proposal import Status, new_id, parse_proposal
@@ -88,10 +88,10 @@ def test_a_reverted_creation_is_remembered_even_after_reindex(state_dir):
     repo, config = GitRepo(state_dir), load_config(state_dir)
     args = ["echo", "hello"]
     p = file(repo, config, days_ago=0, args=args, tool="shell", type_="analysis")
-    index = hygiene.NoveltyIndex(repo).sync()
+    index = novelty.NoveltyIndex(repo).sync()
     git(state_dir, "revert", "--no-edit", "HEAD")
-    assert hygiene.reindex(repo) == 0
-    index = hygiene.NoveltyIndex(repo).sync()
+    assert novelty.reindex(repo) == 0
+    index = novelty.NoveltyIndex(repo).sync()
     again = lifecycle.new_proposal(mission="STUDY-004-BETA", type_="analysis", tool="shell",
                                    args=[" echo", "hello "], rationale="r", created_by="t")
     assert index.original_of(again, 14) == (p.id, "its creation was reverted")
@@ -105,12 +105,12 @@ def test_a_reverted_creation_is_remembered_even_after_reindex(state_dir):
 def test_remember_deleted_and_incremental_sync(state_dir):
     repo, config = GitRepo(state_dir), load_config(state_dir)
     p = file(repo, config, days_ago=0, args=["ls"], tool="shell", type_="analysis")
-    index = hygiene.NoveltyIndex(repo).sync()
+    index = novelty.NoveltyIndex(repo).sync()
     assert len(index.rows) == 1
-    hygiene.remember_deleted(repo, p)
-    assert hygiene.NoveltyIndex(repo).sync().forgotten
+    novelty.remember_deleted(repo, p)
+    assert novelty.NoveltyIndex(repo).sync().forgotten
     file(repo, config, days_ago=0, args=["pwd"], tool="shell", type_="analysis")
-    assert len(hygiene.NoveltyIndex(repo).sync().rows) == 2
+    assert len(novelty.NoveltyIndex(repo).sync().rows) == 2
 
 
 def test_bulk_cleansing_uses_batch_commits(state_dir):
@@ -139,13 +139,13 @@ def test_the_fast_reader_agrees_with_the_full_yaml_parse():
     for args in cases:
         p = lifecycle.new_proposal(mission="M", type_="analysis", tool="shell", args=args,
                                    rationale="a long rationale " * 10, created_by="me <m@x>")
-        slow = [p.id, hygiene.novelty_digest(p.type, p.tool, p.args), "proposed", "M",
+        slow = [p.id, novelty.novelty_digest(p.type, p.tool, p.args), "proposed", "M",
                 "shell", "analysis", p.created_at, "b"]
-        assert hygiene.row_from_text(p.to_yaml(), p.path, "b") == slow, args
+        assert novelty.row_from_text(p.to_yaml(), p.path, "b") == slow, args
         try:
-            assert hygiene.fast_row(p.to_yaml(), p.path, "b") == slow, args
+            assert novelty.fast_row(p.to_yaml(), p.path, "b") == slow, args
             fast += 1
-        except hygiene._Slow:
+        except novelty._Slow:
             pass
     assert fast >= len(cases) // 2  # the common layouts take the fast path
 
