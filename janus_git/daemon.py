@@ -12,28 +12,28 @@ and every file it changed are one commit, so `git revert` of that commit undoes 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from . import lifecycle, summary
-from .approvals import APPROVAL_BRANCH_PREFIX, TRAILER_APPROVAL_BRANCH
+from .approvals import APPROVAL_BRANCH_PREFIX
 from .config import Config
 from .controls import Escapement, Governor, ReliefValve
+from .decider import Decider
+from .emergency import EmergencyStop
 from .errors import Conflict, JanusError
-from .gitrepo import GitRepo, crashpoint, format_message
-from .notify import Notifier, needs_human
-from .policy import decide
+from .gitrepo import GitRepo
+from .notify import Notifier
 from .proposal import Proposal, Status, utcnow
 from .reader import CommitReader, Ticket
 from .runlock import DaemonLock
-from .state import STOP_PATH, StateRepo
+from .runner import Run, Runner
+from .state import StateRepo
 
 log = logging.getLogger("janus_git.daemon")
 POLL_SECONDS = 1.0  # how often refs are read with no watchdog event
@@ -41,15 +41,7 @@ GRAPH_EVERY = 200  # new commits between commit-graph writes
 S = Status
 
 
-@dataclass
-class Run:
-    id: str
-    thread: threading.Thread
-    cancel: threading.Event = field(default_factory=threading.Event)
-    result: Any = None
-
-
-class Daemon(CommitReader):
+class Daemon(CommitReader, Decider, Runner, EmergencyStop):
     def __init__(self, root: str | Path, *, once: bool = False, think: bool = True,
                  on_start: Callable[[str, int], None] | None = None) -> None:
         self.state = StateRepo(root)
@@ -257,262 +249,6 @@ class Daemon(CommitReader):
     _polled = 0.0
     dirty = True
 
-    # -- deciding ------------------------------------------------------------------------
-    def _decide_new(self) -> None:
-        from . import tools
-
-        pending_auto = sum(1 for t in self.queue.values()
-                           if t.decision.get("rule", "").startswith("auto:"))
-        for row in self.state.index.query(status=[S.PROPOSED.value]):
-            pid = row["id"]
-            if pid in self.seen_manual or pid in self.queue:
-                continue
-            current = self._head_proposal(pid)
-            if current is None:
-                continue
-            p, text = current
-            decision = decide(p, self.config)
-            if decision.reject:
-                self._refuse(p, text, decision.reason)
-                continue
-            try:
-                tools.check(p, self.config, self.root)
-            except JanusError as e:
-                self._refuse(p, text, str(e))
-                continue
-            if not decision.auto:
-                self._offer_branch(p)
-                self.seen_manual.add(pid)
-                self.notifier.post(*needs_human(p, decision.reason), kind="approval")
-                continue
-            if self.valve.should_vent(pending_auto):
-                with self.writes:
-                    lifecycle.transition(self.repo, p, S.ARCHIVED, self.config.identity,
-                                         base_text=text, reason="relief valve: "
-                                         f"{pending_auto} auto proposals already queued")
-                continue
-            record = {"rule": decision.rule, "by": self.config.identity.email,
-                      "digest": p.digest, "at": utcnow(), "reason": decision.reason}
-
-            def approve(q: Proposal, record=record, risk=decision.risk) -> None:
-                q.risk = risk
-                q.decision = record
-
-            with self.writes:
-                sha = lifecycle.transition(self.repo, p, S.APPROVED, self.config.identity,
-                                           base_text=text, update=approve,
-                                           reason=decision.reason)
-            crashpoint("after-auto-approve")
-            record["commit"] = sha
-            self.queue[pid] = Ticket(pid, record)
-            pending_auto += 1
-
-    def _drop_branch(self, pid: str) -> None:
-        branch = f"{APPROVAL_BRANCH_PREFIX}{pid}"
-        if branch in self.branches:
-            self.repo.run("update-ref", "-d", f"refs/heads/{branch}", check=False)
-            self.branches.discard(branch)
-
-    def _refuse(self, p: Proposal, text: bytes, reason: str) -> None:
-        with self.writes:
-            lifecycle.transition(self.repo, p, S.REJECTED, self.config.identity,
-                                 base_text=text, reason=reason)
-        self._drop_branch(p.id)
-        log.warning("%s rejected: %s", p.id, reason)
-
-    def _offer_branch(self, p: Proposal) -> None:
-        """For a manual proposal, a branch holding its approval: merge it (with a merge
-        commit) to approve.  A fast-forward lands the agent's own commit, which is refused."""
-        branch = f"{APPROVAL_BRANCH_PREFIX}{p.id}"
-        if branch in self.branches:
-            return
-        head = self.repo.head()
-        shown = Proposal(**{**p.__dict__})
-        shown.status = S.APPROVED
-        shown.note = f"approved by merging {branch}"
-        msg = format_message(f"janus: approve {p.id} ({p.tool}: {p.type})",
-                             "Merge this branch with a merge commit to approve the proposal.",
-                             {lifecycle.TRAILER_PROPOSAL: p.id, TRAILER_APPROVAL_BRANCH: branch})
-        sha = self.repo.create_commit_on(head, {p.path: shown.to_yaml()}, msg,
-                                         self.config.identity)
-        self.repo.update_branch_ref(branch, sha, None)
-        self.branches.add(branch)
-
-    # -- running -------------------------------------------------------------------------
-    def _start_runs(self) -> None:
-        while self.queue and not self.runs and not self.exit:
-            self.governor.update(_cpu_percent(), 1.0 / self.config["controls"]["tick_hz"])
-            if self.escapement.wait_time(self.governor.throttle) > 0:
-                return
-            ticket = self.queue.pop(next(iter(self.queue)))
-            try:
-                self._start(ticket)
-            except Conflict:
-                self.queue[ticket.id] = ticket  # a person is editing it: try again later
-                raise
-
-    def _start(self, ticket: Ticket) -> None:
-        from . import tools
-
-        current = self._head_proposal(ticket.id)
-        if current is None:
-            return
-        p, text = current
-        if p.status != S.APPROVED:
-            return
-        if ticket.decision.get("rule", "").startswith("auto:") and not decide(p, self.config).auto:
-            # the policy is asked again at start: an "auto" decision forged into a commit, or
-            # one the current agent.yaml no longer allows, runs nothing
-            with self.writes:
-                lifecycle.transition(self.repo, p, S.PROPOSED, self.config.identity,
-                                     base_text=text, reason="the policy no longer allows this "
-                                     "to run by itself; it needs a person's approval")
-            self.seen_manual.discard(p.id)
-            return
-        if p.recompute_digest() != ticket.decision["digest"] or p.digest != ticket.decision[
-                "digest"]:
-            with self.writes:
-                lifecycle.transition(self.repo, p, S.PROPOSED, self.config.identity,
-                                     base_text=text, reason="changed after approval: the "
-                                     "approved digest no longer matches; approve it again")
-            return
-        started = utcnow()
-        crashpoint("before-running-commit")
-
-        def mark(q: Proposal) -> None:
-            q.decision = ticket.decision
-            q.execution = {"started_at": started}
-
-        with self.writes:
-            lifecycle.transition(self.repo, p, S.RUNNING, self.config.identity, base_text=text,
-                                 update=mark)
-        crashpoint("after-running-commit")
-        self.escapement.take()
-        run = Run(p.id, thread=None)  # type: ignore[arg-type]
-
-        def work() -> None:
-            try:
-                run.result = tools.execute(p, self.config, self.root, cancel=run.cancel,
-                                           on_start=lambda pid: self._started(p.id, pid),
-                                           context=self._context())
-            except Exception as e:  # a tool bug must not kill the daemon
-                log.exception("tool %s crashed", p.tool)
-                run.result = e
-            self.wake.set()
-
-        run.thread = threading.Thread(target=work, name=f"run-{p.id}", daemon=True)
-        self.runs[p.id] = run
-        self.activity = f"running {p.id} ({p.tool})"
-        run.thread.start()
-        self._drop_branch(p.id)  # after the start: it is bookkeeping, not on anyone's clock
-
-    def _started(self, pid: str, os_pid: int) -> None:
-        crashpoint("tool-started")
-        if self.on_start_hook:
-            self.on_start_hook(pid, os_pid)
-
-    def _context(self):
-        """One model per process, loaded on first use (llama_cpp is imported only then)."""
-        if self._model_context is None:
-            from .llm import ModelContext
-            self._model_context = ModelContext(self.config, self.root)
-        return self._model_context
-
-    def _collect_results(self) -> None:
-        for pid, run in list(self.runs.items()):
-            if run.thread.is_alive():
-                continue
-            del self.runs[pid]
-            current = self._head_proposal(pid)
-            if current is None:
-                log.error("%s vanished while it ran; its result is only in this log: %r",
-                          pid, run.result)
-                continue
-            self._pending_results.append((run, current[0]))
-        for item in list(self._pending_results):
-            crashpoint("before-result-commit")
-            try:
-                with self.writes:
-                    self._commit_result(*item)
-                crashpoint("after-result-commit")
-                self._pending_results.remove(item)
-            except Conflict as e:
-                log.info("result of %s waits: %s", item[1].id, e)
-        if not self.runs:
-            self.activity = "stopped" if self.stopped else "idle"
-
-    def _commit_result(self, run: Run, p: Proposal) -> None:
-        from . import tools
-
-        text = self.repo.read_blob("HEAD", p.path)
-        if p.status != S.RUNNING:
-            log.warning("%s is %s, not running; result dropped", p.id, p.status.value)
-            return
-        result = run.result
-        if isinstance(result, Exception):
-            p.execution.update(ended_at=utcnow(), error=f"tool crashed: {result}")
-            lifecycle.transition(self.repo, p, S.FAILED, self.config.identity, base_text=text,
-                                 reason=f"the tool crashed: {result}")
-            return
-        out_path = f"logs/runs/{p.id}.txt"
-        line = json.dumps(tools.tool_use_line(p, result), sort_keys=True) + "\n"
-        audit = (self.repo.read_blob("HEAD", "logs/tool_use.jsonl") or b"") + line.encode()
-        files: dict[str, bytes | None] = {**result.files, out_path: result.output,
-                                          "logs/tool_use.jsonl": audit}
-        cancelled = result.limit_hit == "cancelled"
-        new = S.INTERRUPTED if cancelled else (S.SUCCEEDED if result.status == "succeeded"
-                                               else S.FAILED)
-
-        def fill(q: Proposal) -> None:
-            q.execution = {**q.execution, "ended_at": result.ended_at,
-                           "exit_code": result.exit_code, "limit_hit": result.limit_hit,
-                           "isolation": result.isolation, "resources": result.resources,
-                           "output": out_path, "files": sorted(result.files)}
-
-        reason = result.error or ("stopped by the emergency stop" if cancelled else "")
-        lifecycle.transition(self.repo, p, new, self.config.identity, base_text=text,
-                             update=fill, extra_files=files, reason=reason)
-
-    def _interrupt(self, pid: str, reason: str) -> None:
-        current = self._head_proposal(pid)
-        if current is None or current[0].status != S.RUNNING:
-            return
-        with self.writes:
-            lifecycle.transition(self.repo, current[0], S.INTERRUPTED, self.config.identity,
-                                 base_text=current[1], reason=reason)
-        crashpoint("after-interrupt")
-
-    # -- emergency stop ------------------------------------------------------------------
-    def _enforce_stop(self) -> None:
-        if self.activity not in ("stopped", "stopping"):
-            log.warning("emergency stop in force (%s)", STOP_PATH)
-            self.notifier.post("janus-git: EMERGENCY STOP in force",
-                               self.state.stopped_at() or "", kind="stop")
-        for run in self.runs.values():
-            run.cancel.set()
-        for pid in list(self.queue):
-            self.queue.pop(pid)
-            current = self._head_proposal(pid)
-            if current and current[0].status == S.APPROVED:
-                with self.writes:
-                    lifecycle.transition(self.repo, current[0], S.SUSPENDED,
-                                         self.config.identity, base_text=current[1],
-                                         reason="emergency stop: suspended before it started")
-        self.activity = "stopped" if not self.runs else "stopping"
-
-    def _resume(self) -> None:
-        log.info("emergency stop lifted; resuming")
-        for row in self.state.index.query(status=[S.SUSPENDED.value]):
-            current = self._head_proposal(row["id"])
-            if current:
-                with self.writes:
-                    lifecycle.transition(self.repo, current[0], S.PROPOSED,
-                                         self.config.identity, base_text=current[1],
-                                         reason="resumed after the emergency stop; decided again")
-                self.seen_manual.discard(row["id"])
-        self._decided_for = None
-        self.activity = "idle"
-
     # -- commit-graph --------------------------------------------------------------------
     _unindexed_commits = GRAPH_EVERY  # write one at start
     _graph_thread: threading.Thread | None = None
@@ -563,6 +299,13 @@ class Daemon(CommitReader):
         self.thinker = threading.Thread(target=self._think, name="think", daemon=True)
         self.thinker.start()
 
+    def _context(self):
+        """One model per process, loaded on first use (llama_cpp is imported only then)."""
+        if self._model_context is None:
+            from .llm import ModelContext
+            self._model_context = ModelContext(self.config, self.root)
+        return self._model_context
+
     def _think(self) -> None:
         from . import planner
         try:
@@ -612,11 +355,6 @@ class Daemon(CommitReader):
         self.lock.write_status({**status, "updated_at": utcnow()})
 
     _last_status: dict[str, Any] | None = None
-
-
-def _cpu_percent() -> float:
-    import psutil
-    return psutil.cpu_percent(interval=None)
 
 
 def run_daemon(root: str | Path, *, once: bool = False, think: bool = True) -> int:

@@ -1,0 +1,177 @@
+"""How the daemon runs approved proposals: the escapement lets one start, its tool runs in a
+worker thread, and the daemon's own thread commits the result.
+
+`running` is committed before the tool starts, and the result, its output, its audit line and
+every file it changed are one commit, so `git revert` of that commit undoes all of it.
+
+A mixin of Daemon: it works on the daemon's queue, runs, repository and configuration.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import lifecycle
+from .errors import Conflict
+from .gitrepo import crashpoint
+from .policy import decide
+from .proposal import Proposal, Status, utcnow
+from .reader import Ticket
+
+log = logging.getLogger("janus_git.daemon")
+S = Status
+
+
+@dataclass
+class Run:
+    """A tool running in a worker thread; RESULT is set when it ends."""
+    id: str
+    thread: threading.Thread
+    cancel: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+
+
+class Runner:
+    def _start_runs(self) -> None:
+        while self.queue and not self.runs and not self.exit:
+            self.governor.update(_cpu_percent(), 1.0 / self.config["controls"]["tick_hz"])
+            if self.escapement.wait_time(self.governor.throttle) > 0:
+                return
+            ticket = self.queue.pop(next(iter(self.queue)))
+            try:
+                self._start(ticket)
+            except Conflict:
+                self.queue[ticket.id] = ticket  # a person is editing it: try again later
+                raise
+
+    def _start(self, ticket: Ticket) -> None:
+        from . import tools
+
+        current = self._head_proposal(ticket.id)
+        if current is None:
+            return
+        p, text = current
+        if p.status != S.APPROVED:
+            return
+        if ticket.decision.get("rule", "").startswith("auto:") and not decide(p, self.config).auto:
+            # the policy is asked again at start: an "auto" decision forged into a commit, or
+            # one the current agent.yaml no longer allows, runs nothing
+            with self.writes:
+                lifecycle.transition(self.repo, p, S.PROPOSED, self.config.identity,
+                                     base_text=text, reason="the policy no longer allows this "
+                                     "to run by itself; it needs a person's approval")
+            self.seen_manual.discard(p.id)
+            return
+        if p.recompute_digest() != ticket.decision["digest"] or p.digest != ticket.decision[
+                "digest"]:
+            with self.writes:
+                lifecycle.transition(self.repo, p, S.PROPOSED, self.config.identity,
+                                     base_text=text, reason="changed after approval: the "
+                                     "approved digest no longer matches; approve it again")
+            return
+        started = utcnow()
+        crashpoint("before-running-commit")
+
+        def mark(q: Proposal) -> None:
+            q.decision = ticket.decision
+            q.execution = {"started_at": started}
+
+        with self.writes:
+            lifecycle.transition(self.repo, p, S.RUNNING, self.config.identity, base_text=text,
+                                 update=mark)
+        crashpoint("after-running-commit")
+        self.escapement.take()
+        run = Run(p.id, thread=None)  # type: ignore[arg-type]
+
+        def work() -> None:
+            try:
+                run.result = tools.execute(p, self.config, self.root, cancel=run.cancel,
+                                           on_start=lambda pid: self._started(p.id, pid),
+                                           context=self._context())
+            except Exception as e:  # a tool bug must not kill the daemon
+                log.exception("tool %s crashed", p.tool)
+                run.result = e
+            self.wake.set()
+
+        run.thread = threading.Thread(target=work, name=f"run-{p.id}", daemon=True)
+        self.runs[p.id] = run
+        self.activity = f"running {p.id} ({p.tool})"
+        run.thread.start()
+        self._drop_branch(p.id)  # after the start: it is bookkeeping, not on anyone's clock
+
+    def _started(self, pid: str, os_pid: int) -> None:
+        crashpoint("tool-started")
+        if self.on_start_hook:
+            self.on_start_hook(pid, os_pid)
+
+    def _collect_results(self) -> None:
+        for pid, run in list(self.runs.items()):
+            if run.thread.is_alive():
+                continue
+            del self.runs[pid]
+            current = self._head_proposal(pid)
+            if current is None:
+                log.error("%s vanished while it ran; its result is only in this log: %r",
+                          pid, run.result)
+                continue
+            self._pending_results.append((run, current[0]))
+        for item in list(self._pending_results):
+            crashpoint("before-result-commit")
+            try:
+                with self.writes:
+                    self._commit_result(*item)
+                crashpoint("after-result-commit")
+                self._pending_results.remove(item)
+            except Conflict as e:
+                log.info("result of %s waits: %s", item[1].id, e)
+        if not self.runs:
+            self.activity = "stopped" if self.stopped else "idle"
+
+    def _commit_result(self, run: Run, p: Proposal) -> None:
+        from . import tools
+
+        text = self.repo.read_blob("HEAD", p.path)
+        if p.status != S.RUNNING:
+            log.warning("%s is %s, not running; result dropped", p.id, p.status.value)
+            return
+        result = run.result
+        if isinstance(result, Exception):
+            p.execution.update(ended_at=utcnow(), error=f"tool crashed: {result}")
+            lifecycle.transition(self.repo, p, S.FAILED, self.config.identity, base_text=text,
+                                 reason=f"the tool crashed: {result}")
+            return
+        out_path = f"logs/runs/{p.id}.txt"
+        line = json.dumps(tools.tool_use_line(p, result), sort_keys=True) + "\n"
+        audit = (self.repo.read_blob("HEAD", "logs/tool_use.jsonl") or b"") + line.encode()
+        files: dict[str, bytes | None] = {**result.files, out_path: result.output,
+                                          "logs/tool_use.jsonl": audit}
+        cancelled = result.limit_hit == "cancelled"
+        new = S.INTERRUPTED if cancelled else (S.SUCCEEDED if result.status == "succeeded"
+                                               else S.FAILED)
+
+        def fill(q: Proposal) -> None:
+            q.execution = {**q.execution, "ended_at": result.ended_at,
+                           "exit_code": result.exit_code, "limit_hit": result.limit_hit,
+                           "isolation": result.isolation, "resources": result.resources,
+                           "output": out_path, "files": sorted(result.files)}
+
+        reason = result.error or ("stopped by the emergency stop" if cancelled else "")
+        lifecycle.transition(self.repo, p, new, self.config.identity, base_text=text,
+                             update=fill, extra_files=files, reason=reason)
+
+    def _interrupt(self, pid: str, reason: str) -> None:
+        current = self._head_proposal(pid)
+        if current is None or current[0].status != S.RUNNING:
+            return
+        with self.writes:
+            lifecycle.transition(self.repo, current[0], S.INTERRUPTED, self.config.identity,
+                                 base_text=current[1], reason=reason)
+        crashpoint("after-interrupt")
+
+
+def _cpu_percent() -> float:
+    import psutil
+    return psutil.cpu_percent(interval=None)
