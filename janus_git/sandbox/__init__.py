@@ -45,16 +45,21 @@ For other modules (node_generator, process_chunk, ...)::
 ``run(argv, limits, root, *, network=False, cancel=None, on_start=None, stdin=None,
 writable_dir=None, isolation=None, cgroups=None, ro_binds=(), hide_git=True, env=None)``
 never raises for a failing command; it raises ``SandboxError`` only when asked for bwrap where
-there is none.  In the reduced sandbox, as root, the command runs as uid 65534, so a
+there is none, or given an environment variable name a shell could not take.  In the reduced sandbox, as root, the command runs as uid 65534, so a
 ``writable_dir`` and an interpreter must be reachable by that uid (not under a 0700 /root).
 
+Runs with cgroups start warm when they can: the next run's first process waits in its cgroups
+already (``prestart``; ``prepare()`` has one made ahead of the first run).
+
 The package: ``launch`` (command lines, rlimits, starting under the limits), ``cgroups``,
-``supervise`` (output, sampling, stopping), ``probe`` (what the machine offers, ``doctor()``);
-this module puts a run together.
+``prestart`` (warm starts), ``supervise`` (output, sampling, stopping), ``probe`` (what the
+machine offers, ``doctor()``); this module puts a run together.
 """
 from __future__ import annotations
 
 import atexit
+import functools
+import logging
 import os
 import queue
 import shutil
@@ -70,13 +75,16 @@ from typing import Callable
 from ..errors import JanusError
 from ..proposal import utcnow
 from .cgroups import Cgroups
-from .launch import (NOBODY, PATH, bwrap_argv, drop_to_nobody, rlimits, start_bwrap,
-                     start_reduced)
+from .launch import (NOBODY, PATH, bwrap_argv, drop_to_nobody, reduced_argv, rlimits,
+                     start_bwrap, start_reduced, start_warm)
+from .prestart import ENV_NAME, pool, prestart_off
 from .probe import cgroups_off, doctor, forced_reduced, probes, python_binds
 from .supervise import OUTPUT_HARD_FACTOR, POLL_S, Killer, Meter, Output, dir_bytes, supervise
 
 __all__ = ["NOBODY", "PATH", "POLL_S", "SandboxError", "SandboxResult", "doctor",
-           "effective_limits", "python_binds", "run"]
+           "effective_limits", "prepare", "python_binds", "run"]
+
+log = logging.getLogger(__name__)
 
 LIMIT_KEYS = ("memory_mb", "disk_write_mb", "timeout_s", "cpu_percent", "pids", "output_kb")
 # What a limit's kernel signal looks like once the command died of it.
@@ -107,6 +115,7 @@ class SandboxResult:
     error: str = ""
     cgroups: list[str] = field(default_factory=list)
     network: bool = False
+    warm: bool = False  # started from a pre-started shell (see prestart)
 
     @property
     def ok(self) -> bool:
@@ -200,11 +209,17 @@ def run(argv: list[str], limits: dict, root: Path, *, network: bool = False,
     the clean environment (never the daemon's own)."""
     limits = effective_limits(limits)
     iso = _choose_isolation(isolation)
+    bad = [k for k in env or {} if not ENV_NAME.match(k)]
+    if bad:
+        raise SandboxError(f"not an environment variable name: {bad[0]!r}")
     root = Path(root).resolve()
     scratch, owned = _scratch(writable_dir)
     use_cg = (cgroups if cgroups is not None else not cgroups_off())
     overhead = 2 if iso == "bwrap" else 0  # bwrap's own two processes (outer, pid 1)
-    cg = Cgroups(f"run-{os.getpid()}-{time.monotonic_ns()}", limits, overhead, use_cg)
+    pre = pool.take() if use_cg and not prestart_off() else None
+    cg = pre.cg if pre is not None else Cgroups(f"run-{os.getpid()}-{time.monotonic_ns()}",
+                                                use_cg)
+    cg.limit(limits, overhead)
     lim = rlimits(limits, cg, overhead)
     home = "/tmp" if iso == "bwrap" else str(scratch)
     env = {**(env or {}), "PATH": PATH, "LANG": "C.UTF-8", "HOME": home, "TMPDIR": home}
@@ -215,7 +230,11 @@ def run(argv: list[str], limits: dict, root: Path, *, network: bool = False,
         if iso == "bwrap":
             cmd = bwrap_argv(list(argv), root, scratch, network, hide_git, list(ro_binds),
                              limits["disk_write_mb"] << 20)
-            proc = start_bwrap(cmd, root, env, pipe_in, cg, lim)
+            proc = (start_warm(pre, cmd, root, env, lim) if pre is not None
+                    else start_bwrap(cmd, root, env, pipe_in, cg, lim))
+        elif pre is not None:
+            cmd = reduced_argv(list(argv), lim, network, probes()["unshare_net"])
+            proc = start_warm(pre, cmd, root, env, None)
         else:
             proc = start_reduced(list(argv), root, env, pipe_in, cg, lim, network,
                                  probes()["unshare_net"])
@@ -242,33 +261,56 @@ def run(argv: list[str], limits: dict, root: Path, *, network: bool = False,
     meter.peak_rss = max(meter.peak_rss, usage.ru_maxrss / 1024)
     meter.bytes_written = max(meter.bytes_written, dir_bytes(scratch))
     exit_code, sig, limit = _post_mortem(status, iso, killer, meter, cg, limits, out)
-    # An emptied cgroup may stay busy for a moment, and nobody waits for a scratch dir to go.
     _cleanup(cg, scratch if owned else None)
     res = meter.resources(wall)
     return SandboxResult(list(argv), iso, limits, exit_code, sig, limit, res, out.text(),
                          out.total, started, utcnow(), _error(exit_code, sig, limit, limits, res),
-                         sorted(cg.dirs), _reachable(iso, network))
+                         sorted(cg.dirs), _reachable(iso, network), pre is not None)
 
 
-_cleanups: "queue.SimpleQueue[tuple[Cgroups, Path | None]]" = queue.SimpleQueue()
-_cleaner: threading.Thread | None = None
-_cleaner_lock = threading.Lock()
+_jobs: "queue.SimpleQueue[Callable[[], None]]" = queue.SimpleQueue()
+_worker: threading.Thread | None = None
+_worker_lock = threading.Lock()
+
+
+def _later(job: Callable[[], None]) -> None:
+    """Hand JOB to one long-lived thread (starting a thread per run costs ~1 ms here).  The
+    pre-started shells are its children: bwrap's --die-with-parent watches the thread that
+    forked it, and this one lives as long as the process."""
+    global _worker
+    _jobs.put(job)
+    with _worker_lock:
+        if _worker is None or not _worker.is_alive():
+            _worker = threading.Thread(target=_work_forever, name="sandbox-aftercare",
+                                       daemon=True)
+            _worker.start()
+
+
+def _work_forever() -> None:
+    while True:
+        job = _jobs.get()
+        try:
+            job()
+        except Exception:  # a failed cleanup or spawn must not end the thread
+            log.exception("sandbox background job failed")
 
 
 def _cleanup(cg: Cgroups, scratch: Path | None) -> None:
-    """Hand the removal to one long-lived thread (starting a thread per run costs ~1 ms)."""
-    global _cleaner
-    _cleanups.put((cg, scratch))
-    with _cleaner_lock:
-        if _cleaner is None or not _cleaner.is_alive():
-            _cleaner = threading.Thread(target=_clean_forever, name="sandbox-cleanup",
-                                        daemon=True)
-            _cleaner.start()
+    """An emptied cgroup may stay busy for a moment, and nobody waits for a scratch dir to
+    go; then the next run's shell is started (prestart)."""
+    _later(functools.partial(_clean_one, cg, scratch))
+    _later(pool.refill)
 
 
-def _clean_forever() -> None:
-    while True:
-        _clean_one(*_cleanups.get())
+def prepare(wait: float = 0.0) -> bool:
+    """Have a shell waiting for the next run (the daemon calls this when it starts, so even
+    its first run starts warm); with WAIT, up to that many seconds until it is.  Does
+    nothing with cgroups or warm starts turned off.  True if one is ready."""
+    if cgroups_off() or prestart_off():
+        return False
+    pool.want()
+    _later(pool.refill)
+    return pool.wait_ready(wait)
 
 
 def _clean_one(cg: Cgroups, scratch: Path | None) -> None:
@@ -279,9 +321,13 @@ def _clean_one(cg: Cgroups, scratch: Path | None) -> None:
 
 @atexit.register
 def _clean_pending() -> None:
-    """At exit, what the cleanup thread had not reached yet (it is a daemon thread)."""
-    while not _cleanups.empty():
-        _clean_one(*_cleanups.get())
+    """At exit, the cleanups the background thread had not reached yet (it is a daemon
+    thread); no new shell is started."""
+    pool.close()
+    while not _jobs.empty():
+        job = _jobs.get()
+        if isinstance(job, functools.partial):
+            job()
 
 
 def _reachable(isolation: str, network: bool) -> bool:

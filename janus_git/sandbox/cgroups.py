@@ -37,7 +37,8 @@ def cgroup_base(controller: str) -> Path | None:
 class Cgroups:
     """One run's cgroups, one per controller that could be created."""
 
-    def __init__(self, name: str, limits: dict, overhead: int = 0, enabled: bool = True) -> None:
+    def __init__(self, name: str, enabled: bool = True) -> None:
+        self.name = name
         self.dirs: dict[str, Path] = {}
         for ctl in CONTROLLERS if enabled else ():
             base = cgroup_base(ctl)
@@ -49,6 +50,10 @@ class Cgroups:
                 self.dirs[ctl] = base / name
             except OSError:
                 continue
+
+    def limit(self, limits: dict, overhead: int = 0) -> None:
+        """Plain writes, cheap at any time: a pre-started run gets its caps just before its
+        command is released."""
         self._set("memory", "memory.limit_in_bytes", limits["memory_mb"] << 20)
         self._set("memory", "memory.memsw.limit_in_bytes", limits["memory_mb"] << 20)
         self._set("pids", "pids.max", limits["pids"] + overhead)

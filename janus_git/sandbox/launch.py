@@ -8,8 +8,12 @@ import resource
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .cgroups import Cgroups
+
+if TYPE_CHECKING:
+    from .prestart import Prestarted
 
 NOBODY = 65534
 PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -29,8 +33,8 @@ def drop_to_nobody() -> bool:
 _NAMESPACES = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
                "--unshare-cgroup-try"]
 _DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
-_SETPRIV = ["--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups",
-            "--inh-caps=-all", "--bounding-set=-all", "--"]
+_DROP = ["--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups",
+         "--inh-caps=-all", "--bounding-set=-all"]
 
 
 def bwrap_argv(argv: list[str], root: Path, scratch: Path, network: bool, hide_git: bool,
@@ -64,7 +68,7 @@ def bwrap_argv(argv: list[str], root: Path, scratch: Path, network: bool, hide_g
                        under_tmp=True)
     cmd += ["--chdir", "/repo", "--"]
     if drop_to_nobody():
-        cmd += [shutil.which("setpriv") or "setpriv", *_SETPRIV]
+        cmd += [shutil.which("setpriv") or "setpriv", *_DROP, "--"]
     return cmd + argv
 
 
@@ -168,22 +172,45 @@ def set_rlimits(pid: int, lim: dict[int, int]) -> None:
         resource.prlimit(pid, res, (value, hard))
 
 
-def start_reduced(argv: list[str], cwd: Path, env: dict, stdin, cg: Cgroups,
-                  lim: dict[int, int], network: bool, unshare: bool) -> subprocess.Popen:
-    """prlimit lowers its own limits (lowering needs no privilege; setting them from here on
-    a uid-65534 child would need CAP_SYS_RESOURCE, which this box's root lacks), unshare
-    takes the network away, and with cgroups a last /bin/sh waits on stdin until we have
-    attached the pid: all of them exec, none forks, so nothing escapes the cgroups."""
+def start_warm(pre: Prestarted, argv: list[str], cwd: Path, env: dict,
+               lim: dict[int, int] | None) -> subprocess.Popen:
+    """Release a pre-started shell (see prestart): it is already in the run's cgroups, and
+    its rlimits are lowered here when LIM is given (the bwrap path: the shell is ours, same
+    uid); the reduced chain lowers its own with prlimit(1) instead."""
+    try:
+        if lim:
+            set_rlimits(pre.pid, lim)
+        pre.release(argv, str(cwd), env)
+    except OSError as e:
+        pre.discard()
+        raise OSError(e.errno, f"the pre-started shell is gone: {e.strerror}")
+    return pre.proc
+
+
+def reduced_argv(argv: list[str], lim: dict[int, int], network: bool,
+                 unshare: bool) -> list[str]:
+    """Each execs the next, none forks: setpriv sets no_new_privs (and, as root, becomes
+    uid 65534 with no capability left to regain), prlimit lowers its own rlimits (lowering
+    needs no privilege; setting them from here on a uid-65534 process would need
+    CAP_SYS_RESOURCE, which this box's root lacks), unshare takes the network away."""
     if not network and unshare:
         argv = [shutil.which("unshare") or "unshare", "--user", "--net", "--", *argv]
+    drop = _DROP if drop_to_nobody() else []
+    return [shutil.which("setpriv") or "setpriv", *drop, "--no-new-privs", "--",
+            *prlimit_argv(lim), *argv]
+
+
+def start_reduced(argv: list[str], cwd: Path, env: dict, stdin, cg: Cgroups,
+                  lim: dict[int, int], network: bool, unshare: bool) -> subprocess.Popen:
+    """The reduced chain (reduced_argv); with cgroups a /bin/sh in front waits on stdin until
+    we have attached its pid, then execs it, so nothing escapes the cgroups."""
+    argv = reduced_argv(argv, lim, network, unshare)
     if cg.dirs:
         argv = ["/bin/sh", "-c", _WRAPPER, "janus-sandbox", *argv]
         stdin = subprocess.PIPE
-    argv = prlimit_argv(lim) + argv
-    kw = dict(user=NOBODY, group=NOBODY, extra_groups=[]) if drop_to_nobody() else {}
     proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, cwd=cwd, env=env,
-                            start_new_session=True, **kw)
+                            start_new_session=True)
     if cg.dirs:
         try:
             cg.attach(proc.pid)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import cgroups
 from .launch import NOBODY, bwrap_argv, drop_to_nobody
+from .prestart import prestart_off
 
 _probe_lock = threading.Lock()
 _probe: dict | None = None
@@ -84,7 +85,8 @@ def doctor() -> dict:
             "fork_bomb_guard": "pids cgroup" if cg.get("pids") else
             ("RLIMIT_NPROC as uid 65534" if drop_to_nobody() else "none (not root, no cgroup)"),
             "run_as_uid": NOBODY if drop_to_nobody() else os.geteuid(),
-            "network_isolation": isolation == "bwrap" or p["unshare_net"]}
+            "network_isolation": isolation == "bwrap" or p["unshare_net"],
+            "warm_starts": any(cg.values()) and not prestart_off()}
 
 
 def python_binds() -> list[str]:

@@ -1,0 +1,146 @@
+"""Warm starts: a shell waiting in the next run's cgroups, for real (real cgroups, real bwrap,
+real processes killed with -9)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from janus_git import sandbox
+from janus_git.sandbox import cgroups, prestart
+
+pytestmark = pytest.mark.skipif(not all(sandbox.doctor()["cgroups"].values()),
+                                reason="no writable cgroups")
+ISOLATIONS = ["reduced"] + (["bwrap"] if sandbox.doctor()["bwrap_usable"] else [])
+SMALL = {"memory_mb": 256, "timeout_s": 10, "pids": 32, "output_kb": 64}
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "a.txt").write_text("hello\n")
+    return root
+
+
+def warm_run(argv, repo, **kw) -> sandbox.SandboxResult:
+    assert sandbox.prepare(wait=10)
+    res = sandbox.run(argv, SMALL, repo, **kw)
+    assert res.warm
+    return res
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_arguments_and_environment_reach_the_command_verbatim(repo, isolation):
+    args = ["$(id)", "`id`", "a'b\"c", "x\ny", "; rm -rf /", "*", "$HOME", "\\", "", " lead"]
+    env = {"QUOTED": "it's $(id)\nline two", "EMPTY": ""}
+    res = warm_run(["printf", "[%s]\\n", *args], repo, isolation=isolation, env=env)
+    assert res.ok, res.output
+    assert res.output.decode() == "".join(f"[{a}]\n" for a in args)
+    res = warm_run(["env"], repo, isolation=isolation, env=env)
+    seen = res.output.decode()
+    assert "QUOTED=it's $(id)\nline two\n" in seen and "EMPTY=\n" in seen
+    assert "OLDPWD" not in seen and "JANUS" not in seen
+
+
+def test_a_bad_environment_name_is_refused(repo):
+    with pytest.raises(sandbox.SandboxError, match="not an environment variable name"):
+        sandbox.run(["true"], SMALL, repo, env={"A; rm -rf /": "x"})
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_the_command_holds_no_fd_but_its_three_and_is_in_its_own_cgroup(repo, isolation):
+    res = warm_run(["sh", "-c", "ls /proc/$$/fd; cat /proc/$$/cgroup"], repo,
+                   isolation=isolation, stdin=b"")
+    lines = res.output.decode().split()
+    fds = [x for x in lines if x.isdigit()]
+    assert fds == ["0", "1", "2"], res.output
+    if isolation == "reduced":  # bwrap's cgroup namespace shows its own cgroup as "/"
+        assert any("memory:/" in x and "/run-" in x for x in lines), res.output
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_stdin_reaches_a_warm_command(repo, isolation):
+    res = warm_run(["cat"], repo, isolation=isolation, stdin=b"fed\n")
+    assert res.output == b"fed\n"
+
+
+def test_limits_are_set_before_the_command_runs(repo):
+    res = warm_run(["cat", "/proc/self/limits"], repo, isolation=ISOLATIONS[-1])
+    rows = {line[:26].strip(): line[26:].split() for line in res.output.decode().splitlines()}
+    assert rows["Max cpu time"][:2] == ["8", "9"]  # 80 % of the 10 s timeout; KILL 1 s later
+    assert rows["Max file size"][:2] == [str(100 << 20)] * 2
+    assert rows["Max core file size"][:2] == ["0", "0"]
+
+
+def test_a_killed_waiting_shell_means_a_cold_start_not_a_failure(repo):
+    assert sandbox.prepare(wait=10)
+    shell = prestart.pool._ready
+    os.kill(shell.pid, signal.SIGKILL)
+    shell.proc.wait()
+    res = sandbox.run(["echo", "ok"], SMALL, repo)
+    assert res.ok and res.output == b"ok\n" and not res.warm
+    assert not any(d.exists() for d in shell.cg.dirs.values())
+
+
+CHILD = """
+import os, sys, time
+from janus_git import sandbox
+from janus_git.sandbox import prestart
+assert sandbox.prepare(wait=10)
+print(prestart.pool._ready.pid, flush=True)
+if sys.argv[1] == "hang":
+    time.sleep(600)
+"""
+
+
+def child(how: str) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(CHILD), how],
+                            stdout=subprocess.PIPE, text=True)
+    return proc, int(proc.stdout.readline())
+
+
+def run_dirs(pid: int) -> list[Path]:
+    return [d for ctl in cgroups.CONTROLLERS if (base := cgroups.cgroup_base(ctl))
+            for d in base.glob(f"run-{pid}-*")]
+
+
+def gone(pid: int, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie":
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_process_killed_with_9_leaves_no_waiting_shell(repo):
+    proc, shell = child("hang")
+    assert psutil.Process(shell).ppid() == proc.pid and run_dirs(proc.pid)
+    proc.kill()
+    proc.wait()
+    assert gone(shell, 5)  # its script pipe closed: EOF, the shell ends
+    time.sleep(0.1)
+    cgroups.probe()  # what the next daemon's probe does: empty dirs of dead owners go
+    assert run_dirs(proc.pid) == []
+
+
+def test_a_normal_exit_removes_the_waiting_shell_and_its_cgroups():
+    proc, shell = child("exit")
+    assert proc.wait(timeout=10) == 0
+    assert gone(shell, 5)
+    assert run_dirs(proc.pid) == []
+
+
+def test_warm_starts_can_be_turned_off(repo, monkeypatch):
+    monkeypatch.setenv("JANUS_GIT_NO_PRESTART", "1")
+    assert not sandbox.prepare(wait=0.5)
+    assert not sandbox.run(["true"], SMALL, repo).warm
+    assert sandbox.doctor()["warm_starts"] is False
