@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from janus_git import hygiene, lifecycle  # noqa: E402
+from janus_git import hygiene, lifecycle, novelty  # noqa: E402
 from janus_git.config import load_config  # noqa: E402
 from janus_git.gitrepo import GitRepo, read_blobs  # noqa: E402
 from janus_git.proposal import Status, compute_digest, shard_path  # noqa: E402
@@ -129,7 +129,7 @@ def main(n: int = 100_000) -> dict:
             shas = [e.split("\t")[0].split()[2] for e in out.split("\0") if e]
             return len(read_blobs(repo, shas))
         t_floor, _ = timed(floor, "floor")
-        t_reindex, count = timed(lambda: hygiene.reindex(repo), "reindex")
+        t_reindex, count = timed(lambda: novelty.reindex(repo), "reindex")
         t_dry, dry = timed(lambda: hygiene.hygiene(repo, config, dry_run=True), "dry")
         t_hyg, counts = timed(lambda: hygiene.hygiene(repo, config), "hygiene")
         t_again, again = timed(lambda: hygiene.hygiene(repo, config), "again")

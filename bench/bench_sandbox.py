@@ -2,9 +2,11 @@
 
 Both are measured in the same run, interleaved, so the machine's state is the same for both.
 "plain" is subprocess.run(["/bin/true"]); each sandbox variant is sandbox.run(["true"], ...),
-the full path a tool run takes: cgroup setup, the blocked wrapper, prlimit, bwrap or the
-reduced chain, the meter and output threads, cleanup.  Also reported: how long until on_start
-fires (the process is started, nothing waits for a first sample).
+the full path a tool run takes: cgroups, rlimits, bwrap or the reduced chain, supervision,
+post-mortem, the cleanup hand-off.  With cgroups, "warm" is the default (the run takes a shell
+already waiting in its cgroups, see janus_git/sandbox/prestart.py; the column "warm" counts the
+runs that found one ready) and "cold" the path without one.  Also reported: how long until
+on_start fires (the process is started, nothing waits for a first sample).
 
     python bench/bench_sandbox.py [--runs 200]
 """
@@ -46,24 +48,38 @@ def variants(root: Path) -> dict:
     for iso in ("bwrap", "reduced"):
         if iso == "bwrap" and not d["bwrap_usable"]:
             continue
-        for cg in (True, False):
+        for cg, start in ((True, "warm"), (True, "cold"), (False, "")):
             if cg and not any(d["cgroups"].values()):
                 continue
-            name = f"sandbox {iso}{' + cgroups' if cg else ' (rlimits only)'}"
-            out[name] = (lambda iso=iso, cg=cg: _check(
-                sandbox.run(["true"], LIMITS, root, isolation=iso, cgroups=cg)))
+            name = f"sandbox {iso} + cgroups, {start}" if cg else f"sandbox {iso}, rlimits only"
+            out[name] = (lambda iso=iso, cg=cg, start=start, name=name: _run(
+                name, start, isolation=iso, cgroups=cg, root=root))
     return out
 
 
-def _check(res: sandbox.SandboxResult) -> None:
+WARM: dict[str, list[bool]] = {}
+
+
+def _run(name: str, start: str, root: Path, **kw) -> None:
+    """A cold variant turns warm starts off for its run (the default, warm, is what the
+    daemon gets: it has a shell made ready when it starts and after every run)."""
+    if start == "cold":
+        os.environ["JANUS_GIT_NO_PRESTART"] = "1"
+    try:
+        res = sandbox.run(["true"], LIMITS, root, **kw)
+    finally:
+        os.environ.pop("JANUS_GIT_NO_PRESTART", None)
     if not res.ok:
         raise SystemExit(f"sandboxed true failed: {res.error} {res.output!r}")
+    WARM.setdefault(name, []).append(res.warm)
 
 
 def start_latency(root: Path, runs: int) -> list[float]:
-    """Seconds from calling sandbox.run to on_start (default isolation)."""
+    """Seconds from calling sandbox.run to on_start (default isolation), 20 ms apart (a
+    daemon commits between two runs)."""
     out = []
     for _ in range(runs):
+        time.sleep(0.02)
         t0 = time.perf_counter()
         mark: list[float] = []
         sandbox.run(["true"], LIMITS, root, on_start=lambda pid: mark.append(time.perf_counter()))
@@ -82,6 +98,7 @@ def main() -> None:
     times: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():  # warm up: probes, page cache
         fn()
+    sandbox.prepare(wait=5)  # as the daemon does when it starts
     for _ in range(args.runs):
         for name, fn in fns.items():
             t0 = time.perf_counter()
@@ -92,9 +109,11 @@ def main() -> None:
     rows = []
     for name, xs in times.items():
         med = statistics.median(xs)
+        warm = WARM.get(name, [])
         rows.append({"variant": name, "min_ms": round(min(xs) * 1e3, 2),
                      "median_ms": round(med * 1e3, 2), "p90_ms": round(p90(xs) * 1e3, 2),
-                     "added_ms": round((med - base) * 1e3, 2)})
+                     "added_ms": round((med - base) * 1e3, 2),
+                     "warm_runs": f"{sum(warm)}/{len(warm)}" if warm else ""})
     result = {"runs": args.runs, "doctor": sandbox.doctor(), "rows": rows,
               "loadavg": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
               "on_start_median_ms": round(statistics.median(start) * 1e3, 2),
@@ -104,10 +123,11 @@ def main() -> None:
         return
     print(f"{args.runs} runs each, interleaved; default isolation: "
           f"{result['doctor']['isolation']}; {result['cpus']} CPUs, load {result['loadavg']}")
-    print(f"{'variant':<34} {'min ms':>8} {'median ms':>10} {'p90 ms':>8} {'added ms':>9}")
+    print(f"{'variant':<34} {'min ms':>8} {'median ms':>10} {'p90 ms':>8} {'added ms':>9} "
+          f"{'warm':>8}")
     for r in rows:
         print(f"{r['variant']:<34} {r['min_ms']:>8.2f} {r['median_ms']:>10.2f} "
-              f"{r['p90_ms']:>8.2f} {r['added_ms']:>9.2f}")
+              f"{r['p90_ms']:>8.2f} {r['added_ms']:>9.2f} {r['warm_runs']:>8}")
     print("added ms = median minus the plain subprocess median")
     print(f"sandbox.run -> on_start: median {result['on_start_median_ms']} ms, "
           f"p90 {result['on_start_p90_ms']} ms")

@@ -306,13 +306,13 @@ def summary(day: Optional[str] = typer.Option(None, "--date", help="YYYY-MM-DD (
 @app.command()
 def doctor(repo: str = RepoOpt, as_json: bool = JsonOpt):
     """What isolation, model and git features are available here, and why."""
-    from .doctor import diagnose
+    from .doctor import diagnose, render
     info = diagnose(Path(repo))
     if as_json:
         _out(json.dumps(info, indent=1, default=str))
         return
-    for key, value in info.items():
-        _out(f"{key}: {value}")
+    for line in render(info):
+        _out(line)
 
 
 @app.command()

@@ -163,6 +163,8 @@ class Daemon(CommitReader, Decider, Runner, EmergencyStop):
         return tick
 
     def _start_up(self) -> None:
+        from . import sandbox
+        sandbox.prepare()  # the first run starts warm too (made in the background)
         for path in self.repo.recover_intents():
             log.warning("put %s back to HEAD: a janus-git process died before committing it",
                         path)

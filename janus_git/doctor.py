@@ -39,3 +39,26 @@ def diagnose(root: Path) -> dict[str, Any]:
         except Exception as e:
             info["config"] = f"INVALID: {e}"
     return info
+
+
+def render(info: dict[str, Any]) -> list[str]:
+    """The report for people: one line per finding, the sandbox spelled out."""
+    out = [f"git:        {info['git']}"]
+    sb = info["sandbox"]
+    out.append(f"isolation:  {sb['isolation']}; {sb['why']}")
+    cg = [name for name, ok in sb["cgroups"].items() if ok]
+    out.append("cgroups:    " + (", ".join(cg) if cg else
+                                 "none writable: memory and processes capped by rlimits"))
+    out.append(f"guards:     fork bombs: {sb['fork_bomb_guard']}; network "
+               f"{'isolated' if sb['network_isolation'] else 'REACHABLE by every tool'}; "
+               f"runs as uid {sb['run_as_uid']}; warm starts "
+               f"{'on' if sb['warm_starts'] else 'off'}")
+    out.append(f"llama_cpp:  {info['llama_cpp']}")
+    out.append(f"model:      {info['model']}")
+    if "daemon" in info:
+        d = info["daemon"]
+        out.append("daemon:     " + (f"running, pid {d.get('pid')}, {d.get('activity', '')}"
+                                     if d.get("running") else "not running"))
+    if "config" in info:
+        out.append(f"config:     {info['config']}")
+    return out

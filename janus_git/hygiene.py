@@ -22,10 +22,6 @@ from .novelty import (BLOB, CREATED, ID, LIVE, MISSION, NOV, STATUS, TOOL, Novel
 from .proposal import Proposal, Status, check_transition, parse_proposal
 from .store import PROPOSALS_DIR
 
-# planner.py and bench/bench_hygiene.py still import these from here (others are editing
-# them); they belong to novelty.py and can go once those imports follow
-from .novelty import TYPE, reindex  # noqa: F401
-
 # more actions than this go into batch commits instead of one commit per transition
 BATCH_THRESHOLD = 25
 BATCH_SIZE = 10000  # one commit for a typical cleansing; argv stays < 1 MB

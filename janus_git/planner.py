@@ -17,7 +17,7 @@ import jsonschema
 from . import lifecycle, missions
 from .config import Config
 from .gitrepo import GitRepo, format_message
-from .hygiene import NoveltyIndex
+from .novelty import NoveltyIndex
 from .llm import as_model
 from .prompt import MAX_PER_CYCLE, NEXT_CHUNKS, Surface, build_messages, read_proposal
 from .proposal import Proposal, new_id, utcnow
@@ -100,7 +100,7 @@ def output_schema(surface: Surface, max_items: int) -> dict[str, Any]:
 
 # -- the cycle -------------------------------------------------------------------------------
 def index_rows(index: NoveltyIndex) -> list[dict[str, Any]]:
-    from .hygiene import CREATED, ID, MISSION, STATUS, TOOL, TYPE
+    from .novelty import CREATED, ID, MISSION, STATUS, TOOL, TYPE
     return [{"id": r[ID], "path": path, "status": r[STATUS], "mission": r[MISSION],
              "tool": r[TOOL], "type": r[TYPE], "created_at": r[CREATED]}
             for path, r in index.rows.items()]
