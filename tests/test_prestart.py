@@ -30,9 +30,9 @@ def repo(tmp_path) -> Path:
     return root
 
 
-def warm_run(argv, repo, **kw) -> sandbox.SandboxResult:
-    assert sandbox.prepare(wait=10)
-    res = sandbox.run(argv, SMALL, repo, **kw)
+def warm_run(argv, repo, isolation=None, **kw) -> sandbox.SandboxResult:
+    assert sandbox.prepare(isolation, wait=10)
+    res = sandbox.run(argv, SMALL, repo, isolation=isolation, **kw)
     assert res.warm
     return res
 
@@ -81,8 +81,8 @@ def test_limits_are_set_before_the_command_runs(repo):
 
 
 def test_a_killed_waiting_shell_means_a_cold_start_not_a_failure(repo):
-    assert sandbox.prepare(wait=10)
-    shell = prestart.pool._ready
+    assert sandbox.prepare("bwrap" if "bwrap" in ISOLATIONS else "reduced", wait=10)
+    shell = prestart.pool._ready["shell"]
     os.kill(shell.pid, signal.SIGKILL)
     shell.proc.wait()
     res = sandbox.run(["echo", "ok"], SMALL, repo)
@@ -94,15 +94,15 @@ CHILD = """
 import os, sys, time
 from janus_git import sandbox
 from janus_git.sandbox import prestart
-assert sandbox.prepare(wait=10)
-print(prestart.pool._ready.pid, flush=True)
+assert sandbox.prepare(sys.argv[2], wait=10)
+print(next(iter(prestart.pool._ready.values())).pid, flush=True)
 if sys.argv[1] == "hang":
     time.sleep(600)
 """
 
 
-def child(how: str) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(CHILD), how],
+def child(how: str, isolation: str) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(CHILD), how, isolation],
                             stdout=subprocess.PIPE, text=True)
     return proc, int(proc.stdout.readline())
 
@@ -121,8 +121,9 @@ def gone(pid: int, timeout: float) -> bool:
     return False
 
 
-def test_a_process_killed_with_9_leaves_no_waiting_shell(repo):
-    proc, shell = child("hang")
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_a_process_killed_with_9_leaves_no_waiting_shell(repo, isolation):
+    proc, shell = child("hang", isolation)
     assert psutil.Process(shell).ppid() == proc.pid and run_dirs(proc.pid)
     proc.kill()
     proc.wait()
@@ -132,11 +133,22 @@ def test_a_process_killed_with_9_leaves_no_waiting_shell(repo):
     assert run_dirs(proc.pid) == []
 
 
-def test_a_normal_exit_removes_the_waiting_shell_and_its_cgroups():
-    proc, shell = child("exit")
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_a_normal_exit_removes_the_waiting_shell_and_its_cgroups(isolation):
+    proc, shell = child("exit", isolation)
     assert proc.wait(timeout=10) == 0
     assert gone(shell, 5)
     assert run_dirs(proc.pid) == []
+
+
+def test_reduced_runs_without_cgroups_start_warm_too_where_landlock_costs_a_python(repo):
+    if not sandbox.doctor()["landlock"]:
+        pytest.skip("no Landlock: a warm start would save nothing without cgroups")
+    res = None
+    for _ in range(3):  # the first run asks for the kind, its end has one made
+        res = sandbox.run(["echo", "ok"], SMALL, repo, isolation="reduced", cgroups=False)
+        time.sleep(0.3)
+    assert res.ok and res.warm and res.landlock and res.cgroups == []
 
 
 def test_warm_starts_can_be_turned_off(repo, monkeypatch):

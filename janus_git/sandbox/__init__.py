@@ -10,8 +10,12 @@ Two isolation levels; the one used is recorded on every run:
 * ``reduced`` (no usable bwrap, or forced with ``JANUS_GIT_FORCE_REDUCED=1``): no mount or pid
   namespaces; the network is taken away with ``unshare --user --net`` where that works (else
   the run records that it could reach it); rlimits, own session and process group, clean
-  environment, uid 65534 when the daemon is root; cwd is the repository (not writable by that
-  uid), ``HOME`` and ``TMPDIR`` the scratch dir.
+  environment, no_new_privs, uid 65534 when the daemon is root; cwd is the repository,
+  ``HOME`` and ``TMPDIR`` the scratch dir.  Where the kernel has Landlock (``confine``;
+  ``JANUS_GIT_NO_LANDLOCK=1`` turns it off) the run may read the system and the repository
+  (its ``.git`` listed, not read, unless asked), write only its scratch dir, make no TCP
+  connection unless the tool declares the network, and signal nothing outside: what keeps a
+  non-root daemon's runs out of its repository.
 
 In both, when the cgroup v1 controllers are writable (``JANUS_GIT_NO_CGROUPS=1`` turns them
 off), each run gets its own memory, pids, cpu and cpuacct cgroup: a hard memory cap, a process
@@ -45,15 +49,17 @@ For other modules (node_generator, process_chunk, ...)::
 ``run(argv, limits, root, *, network=False, cancel=None, on_start=None, stdin=None,
 writable_dir=None, isolation=None, cgroups=None, ro_binds=(), hide_git=True, env=None)``
 never raises for a failing command; it raises ``SandboxError`` only when asked for bwrap where
-there is none, or given an environment variable name a shell could not take.  In the reduced sandbox, as root, the command runs as uid 65534, so a
-``writable_dir`` and an interpreter must be reachable by that uid (not under a 0700 /root).
+there is none, or given an environment variable name a shell could not take.  In the
+reduced sandbox, as root, the command runs as uid 65534, so a ``writable_dir`` and an
+interpreter must be reachable by that uid (not under a 0700 /root).
 
-Runs with cgroups start warm when they can: the next run's first process waits in its cgroups
-already (``prestart``; ``prepare()`` has one made ahead of the first run).
+Runs start warm when they can: the next run's first process (a shell, or confine.py) waits
+in its cgroups already (``prestart``; ``prepare()`` has one made ahead of the first run).
 
 The package: ``launch`` (command lines, rlimits, starting under the limits), ``cgroups``,
-``prestart`` (warm starts), ``supervise`` (output, sampling, stopping), ``probe`` (what the
-machine offers, ``doctor()``); this module puts a run together.
+``prestart`` (warm starts), ``confine`` (Landlock), ``supervise`` (output, sampling,
+stopping), ``probe`` (what the machine offers, ``doctor()``); this module puts a run
+together.
 """
 from __future__ import annotations
 
@@ -75,10 +81,11 @@ from typing import Callable
 from ..errors import JanusError
 from ..proposal import utcnow
 from .cgroups import Cgroups
-from .launch import (NOBODY, PATH, bwrap_argv, drop_to_nobody, reduced_argv, rlimits,
-                     start_bwrap, start_reduced, start_warm)
-from .prestart import ENV_NAME, pool, prestart_off
-from .probe import cgroups_off, doctor, forced_reduced, probes, python_binds
+from .launch import (CONFINE, NOBODY, PATH, bwrap_argv, confine_flags, drop_to_nobody,
+                     reduced_argv, rlimits, start_bwrap, start_reduced, start_warm)
+from .prestart import ENV_NAME, kind_for, pool, prestart_off
+from .probe import (cgroups_off, doctor, forced_reduced, landlock_off, probes,
+                    python_binds)
 from .supervise import OUTPUT_HARD_FACTOR, POLL_S, Killer, Meter, Output, dir_bytes, supervise
 
 __all__ = ["NOBODY", "PATH", "POLL_S", "SandboxError", "SandboxResult", "doctor",
@@ -116,6 +123,7 @@ class SandboxResult:
     cgroups: list[str] = field(default_factory=list)
     network: bool = False
     warm: bool = False  # started from a pre-started shell (see prestart)
+    landlock: bool = False  # the reduced chain confined itself with Landlock (see confine)
 
     @property
     def ok(self) -> bool:
@@ -216,7 +224,9 @@ def run(argv: list[str], limits: dict, root: Path, *, network: bool = False,
     scratch, owned = _scratch(writable_dir)
     use_cg = (cgroups if cgroups is not None else not cgroups_off())
     overhead = 2 if iso == "bwrap" else 0  # bwrap's own two processes (outer, pid 1)
-    pre = pool.take() if use_cg and not prestart_off() else None
+    landlock = iso == "reduced" and probes()["landlock"] >= 1 and not landlock_off()
+    kind = kind_for(landlock, use_cg)
+    pre = pool.take(kind) if kind and not prestart_off() else None
     cg = pre.cg if pre is not None else Cgroups(f"run-{os.getpid()}-{time.monotonic_ns()}",
                                                 use_cg)
     cg.limit(limits, overhead)
@@ -232,12 +242,13 @@ def run(argv: list[str], limits: dict, root: Path, *, network: bool = False,
                              limits["disk_write_mb"] << 20)
             proc = (start_warm(pre, cmd, root, env, lim) if pre is not None
                     else start_bwrap(cmd, root, env, pipe_in, cg, lim))
-        elif pre is not None:
-            cmd = reduced_argv(list(argv), lim, network, probes()["unshare_net"])
-            proc = start_warm(pre, cmd, root, env, None)
         else:
-            proc = start_reduced(list(argv), root, env, pipe_in, cg, lim, network,
-                                 probes()["unshare_net"])
+            flags = (confine_flags(root, scratch, network, hide_git, list(ro_binds))
+                     if landlock else [])
+            cmd = reduced_argv(list(argv), lim, network, probes()["unshare_net"])
+            proc = (start_warm(pre, flags + cmd, root, env, None) if pre is not None else
+                    start_reduced((CONFINE if landlock else []) + flags + cmd, root, env,
+                                  pipe_in, cg))
     except OSError as e:
         cg.remove()
         if owned:
@@ -265,7 +276,8 @@ def run(argv: list[str], limits: dict, root: Path, *, network: bool = False,
     res = meter.resources(wall)
     return SandboxResult(list(argv), iso, limits, exit_code, sig, limit, res, out.text(),
                          out.total, started, utcnow(), _error(exit_code, sig, limit, limits, res),
-                         sorted(cg.dirs), _reachable(iso, network), pre is not None)
+                         sorted(cg.dirs), _reachable(iso, network), pre is not None,
+                         landlock)
 
 
 _jobs: "queue.SimpleQueue[Callable[[], None]]" = queue.SimpleQueue()
@@ -302,15 +314,19 @@ def _cleanup(cg: Cgroups, scratch: Path | None) -> None:
     _later(pool.refill)
 
 
-def prepare(wait: float = 0.0) -> bool:
-    """Have a shell waiting for the next run (the daemon calls this when it starts, so even
-    its first run starts warm); with WAIT, up to that many seconds until it is.  Does
-    nothing with cgroups or warm starts turned off.  True if one is ready."""
-    if cgroups_off() or prestart_off():
+def prepare(isolation: str | None = None, wait: float = 0.0) -> bool:
+    """Have a waiter ready for the next run of ISOLATION (the default: what runs get here);
+    the daemon calls this when it starts, so even its first run starts warm.  With WAIT, up
+    to that many seconds until one is.  Does nothing where a warm start saves nothing (no
+    cgroups and no Landlock) or warm starts are off.  True if one is ready."""
+    iso = _choose_isolation(isolation)
+    landlock = iso == "reduced" and probes()["landlock"] >= 1 and not landlock_off()
+    kind = kind_for(landlock, not cgroups_off())
+    if kind is None or prestart_off():
         return False
-    pool.want()
+    pool.want(kind)
     _later(pool.refill)
-    return pool.wait_ready(wait)
+    return pool.wait_ready(kind, wait)
 
 
 def _clean_one(cg: Cgroups, scratch: Path | None) -> None:

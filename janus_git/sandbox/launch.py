@@ -7,6 +7,7 @@ import os
 import resource
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -192,7 +193,8 @@ def reduced_argv(argv: list[str], lim: dict[int, int], network: bool,
     """Each execs the next, none forks: setpriv sets no_new_privs (and, as root, becomes
     uid 65534 with no capability left to regain), prlimit lowers its own rlimits (lowering
     needs no privilege; setting them from here on a uid-65534 process would need
-    CAP_SYS_RESOURCE, which this box's root lacks), unshare takes the network away."""
+    CAP_SYS_RESOURCE, which this box's root lacks), unshare takes the network away.  Where
+    the kernel has Landlock, confine.py goes first (CONFINE + confine_flags)."""
     if not network and unshare:
         argv = [shutil.which("unshare") or "unshare", "--user", "--net", "--", *argv]
     drop = _DROP if drop_to_nobody() else []
@@ -200,11 +202,31 @@ def reduced_argv(argv: list[str], lim: dict[int, int], network: bool,
             *prlimit_argv(lim), *argv]
 
 
-def start_reduced(argv: list[str], cwd: Path, env: dict, stdin, cg: Cgroups,
-                  lim: dict[int, int], network: bool, unshare: bool) -> subprocess.Popen:
+# The Landlock step of the reduced chain.  It runs with the daemon's own interpreter and
+# uid, before setpriv, so it can reach both (a 0700 home would hide them from 65534).
+CONFINE = [sys.executable, "-I", "-S", str(Path(__file__).with_name("confine.py"))]
+
+
+def confine_flags(root: Path, scratch: Path, network: bool, hide_git: bool,
+                  binds: list[str]) -> list[str]:
+    out = []
+    if hide_git:
+        out += ["--list", str(root)]
+        for entry in sorted(os.listdir(root)):
+            if entry != ".git":
+                out += ["--read", str(root / entry)]
+    else:
+        out += ["--read", str(root)]
+    for path in binds:
+        out += ["--exec", path]
+    out += ["--write", str(scratch)]
+    return out + ([] if network else ["--no-net"]) + ["--"]
+
+
+def start_reduced(argv: list[str], cwd: Path, env: dict, stdin,
+                  cg: Cgroups) -> subprocess.Popen:
     """The reduced chain (reduced_argv); with cgroups a /bin/sh in front waits on stdin until
     we have attached its pid, then execs it, so nothing escapes the cgroups."""
-    argv = reduced_argv(argv, lim, network, unshare)
     if cg.dirs:
         argv = ["/bin/sh", "-c", _WRAPPER, "janus-sandbox", *argv]
         stdin = subprocess.PIPE

@@ -15,13 +15,16 @@ waiting shell behind (its empty cgroups are swept by the next probe, as for any 
 ``JANUS_GIT_NO_PRESTART=1`` turns warm starts off (every run then starts cold)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from .cgroups import Cgroups
 
@@ -32,9 +35,30 @@ def prestart_off() -> bool:
     return os.environ.get("JANUS_GIT_NO_PRESTART", "") not in ("", "0")
 
 
+# What waits: a shell (bwrap runs, and reduced runs without Landlock), or confine.py, which
+# applies Landlock in-process and so is a Python whose start-up (~25 ms) is paid here too,
+# so it is worth pre-starting even for runs without cgroups ("-bare").
+KINDS = ("shell", "confine", "confine-bare")
+
+
+def kind_for(landlock: bool, cgroups: bool) -> str | None:
+    """The waiter a run can use, or None where a warm start would save nothing."""
+    if landlock:
+        return "confine" if cgroups else "confine-bare"
+    return "shell" if cgroups else None
+
+
+def waiter_argv(kind: str) -> list[str]:
+    if kind.startswith("confine"):
+        return [sys.executable, "-I", "-S", str(Path(__file__).with_name("confine.py")),
+                "--wait"]
+    return ["/bin/sh", "-c", ". /dev/fd/2"]
+
+
 @dataclass
 class Prestarted:
-    """A shell waiting in its run's cgroups for the script on `script_fd`."""
+    """A shell or confine.py waiting in its run's cgroups for its orders on `script_fd`."""
+    kind: str
     proc: subprocess.Popen
     cg: Cgroups
     script_fd: int
@@ -44,9 +68,12 @@ class Prestarted:
         return self.proc.pid
 
     def release(self, argv: list[str], cwd: str, env: dict[str, str]) -> None:
-        """Hand over the command: the shell changes to CWD, takes ENV as its whole
-        environment and execs ARGV.  Raises OSError if the shell is gone."""
-        os.write(self.script_fd, script(argv, cwd, env))
+        """Hand over the command: the waiter changes to CWD, takes ENV as its whole
+        environment and execs ARGV (confine.py: confines itself as the flags in ARGV say,
+        then execs what follows them).  Raises OSError if the waiter is gone."""
+        data = (script(argv, cwd, env) if self.kind == "shell" else
+                json.dumps({"cwd": cwd, "env": env, "argv": argv}).encode())
+        os.write(self.script_fd, data)
         os.close(self.script_fd)
         self.script_fd = -1
 
@@ -78,16 +105,17 @@ def script(argv: list[str], cwd: str, env: dict[str, str]) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
 
 
-def spawn() -> Prestarted | None:
-    """A shell in a fresh run's cgroups, with the daemon's uid (the command it execs drops
+def spawn(kind: str) -> Prestarted | None:
+    """A waiter in a fresh run's cgroups, with the daemon's uid (the command it execs drops
     to 65534: setpriv, under bwrap or in the reduced chain), or None where no cgroup can be
     made."""
-    cg = Cgroups(f"run-{os.getpid()}-{time.monotonic_ns()}")
-    if not cg.dirs:
+    bare = kind.endswith("-bare")
+    cg = Cgroups(f"run-{os.getpid()}-{time.monotonic_ns()}", enabled=not bare)
+    if not cg.dirs and not bare:
         return None
     read_end, write_end = os.pipe()
     try:
-        proc = subprocess.Popen(["/bin/sh", "-c", ". /dev/fd/2"], stdin=subprocess.PIPE,
+        proc = subprocess.Popen(waiter_argv(kind), stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=read_end, cwd="/", env={},
                                 start_new_session=True)
     except OSError:
@@ -96,7 +124,7 @@ def spawn() -> Prestarted | None:
         return None
     finally:
         os.close(read_end)
-    pre = Prestarted(proc, cg, write_end)
+    pre = Prestarted(kind, proc, cg, write_end)
     try:
         cg.attach(proc.pid)
     except OSError:
@@ -106,53 +134,54 @@ def spawn() -> Prestarted | None:
 
 
 class Pool:
-    """One waiting shell (any isolation level can use it), refilled in the background once
-    runs have asked for one."""
+    """At most one waiter of each kind, refilled in the background for the kinds that runs
+    have asked for."""
 
     def __init__(self) -> None:
         self._lock = threading.Condition()
-        self._ready: Prestarted | None = None
-        self._wanted = False
+        self._ready: dict[str, Prestarted] = {}
+        self._wanted: set[str] = set()
         self._closed = False
 
-    def take(self) -> Prestarted | None:
+    def take(self, kind: str) -> Prestarted | None:
         with self._lock:
-            self._wanted = True
-            pre, self._ready = self._ready, None
+            self._wanted.add(kind)
+            pre = self._ready.pop(kind, None)
         if pre is not None and pre.proc.poll() is not None:  # someone killed it
             pre.discard()
             return None
         return pre
 
-    def want(self) -> None:
+    def want(self, kind: str) -> None:
         with self._lock:
-            self._wanted = True
+            self._wanted.add(kind)
 
     def refill(self) -> None:
         with self._lock:
-            if self._ready is not None or self._closed or not self._wanted:
-                return
-        pre = spawn()
-        if pre is None:
-            return
-        with self._lock:
-            surplus = self._ready is not None or self._closed
-            if not surplus:
-                self._ready = pre
-                self._lock.notify_all()
-        if surplus:
-            pre.discard()
+            missing = [] if self._closed else [k for k in KINDS
+                                               if k in self._wanted and k not in self._ready]
+        for kind in missing:
+            pre = spawn(kind)
+            if pre is None:
+                continue
+            with self._lock:
+                surplus = kind in self._ready or self._closed
+                if not surplus:
+                    self._ready[kind] = pre
+                    self._lock.notify_all()
+            if surplus:
+                pre.discard()
 
-    def wait_ready(self, timeout: float) -> bool:
+    def wait_ready(self, kind: str, timeout: float) -> bool:
         with self._lock:
-            return self._lock.wait_for(lambda: self._ready is not None, timeout)
+            return self._lock.wait_for(lambda: kind in self._ready, timeout)
 
     def close(self) -> None:
-        """At exit: discard the waiting shell, start no more."""
+        """At exit: discard the waiters, start no more."""
         with self._lock:
             self._closed = True
-            pre, self._ready = self._ready, None
-        if pre is not None:
+            ready, self._ready = list(self._ready.values()), {}
+        for pre in ready:
             pre.discard()
 
 

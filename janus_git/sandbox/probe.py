@@ -9,7 +9,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from . import cgroups
+from . import cgroups, confine
 from .launch import NOBODY, bwrap_argv, drop_to_nobody
 from .prestart import prestart_off
 
@@ -58,12 +58,16 @@ def probes() -> dict:
         if _probe is None:
             ok, why = bwrap_probe()
             _probe = {"bwrap_usable": ok, "bwrap_why": why, "cgroups": cgroups.probe(),
-                      "unshare_net": unshare_probe()}
+                      "unshare_net": unshare_probe(), "landlock": confine.abi()}
         return _probe
 
 
 def forced_reduced() -> bool:
     return os.environ.get("JANUS_GIT_FORCE_REDUCED", "") not in ("", "0")
+
+
+def landlock_off() -> bool:
+    return os.environ.get("JANUS_GIT_NO_LANDLOCK", "") not in ("", "0")
 
 
 def cgroups_off() -> bool:
@@ -76,8 +80,11 @@ def doctor() -> dict:
     forced = forced_reduced()
     isolation = "bwrap" if p["bwrap_usable"] and not forced else "reduced"
     why = p["bwrap_why"] if not forced else "JANUS_GIT_FORCE_REDUCED is set"
+    landlock = p["landlock"] >= 1 and not landlock_off()
     if isolation == "reduced":
         why += "; runs get rlimits, their own session and a clean environment, no namespaces"
+        why += (f"; Landlock ABI {p['landlock']} confines files, TCP and signals" if landlock
+                else "; no Landlock: a run can write what its uid can")
     cg = {k: (v and not cgroups_off()) for k, v in p["cgroups"].items()}
     return {"bwrap": shutil.which("bwrap") is not None, "bwrap_path": shutil.which("bwrap"),
             "bwrap_usable": p["bwrap_usable"], "isolation": isolation, "why": why,
@@ -86,7 +93,8 @@ def doctor() -> dict:
             ("RLIMIT_NPROC as uid 65534" if drop_to_nobody() else "none (not root, no cgroup)"),
             "run_as_uid": NOBODY if drop_to_nobody() else os.geteuid(),
             "network_isolation": isolation == "bwrap" or p["unshare_net"],
-            "warm_starts": any(cg.values()) and not prestart_off()}
+            "warm_starts": any(cg.values()) and not prestart_off(),
+            "landlock": landlock}
 
 
 def python_binds() -> list[str]:
