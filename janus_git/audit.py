@@ -28,6 +28,15 @@ TOOL_USE_SCHEMA: dict[str, Any] = {
         "isolation": {"enum": ["bwrap", "reduced", "in-process", "none"],
                       "description": "none: refused before anything ran"},
         "network": {"type": "boolean"},
+        "confinement": {
+            "type": "object", "additionalProperties": False,
+            "description": "what held the run besides its isolation level",
+            "properties": {
+                "cgroups": {"type": "array",
+                            "items": {"enum": ["memory", "pids", "cpu", "cpuacct"]}},
+                "landlock": {"type": "boolean"},
+                "warm_start": {"type": "boolean",
+                               "description": "started from a pre-started waiter"}}},
         "limits": {"type": "object", "additionalProperties": {"type": "number"}, "properties": {
             "memory_mb": _num, "disk_write_mb": _num, "timeout_s": _num, "cpu_percent": _num,
             "cpu_s": _num, "pids": _num, "output_kb": _num}},
@@ -66,6 +75,8 @@ def tool_use_line(proposal: Any, result: Any) -> dict[str, Any]:
         "files": sorted(result.files), "started_at": result.started_at,
         "ended_at": result.ended_at,
     }
+    if getattr(result, "confinement", None):
+        line["confinement"] = result.confinement
     if getattr(result, "extra", None):
         line["extra"] = result.extra
     return line

@@ -132,6 +132,9 @@ def test_limits_come_from_agent_yaml_and_the_run_fails_with_the_limit_named(
     line = tools.tool_use_line(p, res)
     audit.validate_line(line)
     assert line["limit_hit"] == limit and line["isolation"] == isolation
+    held = line["confinement"]
+    assert held["landlock"] == (isolation == "reduced" and tools.doctor()["landlock"])
+    assert set(held["cgroups"]) == {k for k, ok in tools.doctor()["cgroups"].items() if ok}
 
 
 @pytest.mark.parametrize("isolation", ISOLATIONS)

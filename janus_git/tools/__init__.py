@@ -50,6 +50,7 @@ class RunResult:
     error: str = ""             # one-line reason when failed
     output_bytes: int = 0       # what the tool printed before truncation
     network: bool = False       # whether the run could reach the network
+    confinement: dict = field(default_factory=dict)  # cgroups, landlock, warm_start
     extra: dict = field(default_factory=dict)  # runner-specific facts for the audit line
 
 
@@ -63,7 +64,9 @@ def from_sandbox(res: Any, files: dict[str, bytes | None] | None = None) -> RunR
                      limit_hit=res.limit_hit, isolation=res.isolation, resources=res.resources,
                      output=res.output, files=files or {}, argv=res.argv, limits=res.limits,
                      started_at=res.started_at, ended_at=res.ended_at, error=res.error,
-                     output_bytes=res.output_bytes, network=res.network)
+                     output_bytes=res.output_bytes, network=res.network,
+                     confinement={"cgroups": list(res.cgroups), "landlock": res.landlock,
+                                  "warm_start": res.warm})
 
 
 def refused(proposal: Any, config: Any, reason: str) -> RunResult:
