@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -354,14 +355,22 @@ def notify_test(repo: str = RepoOpt):
 
 
 def crash_log(exc: BaseException) -> Path:
+    """Append the traceback to $JANUS_GIT_HOME/crash.log; where that cannot be written (a
+    read-only home under systemd's ProtectHome), to the temp dir instead."""
     home = Path(os.environ.get("JANUS_GIT_HOME") or
                 Path.home() / ".local" / "state" / "janus-git")
-    home.mkdir(parents=True, exist_ok=True)
-    path = home / "crash.log"
-    with path.open("a") as f:
-        f.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} janus-git {' '.join(sys.argv[1:])}\n")
-        f.write("".join(traceback.format_exception(exc)))
-    return path
+    entry = (f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} janus-git {' '.join(sys.argv[1:])}\n"
+             + "".join(traceback.format_exception(exc)))
+    for folder in (home, Path(tempfile.gettempdir()) / f"janus-git-{os.getuid()}"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with (folder / "crash.log").open("a") as f:
+                f.write(entry)
+            return folder / "crash.log"
+        except OSError:
+            continue
+    sys.stderr.write(entry)
+    return Path("(stderr: no writable place for crash.log)")
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import tempfile
 import subprocess
 import sys
 
@@ -338,6 +339,22 @@ def test_an_unexpected_error_exits_3_with_a_crash_log(state_dir, capsys, monkeyp
     assert err.startswith("janus-git: unexpected error: ") and err.rstrip().endswith(log)
     text = open(log).read()
     assert "janus-git list -C" in text and "Traceback (most recent call last)" in text
+
+
+def test_a_crash_log_falls_back_when_the_home_is_read_only(state_dir, capsys, monkeypatch,
+                                                           tmp_path):
+    home = tmp_path / "ro"
+    home.mkdir()
+    (home / "crash.log").mkdir()  # unwritable as a file even for root
+    monkeypatch.setenv("JANUS_GIT_HOME", str(home))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    shutil.rmtree(state_dir / ".git" / "janus", ignore_errors=True)
+    (state_dir / ".git" / "janus").write_text("")
+    code, _, err = main(["list", "-C", state_dir], capsys, monkeypatch)
+    fallback = tmp_path / f"janus-git-{os.getuid()}" / "crash.log"
+    assert code == 3 and err.rstrip().endswith(str(fallback))
+    assert "Traceback" in fallback.read_text()
 
 
 # -- the real command -------------------------------------------------------------------------
