@@ -7,9 +7,9 @@ import io
 import json
 import os
 import shutil
-import tempfile
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import yaml

@@ -3,9 +3,11 @@ signals.  Each case also runs without Landlock to show the test can see the diff
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -106,3 +108,56 @@ def test_doctor_names_landlock():
     d = sandbox.doctor()
     assert d["landlock"] is True
     assert os.geteuid() != 0 or d["run_as_uid"] == NOBODY
+
+
+@pytest.fixture
+def outside():
+    """A directory uid 65534 can reach (pytest's own temp dirs sit under a 0700 one)."""
+    path = Path(tempfile.mkdtemp(prefix="janus-test-outside-"))
+    os.chmod(path, 0o755)
+    (path / "secret").write_text("outside secret\n")
+    os.chmod(path / "secret", 0o644)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_symlink_in_the_repository_lends_its_target_nothing(repo, monkeypatch, outside):
+    (repo / "gitlink").symlink_to(".git")
+    (repo / "out").symlink_to(outside)
+    (repo / "readme").symlink_to("docs/a.txt")  # inside the repository: still readable
+    res = reduced(["sh", "-c", "cat gitlink/config; cat out/secret; cat readme"], repo,
+                  monkeypatch, landlock=True)
+    out = res.output.decode()
+    assert "token" not in out and "outside secret" not in out and "hello" in out, out
+    res = reduced(["sh", "-c", "cat gitlink/config; cat out/secret"], repo, monkeypatch,
+                  landlock=False)
+    assert "token" in res.output.decode() and "outside secret" in res.output.decode()
+
+
+def test_no_unix_socket_without_the_network(repo, monkeypatch, outside):
+    sockdir = outside
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(sockdir / "s"))
+    os.chmod(sockdir / "s", 0o777)
+    server.listen()
+    code = (f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(sockdir / 's')!r});"
+            " print('CONNECTED')")
+    try:
+        denied = reduced(["python3", "-c", code], repo, monkeypatch, landlock=True)
+        allowed = reduced(["python3", "-c", code], repo, monkeypatch, landlock=True,
+                          network=True)
+        pair = reduced(["python3", "-c", "import socket; socket.socketpair(); print('PAIR')"],
+                       repo, monkeypatch, landlock=True)
+    finally:
+        server.close()
+    assert b"CONNECTED" not in denied.output and b"PermissionError" in denied.output
+    assert b"CONNECTED" in allowed.output, allowed.output
+    assert pair.output == b"PAIR\n"
+
+
+def test_programs_in_the_repository_can_run(repo, monkeypatch):
+    script = repo / "docs" / "run.sh"
+    script.write_text("#!/bin/sh\necho RAN\n")
+    os.chmod(script, 0o755)
+    res = reduced(["./docs/run.sh"], repo, monkeypatch, landlock=True)
+    assert res.ok and res.output == b"RAN\n", res.output

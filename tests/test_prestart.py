@@ -3,9 +3,11 @@ real processes killed with -9)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -156,3 +158,65 @@ def test_warm_starts_can_be_turned_off(repo, monkeypatch):
     assert not sandbox.prepare(wait=0.5)
     assert not sandbox.run(["true"], SMALL, repo).warm
     assert sandbox.doctor()["warm_starts"] is False
+
+
+def own_run_dirs() -> set[Path]:
+    return set(run_dirs(os.getpid()))
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_a_run_that_cannot_start_leaves_no_waiter_or_cgroup(tmp_path, isolation):
+    assert sandbox.prepare(isolation, wait=10)
+    before = own_run_dirs()
+    t0 = time.monotonic()
+    res = sandbox.run(["true"], SMALL, tmp_path / "missing", isolation=isolation)
+    assert not res.ok and time.monotonic() - t0 < 2
+    time.sleep(0.2)
+    left = own_run_dirs() - before
+    ready = {pre.cg.name for pre in prestart.pool._ready.values()}
+    assert {d.name for d in left} <= ready  # only the next waiter's, made after the run
+
+
+@pytest.mark.parametrize("word", ["\ud800", "nul\0byte"])
+def test_words_no_program_can_take_are_refused_before_anything_is_made(repo, word):
+    assert sandbox.prepare(wait=10)
+    before_dirs, before_fds = own_run_dirs(), len(os.listdir("/proc/self/fd"))
+    for kw in ({"argv": ["echo", word]}, {"argv": ["env"], "env": {"X": word}}):
+        with pytest.raises(sandbox.SandboxError, match="cannot be passed to a program"):
+            sandbox.run(kw["argv"], SMALL, repo, env=kw.get("env"))
+    assert own_run_dirs() == before_dirs
+    assert len(os.listdir("/proc/self/fd")) == before_fds
+
+
+def test_a_script_cut_short_runs_nothing(tmp_path):
+    marker = tmp_path / "ran"
+    text = prestart.script(["touch", str(marker)], str(tmp_path), {"A": "b"})
+    for cut in (len(text) // 2, len(text) - 2):
+        r = subprocess.run(["/bin/sh", "-c", ". /dev/fd/0"], input=text[:cut],
+                           capture_output=True)
+        assert r.returncode != 0 and not marker.exists()
+    r = subprocess.run(["/bin/sh", "-c", ". /dev/fd/0"], input=text, capture_output=True)
+    assert marker.exists()
+
+
+def test_a_waiter_that_cannot_take_its_orders_means_a_cold_start(repo):
+    assert sandbox.prepare(wait=10)
+    d = sandbox.doctor()
+    kind = prestart.kind_for(d["isolation"] == "reduced" and d["landlock"], True)
+    pre = prestart.pool._ready[kind]
+    os.close(pre.script_fd)
+    pre.script_fd = os.open("/dev/null", os.O_RDONLY)  # writing the orders fails
+    res = sandbox.run(["echo", "ok"], SMALL, repo)
+    assert res.ok and res.output == b"ok\n" and not res.warm
+    assert pre.proc.returncode is not None and not any(d.exists() for d in pre.cg.dirs.values())
+
+
+def test_scratch_dirs_of_a_dead_daemon_are_swept():
+    from janus_git.sandbox import probe
+    dead = Path(tempfile.mkdtemp(prefix="janus-git-run-999999999-"))
+    mine = Path(tempfile.mkdtemp(prefix=f"janus-git-run-{os.getpid()}-"))
+    try:
+        probe.sweep_scratch()
+        assert not dead.exists() and mine.exists()
+    finally:
+        shutil.rmtree(mine, ignore_errors=True)

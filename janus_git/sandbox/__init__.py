@@ -14,8 +14,9 @@ Two isolation levels; the one used is recorded on every run:
   ``HOME`` and ``TMPDIR`` the scratch dir.  Where the kernel has Landlock (``confine``;
   ``JANUS_GIT_NO_LANDLOCK=1`` turns it off) the run may read the system and the repository
   (its ``.git`` listed, not read, unless asked), write only its scratch dir, make no TCP
-  connection unless the tool declares the network, and signal nothing outside: what keeps a
-  non-root daemon's runs out of its repository.
+  connection and no unix socket unless the tool declares the network, and signal nothing
+  outside: what keeps a non-root daemon's runs from writing its repository (Landlock does
+  not cover chmod, chown, utime or xattrs).
 
 In both, when the cgroup v1 controllers are writable (``JANUS_GIT_NO_CGROUPS=1`` turns them
 off), each run gets its own memory, pids, cpu and cpuacct cgroup: a hard memory cap, a process
@@ -83,7 +84,7 @@ from ..proposal import utcnow
 from .cgroups import Cgroups
 from .launch import (CONFINE, NOBODY, PATH, bwrap_argv, confine_flags, drop_to_nobody,
                      reduced_argv, rlimits, start_bwrap, start_reduced, start_warm)
-from .prestart import ENV_NAME, kind_for, pool, prestart_off
+from .prestart import ENV_NAME, Prestarted, kind_for, pool, prestart_off
 from .probe import (cgroups_off, doctor, forced_reduced, landlock_off, probes,
                     python_binds)
 from .supervise import OUTPUT_HARD_FACTOR, POLL_S, Killer, Meter, Output, dir_bytes, supervise
@@ -152,7 +153,8 @@ def _scratch(writable_dir: Path | None) -> tuple[Path, bool]:
         path, owned = Path(writable_dir), False
         path.mkdir(parents=True, exist_ok=True)
     else:
-        path, owned = Path(tempfile.mkdtemp(prefix="janus-git-run-")), True
+        # the pid names the owner: a daemon killed with -9 leaves its dirs to the next probe
+        path, owned = Path(tempfile.mkdtemp(prefix=f"janus-git-run-{os.getpid()}-")), True
     if drop_to_nobody():
         os.chown(path, NOBODY, NOBODY)
     return path, owned
@@ -217,44 +219,26 @@ def run(argv: list[str], limits: dict, root: Path, *, network: bool = False,
     the clean environment (never the daemon's own)."""
     limits = effective_limits(limits)
     iso = _choose_isolation(isolation)
-    bad = [k for k in env or {} if not ENV_NAME.match(k)]
-    if bad:
-        raise SandboxError(f"not an environment variable name: {bad[0]!r}")
+    _check_words(list(argv), env or {}, str(root))
     root = Path(root).resolve()
-    scratch, owned = _scratch(writable_dir)
     use_cg = (cgroups if cgroups is not None else not cgroups_off())
-    overhead = 2 if iso == "bwrap" else 0  # bwrap's own two processes (outer, pid 1)
     landlock = iso == "reduced" and probes()["landlock"] >= 1 and not landlock_off()
-    kind = kind_for(landlock, use_cg)
-    pre = pool.take(kind) if kind and not prestart_off() else None
-    cg = pre.cg if pre is not None else Cgroups(f"run-{os.getpid()}-{time.monotonic_ns()}",
-                                                use_cg)
-    cg.limit(limits, overhead)
-    lim = rlimits(limits, cg, overhead)
+    scratch, owned = _scratch(writable_dir)
     home = "/tmp" if iso == "bwrap" else str(scratch)
-    env = {**(env or {}), "PATH": PATH, "LANG": "C.UTF-8", "HOME": home, "TMPDIR": home}
-    pipe_in = subprocess.PIPE if stdin else subprocess.DEVNULL
+    spec = Launch(list(argv), iso, root, scratch, network, hide_git, list(ro_binds), limits,
+                  2 if iso == "bwrap" else 0,  # bwrap's own two processes (outer, pid 1)
+                  use_cg, landlock,
+                  {**(env or {}), "PATH": PATH, "LANG": "C.UTF-8", "HOME": home, "TMPDIR": home},
+                  subprocess.PIPE if stdin else subprocess.DEVNULL)
     started = utcnow()
     t0 = time.monotonic()
     try:
-        if iso == "bwrap":
-            cmd = bwrap_argv(list(argv), root, scratch, network, hide_git, list(ro_binds),
-                             limits["disk_write_mb"] << 20)
-            proc = (start_warm(pre, cmd, root, env, lim) if pre is not None
-                    else start_bwrap(cmd, root, env, pipe_in, cg, lim))
-        else:
-            flags = (confine_flags(root, scratch, network, hide_git, list(ro_binds))
-                     if landlock else [])
-            cmd = reduced_argv(list(argv), lim, network, probes()["unshare_net"])
-            proc = (start_warm(pre, flags + cmd, root, env, None) if pre is not None else
-                    start_reduced((CONFINE if landlock else []) + flags + cmd, root, env,
-                                  pipe_in, cg))
+        proc, cg, warm = spec.start()
     except OSError as e:
-        cg.remove()
         if owned:
             shutil.rmtree(scratch, ignore_errors=True)
         return SandboxResult(list(argv), iso, limits, None, None, None, {}, b"", 0, started,
-                             utcnow(), f"could not start: {e}", list(cg.dirs), network)
+                             utcnow(), f"could not start: {e}", [], network)
     if proc.stdin is not None:
         if stdin:
             threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True).start()
@@ -262,7 +246,7 @@ def run(argv: list[str], limits: dict, root: Path, *, network: bool = False,
             proc.stdin.close()
     if on_start is not None:
         on_start(proc.pid)
-    meter = Meter(proc.pid, cg, scratch, overhead)
+    meter = Meter(proc.pid, cg, scratch, spec.overhead)
     killer = Killer(proc.pid, meter)
     status, usage, out = supervise(proc, meter, killer, limits,
                                    t0 + limits["timeout_s"], cancel)
@@ -276,8 +260,76 @@ def run(argv: list[str], limits: dict, root: Path, *, network: bool = False,
     res = meter.resources(wall)
     return SandboxResult(list(argv), iso, limits, exit_code, sig, limit, res, out.text(),
                          out.total, started, utcnow(), _error(exit_code, sig, limit, limits, res),
-                         sorted(cg.dirs), _reachable(iso, network), pre is not None,
-                         landlock)
+                         sorted(cg.dirs), _reachable(iso, network), warm, landlock)
+
+
+def _check_words(argv: list[str], env: dict[str, str], cwd: str) -> None:
+    """What cannot reach a program intact is refused before anything is made for the run."""
+    bad = [k for k in env if not ENV_NAME.match(k)]
+    if bad:
+        raise SandboxError(f"not an environment variable name: {bad[0]!r}")
+    for what, word in [*(("argument", a) for a in argv), *(("environment value", v)
+                                                           for v in env.values()),
+                       ("repository path", cwd)]:
+        try:
+            if "\0" in os.fsdecode(os.fsencode(word)):
+                raise ValueError("a NUL byte")
+        except (UnicodeError, ValueError, TypeError) as e:
+            raise SandboxError(f"{what} {word!r} cannot be passed to a program: {e}") from None
+
+
+@dataclass
+class Launch:
+    """Everything a start needs, so that a warm start that fails can be retried cold."""
+    argv: list[str]
+    iso: str
+    root: Path
+    scratch: Path
+    network: bool
+    hide_git: bool
+    binds: list[str]
+    limits: dict
+    overhead: int
+    use_cg: bool
+    landlock: bool
+    env: dict[str, str]
+    stdin: int
+
+    def start(self) -> tuple[subprocess.Popen, Cgroups, bool]:
+        """Warm from a waiter when one is ready, else (or when it fails) cold.  On failure
+        nothing is left behind: no waiter, no cgroup."""
+        have_cg = self.use_cg and any(probes()["cgroups"].values())
+        kind = kind_for(self.landlock, have_cg)
+        pre = pool.take(kind) if kind and not prestart_off() else None
+        if pre is not None:
+            try:
+                return self._start(pre, pre.cg), pre.cg, True
+            except (OSError, ValueError) as e:
+                log.warning("warm start failed (%s); starting cold", e)
+                pre.discard()
+        cg = Cgroups(f"run-{os.getpid()}-{time.monotonic_ns()}", self.use_cg)
+        try:
+            return self._start(None, cg), cg, False
+        except OSError:
+            cg.remove()
+            raise
+
+    def _start(self, pre: Prestarted | None, cg: Cgroups) -> subprocess.Popen:
+        cg.limit(self.limits, self.overhead)
+        lim = rlimits(self.limits, cg, self.overhead)
+        if self.iso == "bwrap":
+            cmd = bwrap_argv(self.argv, self.root, self.scratch, self.network, self.hide_git,
+                             self.binds, self.limits["disk_write_mb"] << 20)
+            if pre is not None:
+                return start_warm(pre, cmd, self.root, self.env, lim)
+            return start_bwrap(cmd, self.root, self.env, self.stdin, cg, lim)
+        flags = (confine_flags(self.root, self.scratch, self.network, self.hide_git,
+                               self.binds) if self.landlock else [])
+        cmd = reduced_argv(self.argv, lim, self.network, probes()["unshare_net"])
+        if pre is not None:
+            return start_warm(pre, flags + cmd, self.root, self.env, None)
+        return start_reduced((CONFINE if self.landlock else []) + flags + cmd, self.root,
+                             self.env, self.stdin, cg)
 
 
 _jobs: "queue.SimpleQueue[Callable[[], None]]" = queue.SimpleQueue()
@@ -321,7 +373,7 @@ def prepare(isolation: str | None = None, wait: float = 0.0) -> bool:
     cgroups and no Landlock) or warm starts are off.  True if one is ready."""
     iso = _choose_isolation(isolation)
     landlock = iso == "reduced" and probes()["landlock"] >= 1 and not landlock_off()
-    kind = kind_for(landlock, not cgroups_off())
+    kind = kind_for(landlock, not cgroups_off() and any(probes()["cgroups"].values()))
     if kind is None or prestart_off():
         return False
     pool.want(kind)

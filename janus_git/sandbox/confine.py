@@ -1,16 +1,23 @@
 """Landlock for the reduced sandbox: confine, then exec the rest of the chain.
 
 Run as ``python3 -I -S confine.py [--list P] [--read P]... [--exec P]... [--write P]...
-[--no-net] -- CMD``
-(standard library only, no site: it starts in ~10 ms).  It sets no_new_privs, restricts
-itself with a Landlock ruleset and execs CMD, which inherits the ruleset for good:
+[--no-net] -- CMD`` (standard library only, no site; its ~25 ms start is paid ahead by a
+pre-started waiter, see prestart).  It sets no_new_privs, restricts itself with a Landlock
+ruleset and execs CMD, which inherits the ruleset for good:
 
 * files: read and execute the system (/usr, /etc, /bin, /lib*, /proc) and every --exec path;
-  list the --list directories (the repository: its .git listed, never read); read every
-  --read path; full access to every --write path (the scratch dir) and to the
-  few character devices programs need; nothing else, not even in /tmp or /dev/shm;
+  list the --list directories (the repository: its .git listed, never read); read and
+  execute every --read path (never followed if a symlink); full access to every --write
+  path (the scratch dir) and to the few character devices programs need; nothing else, not
+  even in /tmp or /dev/shm;
 * network (ABI 4+): with --no-net, no TCP bind or connect;
-* scope (ABI 6+): no signals to, and no abstract unix sockets of, processes outside.
+* scope (ABI 6+): no signals to, and no abstract unix sockets of, processes outside;
+* with --no-net, a seccomp filter: no unix socket can be made (Landlock does not cover
+  connecting to one by its path).
+
+Landlock covers neither mode, owner, time nor xattr changes: a run may chmod or touch what
+its uid owns (for a non-root daemon, the repository too), but not write, create, remove or
+rename anything outside its scratch dir.
 
 bwrap gives runs all of this with namespaces; without bwrap (no user namespaces, or not
 installed) this is what keeps a run out of the repository, which a non-root daemon's runs
@@ -21,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import stat
 import struct
 import sys
 
@@ -84,17 +92,24 @@ def restrict(listed: list[str], read: list[str], execute: list[str], write: list
         attr += struct.pack("Q", _SCOPE_ABSTRACT_UNIX | _SCOPE_SIGNAL)
     buf = ctypes.create_string_buffer(attr, len(attr))
     ruleset = _check(_libc.syscall(_CREATE, buf, len(attr), 0), "create_ruleset")
-    rules = [(p, READ_FILE | READ_DIR | EXECUTE) for p in (*SYSTEM, *execute)]
-    rules += [(p, READ_DIR) for p in listed] + [(p, READ_FILE | READ_DIR) for p in read]
-    rules += [(p, READ_FILE | WRITE_FILE | (_IOCTL_DEV if version >= 5 else 0)) for p in DEVICES]
-    rules += [(p, handled) for p in write]
-    for path, rights in rules:
+    # The repository's paths are never followed: a rule holds what its fd points at, and a
+    # symlink in the repository must not lend its target the repository's rights.
+    rules = [(p, READ_FILE | READ_DIR | EXECUTE, 0) for p in (*SYSTEM, *execute)]
+    rules += [(p, READ_DIR, os.O_NOFOLLOW) for p in listed]
+    rules += [(p, READ_FILE | READ_DIR | EXECUTE, os.O_NOFOLLOW) for p in read]
+    rules += [(p, READ_FILE | WRITE_FILE | (_IOCTL_DEV if version >= 5 else 0), 0)
+              for p in DEVICES]
+    rules += [(p, handled, 0) for p in write]
+    for path, rights, flags in rules:
         try:
-            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC | flags)
         except OSError:
             continue  # what does not exist needs no rule
         try:
-            if not os.path.isdir(path):
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISLNK(mode):
+                continue
+            if not stat.S_ISDIR(mode):
                 rights &= _FILE_ONLY
             rule = ctypes.create_string_buffer(struct.pack("=Qi", rights & handled, fd), 12)
             _check(_libc.syscall(_ADD_RULE, ruleset, _PATH_BENEATH, rule, 0), f"rule {path}")
@@ -103,6 +118,48 @@ def restrict(listed: list[str], read: list[str], execute: list[str], write: list
     _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
     _check(_libc.syscall(_RESTRICT, ruleset, 0), "restrict_self")
     os.close(ruleset)
+    if no_net:
+        no_unix_sockets()
+
+
+# seccomp: Landlock does not cover connecting to a unix socket by its path (a user's
+# systemd or docker socket is a way out), so without the network no AF_UNIX socket can be
+# made (socketpair still works).  Other architectures' entry points (x32, 32-bit) get EPERM
+# for everything, so nothing reaches socket() by another number.
+_ARCH = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}
+_LD_W_ABS, _JEQ_K, _JGE_K, _RET_K = 0x20, 0x15, 0x35, 0x06
+_ALLOW, _EPERM = 0x7FFF0000, 0x00050000 | 1
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+_AF_UNIX = 1
+
+
+def _bpf(code: int, jt: int, jf: int, k: int) -> bytes:
+    return struct.pack("=HBBI", code, jt, jf, k)
+
+
+def no_unix_sockets() -> None:
+    arch = _ARCH.get(os.uname().machine)
+    if arch is None:
+        raise OSError(95, f"no seccomp filter for {os.uname().machine}: refusing to run "
+                          "without a way to keep unix sockets closed")
+    audit_arch, socket_nr = arch
+    prog = b"".join([
+        _bpf(_LD_W_ABS, 0, 0, 4),                  # arch
+        _bpf(_JEQ_K, 1, 0, audit_arch),
+        _bpf(_RET_K, 0, 0, _EPERM),
+        _bpf(_LD_W_ABS, 0, 0, 0),                  # syscall number
+        _bpf(_JGE_K, 0, 1, 0x40000000),            # x32
+        _bpf(_RET_K, 0, 0, _EPERM),
+        _bpf(_JEQ_K, 0, 3, socket_nr),
+        _bpf(_LD_W_ABS, 0, 0, 16),                 # socket(domain, ...): low word of args[0]
+        _bpf(_JEQ_K, 0, 1, _AF_UNIX),
+        _bpf(_RET_K, 0, 0, _EPERM),
+        _bpf(_RET_K, 0, 0, _ALLOW),
+    ])
+    filt = ctypes.create_string_buffer(prog, len(prog))
+    fprog = struct.pack("=HxxxxxxQ", len(prog) // 8, ctypes.addressof(filt))
+    buf = ctypes.create_string_buffer(fprog, len(fprog))
+    _check(_libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, buf, 0, 0), "seccomp")
 
 
 def _which(name: str, env: dict[str, str] | None) -> str:

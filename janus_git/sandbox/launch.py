@@ -178,13 +178,9 @@ def start_warm(pre: Prestarted, argv: list[str], cwd: Path, env: dict,
     """Release a pre-started shell (see prestart): it is already in the run's cgroups, and
     its rlimits are lowered here when LIM is given (the bwrap path: the shell is ours, same
     uid); the reduced chain lowers its own with prlimit(1) instead."""
-    try:
-        if lim:
-            set_rlimits(pre.pid, lim)
-        pre.release(argv, str(cwd), env)
-    except OSError as e:
-        pre.discard()
-        raise OSError(e.errno, f"the pre-started shell is gone: {e.strerror}")
+    if lim:
+        set_rlimits(pre.pid, lim)
+    pre.release(argv, str(cwd), env)
     return pre.proc
 
 
@@ -213,8 +209,14 @@ def confine_flags(root: Path, scratch: Path, network: bool, hide_git: bool,
     if hide_git:
         out += ["--list", str(root)]
         for entry in sorted(os.listdir(root)):
+            path = root / entry
+            if path.is_symlink():  # a rule would hold its target: only one inside the repo
+                path = path.resolve()
+                if path == root or not path.is_relative_to(root) or \
+                        path.is_relative_to(root / ".git"):
+                    continue
             if entry != ".git":
-                out += ["--read", str(root / entry)]
+                out += ["--read", str(path)]
     else:
         out += ["--read", str(root)]
     for path in binds:

@@ -73,11 +73,14 @@ class Prestarted:
         then execs what follows them).  Raises OSError if the waiter is gone."""
         data = (script(argv, cwd, env) if self.kind == "shell" else
                 json.dumps({"cwd": cwd, "env": env, "argv": argv}).encode())
-        os.write(self.script_fd, data)
+        view = memoryview(data)
+        while view:  # a signal can cut a write to a pipe short
+            view = view[os.write(self.script_fd, view):]
         os.close(self.script_fd)
         self.script_fd = -1
 
     def discard(self) -> None:
+        """Kill the waiter and remove its cgroups (never called once it has been released)."""
         if self.script_fd >= 0:
             os.close(self.script_fd)  # EOF: the shell ends by itself
             self.script_fd = -1
@@ -98,10 +101,13 @@ def script(argv: list[str], cwd: str, env: dict[str, str]) -> bytes:
     if bad:
         raise ValueError(f"not an environment variable name: {bad[0]!r}")
     q = shlex.quote
-    lines = ["exec 2>&1", f"cd -- {q(cwd)} || exit 126", "unset PWD OLDPWD"]
+    # in braces: dash reads the whole block before running any of it, so a script cut
+    # short is a syntax error, never half a script
+    lines = ["{", "exec 2>&1", f"cd -- {q(cwd)} || exit 126", "unset PWD OLDPWD"]
     if env:
         lines.append("export " + " ".join(q(f"{k}={v}") for k, v in env.items()))
     lines.append(f"exec {' '.join(q(a) for a in argv)}")
+    lines.append("}")
     return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
 
 

@@ -52,10 +52,21 @@ def unshare_probe() -> bool:
         return False
 
 
+def sweep_scratch() -> int:
+    """Scratch dirs (janus-git-run-<pid>-*) whose daemon died without removing them."""
+    gone = 0
+    for path in Path(tempfile.gettempdir()).glob("janus-git-run-*-*"):
+        if not cgroups.owner_alive(path.name.removeprefix("janus-git-")):
+            shutil.rmtree(path, ignore_errors=True)
+            gone += 1
+    return gone
+
+
 def probes() -> dict:
     global _probe
     with _probe_lock:
         if _probe is None:
+            sweep_scratch()
             ok, why = bwrap_probe()
             _probe = {"bwrap_usable": ok, "bwrap_why": why, "cgroups": cgroups.probe(),
                       "unshare_net": unshare_probe(), "landlock": confine.abi()}
