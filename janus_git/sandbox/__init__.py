@@ -316,7 +316,8 @@ class Launch:
 
     def _start(self, pre: Prestarted | None, cg: Cgroups) -> subprocess.Popen:
         cg.limit(self.limits, self.overhead)
-        lim = rlimits(self.limits, cg, self.overhead)
+        userns = self.iso == "bwrap" or (not self.network and probes()["unshare_net"])
+        lim = rlimits(self.limits, cg, self.overhead, userns and not drop_to_nobody())
         if self.iso == "bwrap":
             cmd = bwrap_argv(self.argv, self.root, self.scratch, self.network, self.hide_git,
                              self.binds, self.limits["disk_write_mb"] << 20)

@@ -92,7 +92,9 @@ def extra_binds(paths: list[str], under_tmp: bool = False) -> list[str]:
     return out
 
 
-def rlimits(limits: dict, cg: Cgroups, overhead: int) -> dict[int, int]:
+def rlimits(limits: dict, cg: Cgroups, overhead: int, own_userns: bool) -> dict[int, int]:
+    """OWN_USERNS: the command runs in a user namespace of its own (bwrap, or `unshare
+    --user` in the reduced chain), where the kernel counts RLIMIT_NPROC for it alone."""
     lim = {resource.RLIMIT_CORE: 0,
            resource.RLIMIT_FSIZE: limits["disk_write_mb"] << 20,
            resource.RLIMIT_CPU: int(limits["cpu_s"])}
@@ -100,9 +102,10 @@ def rlimits(limits: dict, cg: Cgroups, overhead: int) -> dict[int, int]:
         # Address space, not memory: it breaks programs that map big files (llama.cpp models),
         # so it is the cap only when the memory cgroup is missing.
         lim[resource.RLIMIT_AS] = limits["memory_mb"] << 20
-    if drop_to_nobody():
-        # NPROC counts every process of uid 65534 on the box; with a pids cgroup it is only
-        # a generous backstop so that concurrent runs do not starve each other.
+    if drop_to_nobody() or own_userns:
+        # As root, NPROC counts every process of uid 65534 on the box; with a pids cgroup it
+        # is then only a generous backstop so that concurrent runs do not starve each other.
+        # Without root it would count the daemon's own threads, unless in a user namespace.
         n = limits["pids"] + overhead
         lim[resource.RLIMIT_NPROC] = n * 8 if "pids" in cg.dirs else n
     return lim

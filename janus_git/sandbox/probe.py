@@ -101,7 +101,9 @@ def doctor() -> dict:
             "bwrap_usable": p["bwrap_usable"], "isolation": isolation, "why": why,
             "forced_reduced": forced, "cgroups": cg,
             "fork_bomb_guard": "pids cgroup" if cg.get("pids") else
-            ("RLIMIT_NPROC as uid 65534" if drop_to_nobody() else "none (not root, no cgroup)"),
+            "RLIMIT_NPROC as uid 65534" if drop_to_nobody() else
+            "RLIMIT_NPROC in the run's own user namespace" if isolation == "bwrap" or
+            p["unshare_net"] else "sampling only (not root, no cgroup, no user namespace)",
             "run_as_uid": NOBODY if drop_to_nobody() else os.geteuid(),
             "network_isolation": isolation == "bwrap" or p["unshare_net"],
             "warm_starts": any(cg.values()) and not prestart_off(),
