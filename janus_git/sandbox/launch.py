@@ -105,8 +105,9 @@ def rlimits(limits: dict, cg: Cgroups, overhead: int, own_userns: bool) -> dict[
     if drop_to_nobody() or own_userns:
         # As root, NPROC counts every process of uid 65534 on the box; with a pids cgroup it
         # is then only a generous backstop so that concurrent runs do not starve each other.
-        # Without root it would count the daemon's own threads, unless in a user namespace.
-        n = limits["pids"] + overhead
+        # Without root it would count the daemon's own threads, unless in a user namespace,
+        # where bwrap's outer process (OVERHEAD counts it) is not counted.
+        n = limits["pids"] + (max(0, overhead - 1) if own_userns else overhead)
         lim[resource.RLIMIT_NPROC] = n * 8 if "pids" in cg.dirs else n
     return lim
 
