@@ -72,17 +72,21 @@ def test_python_tools_still_run_confined(repo, monkeypatch):
 def test_tcp_is_refused_unless_the_tool_declares_network(tmp_path):
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
-    code = f"import socket; socket.create_connection(('127.0.0.1', {port}), 2); print('CONNECTED')"
+    code = (f"import socket; print('STARTED', flush=True); "
+            f"socket.create_connection(('127.0.0.1', {port}), 2); print('CONNECTED')")
+    # the interpreter and, in a virtualenv, its pyvenv.cfg
+    python = ["--exec", sys.base_prefix, "--exec", sys.prefix]
     try:
-        denied = subprocess.run([*CONFINE, "--write", str(tmp_path), "--exec", sys.base_prefix,
-                                 "--no-net", "--", sys.executable, "-I", "-c", code],
+        denied = subprocess.run([*CONFINE, "--write", str(tmp_path), *python, "--no-net", "--",
+                                 sys.executable, "-I", "-c", code],
                                 capture_output=True, text=True, timeout=30)
-        allowed = subprocess.run([*CONFINE, "--write", str(tmp_path), "--exec", sys.base_prefix,
-                                  "--", sys.executable, "-I", "-c", code],
+        allowed = subprocess.run([*CONFINE, "--write", str(tmp_path), *python, "--",
+                                  sys.executable, "-I", "-c", code],
                                  capture_output=True, text=True, timeout=30)
     finally:
         server.close()
     if confine.abi() >= 4:
+        assert "STARTED" in denied.stdout, denied.stderr  # it ran; only the connect failed
         assert "PermissionError" in denied.stderr and "CONNECTED" not in denied.stdout
     assert "CONNECTED" in allowed.stdout, allowed.stderr
 
