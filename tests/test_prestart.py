@@ -2,6 +2,7 @@
 real processes killed with -9)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -32,10 +33,22 @@ def repo(tmp_path) -> Path:
     return root
 
 
+def settle() -> None:
+    """Until the background thread has done what earlier runs asked of it (waiters)."""
+    import threading
+    done = threading.Event()
+    sandbox._later(done.set)
+    assert done.wait(10)
+
+
 def warm_run(argv, repo, isolation=None, **kw) -> sandbox.SandboxResult:
+    """A run from a shell (or confine.py) waiter: a whole sandbox is kept from being ready."""
     assert sandbox.prepare(isolation, wait=10)
+    settle()  # no waiter is being made behind our back
+    for kind in [k for k in prestart.pool._ready if k.startswith("sandbox:")]:
+        prestart.pool._ready.pop(kind).discard()
     res = sandbox.run(argv, SMALL, repo, isolation=isolation, **kw)
-    assert res.warm
+    assert res.warm and res.waiter != "sandbox"
     return res
 
 
@@ -74,8 +87,18 @@ def test_stdin_reaches_a_warm_command(repo, isolation):
     assert res.output == b"fed\n"
 
 
-def test_limits_are_set_before_the_command_runs(repo):
-    res = warm_run(["cat", "/proc/self/limits"], repo, isolation=ISOLATIONS[-1])
+@pytest.mark.parametrize("waiter", ["shell", "sandbox"])
+def test_limits_are_set_before_the_command_runs(repo, waiter):
+    if waiter == "sandbox":
+        if "bwrap" not in ISOLATIONS:
+            pytest.skip("no bwrap")
+        assert sandbox.run(["true"], SMALL, repo).ok  # asks for a sandbox for this repo
+        key = f"sandbox:{json.dumps([str(repo.resolve()), False, True, [], 100 << 20])}"
+        assert prestart.pool.wait_ready(key, 10)
+        res = sandbox.run(["cat", "/proc/self/limits"], SMALL, repo)
+    else:
+        res = warm_run(["cat", "/proc/self/limits"], repo, isolation=ISOLATIONS[-1])
+    assert res.waiter == waiter
     rows = {line[:26].strip(): line[26:].split() for line in res.output.decode().splitlines()}
     assert rows["Max cpu time"][:2] == ["8", "9"]  # 80 % of the 10 s timeout; KILL 1 s later
     assert rows["Max file size"][:2] == [str(100 << 20)] * 2
@@ -84,6 +107,7 @@ def test_limits_are_set_before_the_command_runs(repo):
 
 def test_a_killed_waiting_shell_means_a_cold_start_not_a_failure(repo):
     assert sandbox.prepare("bwrap" if "bwrap" in ISOLATIONS else "reduced", wait=10)
+    settle()
     shell = prestart.pool._ready["shell"]
     os.kill(shell.pid, signal.SIGKILL)
     shell.proc.wait()
@@ -180,6 +204,7 @@ def test_a_run_that_cannot_start_leaves_no_waiter_or_cgroup(tmp_path, isolation)
 @pytest.mark.parametrize("word", ["\ud800", "nul\0byte"])
 def test_words_no_program_can_take_are_refused_before_anything_is_made(repo, word):
     assert sandbox.prepare(wait=10)
+    settle()
     before_dirs, before_fds = own_run_dirs(), len(os.listdir("/proc/self/fd"))
     for kw in ({"argv": ["echo", word]}, {"argv": ["env"], "env": {"X": word}}):
         with pytest.raises(sandbox.SandboxError, match="cannot be passed to a program"):
@@ -201,6 +226,7 @@ def test_a_script_cut_short_runs_nothing(tmp_path):
 
 def test_a_waiter_that_cannot_take_its_orders_means_a_cold_start(repo):
     assert sandbox.prepare(wait=10)
+    settle()
     d = sandbox.doctor()
     kind = prestart.kind_for(d["isolation"] == "reduced" and d["landlock"], True)
     pre = prestart.pool._ready[kind]
@@ -220,3 +246,38 @@ def test_scratch_dirs_of_a_dead_daemon_are_swept():
         assert not dead.exists() and mine.exists()
     finally:
         shutil.rmtree(mine, ignore_errors=True)
+
+
+def sandbox_ready(repo: Path) -> None:
+    """One run asks for a whole sandbox for REPO; its end has one made."""
+    assert sandbox.run(["true"], SMALL, repo).ok
+    key = f"sandbox:{json.dumps([str(repo.resolve()), False, True, [], 100 << 20])}"
+    assert prestart.pool.wait_ready(key, 10)
+
+
+@pytest.mark.skipif("bwrap" not in ISOLATIONS, reason="no bwrap")
+def test_a_waiting_sandbox_sees_the_repository_as_it_is_at_the_run(repo):
+    (repo / ".git").mkdir()
+    (repo / ".git" / "config").write_text("secret\n")
+    sandbox_ready(repo)
+    (repo / "later.txt").write_text("written after the sandbox was made\n")
+    res = sandbox.run(["sh", "-c", "cat later.txt; ls -A .git; ls /proc/$$/fd; env | sort"],
+                      SMALL, repo, env={"EXTRA": "x y"})
+    assert res.waiter == "sandbox" and res.ok, res.output
+    out = res.output.decode()
+    assert "written after the sandbox was made" in out and "secret" not in out
+    assert [x for x in out.split() if x.isdigit()] == ["0", "1", "2"]
+    assert sorted(line.split("=")[0] for line in out.splitlines() if "=" in line) == \
+        ["EXTRA", "HOME", "LANG", "PATH", "PWD", "TMPDIR"]
+
+
+@pytest.mark.skipif("bwrap" not in ISOLATIONS, reason="no bwrap")
+def test_only_the_latest_few_sandbox_set_ups_are_kept_waiting(tmp_path):
+    repos = []
+    for i in range(prestart.SANDBOX_KINDS_KEPT + 2):
+        repos.append(tmp_path / f"r{i}")
+        repos[-1].mkdir()
+        sandbox_ready(repos[-1])
+    waiting = [k for k in prestart.pool._ready if k.startswith("sandbox:")]
+    assert len(waiting) <= prestart.SANDBOX_KINDS_KEPT
+    assert all(str(repos[0]) not in k for k in waiting)

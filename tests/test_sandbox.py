@@ -5,6 +5,7 @@ without cgroups, the reduced fallback with cgroups, and the bare reduced fallbac
 only), which is what a box without bwrap or writable cgroups gets."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -18,6 +19,7 @@ import psutil
 import pytest
 
 from janus_git import sandbox
+from janus_git.sandbox import prestart
 
 HAVE_BWRAP = sandbox.doctor()["bwrap_usable"]
 HAVE_CGROUPS = all(sandbox.doctor()["cgroups"].values())
@@ -32,6 +34,11 @@ MODES = [
     pytest.param("reduced", True, id="reduced+cgroups+warm",
                  marks=pytest.mark.skipif(not HAVE_CGROUPS, reason="no writable cgroups")),
     pytest.param("reduced", False, id="reduced+rlimits"),
+]
+# a whole bwrap sandbox already waiting for this repository and these limits
+SANDBOX = [
+    pytest.param("bwrap", True, id="bwrap+cgroups+sandbox",
+                 marks=pytest.mark.skipif(not (HAVE_BWRAP and HAVE_CGROUPS), reason="no bwrap")),
 ]
 COLD = [
     pytest.param("bwrap", True, id="bwrap+cgroups+cold",
@@ -64,6 +71,8 @@ def start(request, monkeypatch) -> str | None:
     if "+warm" in name:
         assert sandbox.prepare(callspec.params["isolation"], wait=10)
         return "warm"
+    if "+sandbox" in name:
+        return "sandbox"
     return None
 
 
@@ -91,7 +100,14 @@ def leftovers() -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("isolation,cgroups", MODES + COLD)
+def sandbox_waiting(repo: Path, limits: dict) -> None:
+    """Have a whole sandbox wait for REPO: one run asks for it, its end has it made."""
+    assert sandbox.run(["true"], limits, repo).ok
+    key = f"sandbox:{json.dumps([str(repo.resolve()), False, True, [], 100 << 20])}"
+    assert prestart.pool.wait_ready(key, 10)
+
+
+@pytest.mark.parametrize("isolation,cgroups", MODES + COLD + SANDBOX)
 @pytest.mark.parametrize("limit", list(HOSTILE))
 def test_hostile_program_is_stopped_with_the_limit_named(repo, isolation, cgroups, limit, start):
     # only the limit under test is tight: a loaded machine spends CPU seconds on a memory
@@ -99,14 +115,18 @@ def test_hostile_program_is_stopped_with_the_limit_named(repo, isolation, cgroup
     limits = SMALL if limit == "cpu" else dict(SMALL, cpu_s=4)
     if limit == "timeout":
         limits = dict(limits, timeout_s=2)
+    if start == "sandbox":
+        sandbox_waiting(repo, limits)
     t0 = time.monotonic()
     res = sandbox.run(py(HOSTILE[limit]), limits, repo, isolation=isolation, cgroups=cgroups)
     took = time.monotonic() - t0
-    assert res.limit_hit == limit, (res.error, res.output[-300:], res.resources)
+    assert res.limit_hit == limit, (res.error, res.output[-300:], res.resources, res.waiter)
     assert not res.ok and res.error
     assert res.isolation == isolation
     if start:
-        assert res.warm == (start == "warm")
+        assert res.warm == (start != "cold")
+    if start == "sandbox":
+        assert res.waiter == "sandbox"
     assert took < 8
     if limit == "disk":
         assert res.resources["bytes_written"] >= 100 << 20

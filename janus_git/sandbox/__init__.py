@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import json
 import logging
 import os
 import queue
@@ -83,8 +84,9 @@ from ..errors import JanusError
 from ..proposal import utcnow
 from .cgroups import Cgroups
 from .launch import (CONFINE, NOBODY, PATH, bwrap_argv, confine_flags, drop_to_nobody,
-                     reduced_argv, rlimits, start_bwrap, start_reduced, start_warm)
-from .prestart import ENV_NAME, Prestarted, kind_for, pool, prestart_off
+                     reduced_argv, rlimits, start_bwrap, start_reduced, start_warm,
+                     ulimit_lines)
+from .prestart import ENV_NAME, Prestarted, kind_for, pool, prestart_off, spawn_sandbox
 from .probe import (cgroups_off, doctor, forced_reduced, landlock_off, probes,
                     python_binds)
 from .supervise import OUTPUT_HARD_FACTOR, POLL_S, Killer, Meter, Output, dir_bytes, supervise
@@ -123,8 +125,9 @@ class SandboxResult:
     error: str = ""
     cgroups: list[str] = field(default_factory=list)
     network: bool = False
-    warm: bool = False  # started from a pre-started shell (see prestart)
+    warm: bool = False  # started from a pre-started waiter (see prestart)
     landlock: bool = False  # the reduced chain confined itself with Landlock (see confine)
+    waiter: str = ""  # which: "sandbox" (a whole bwrap sandbox), "shell", "confine"
 
     @property
     def ok(self) -> bool:
@@ -223,22 +226,19 @@ def run(argv: list[str], limits: dict, root: Path, *, network: bool = False,
     root = Path(root).resolve()
     use_cg = (cgroups if cgroups is not None else not cgroups_off())
     landlock = iso == "reduced" and probes()["landlock"] >= 1 and not landlock_off()
-    scratch, owned = _scratch(writable_dir)
-    home = "/tmp" if iso == "bwrap" else str(scratch)
-    spec = Launch(list(argv), iso, root, scratch, network, hide_git, list(ro_binds), limits,
+    spec = Launch(list(argv), iso, root, network, hide_git, list(ro_binds), limits,
                   2 if iso == "bwrap" else 0,  # bwrap's own two processes (outer, pid 1)
-                  use_cg, landlock,
-                  {**(env or {}), "PATH": PATH, "LANG": "C.UTF-8", "HOME": home, "TMPDIR": home},
-                  subprocess.PIPE if stdin else subprocess.DEVNULL)
+                  use_cg, landlock, env or {},
+                  subprocess.PIPE if stdin else subprocess.DEVNULL, writable_dir)
     started = utcnow()
     t0 = time.monotonic()
     try:
-        proc, cg, warm = spec.start()
+        proc, cg, waiter = spec.start()
     except OSError as e:
-        if owned:
-            shutil.rmtree(scratch, ignore_errors=True)
+        spec.drop_scratch()
         return SandboxResult(list(argv), iso, limits, None, None, None, {}, b"", 0, started,
                              utcnow(), f"could not start: {e}", [], network)
+    scratch, owned = spec.scratch, spec.owned
     if proc.stdin is not None:
         if stdin:
             threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True).start()
@@ -260,7 +260,8 @@ def run(argv: list[str], limits: dict, root: Path, *, network: bool = False,
     res = meter.resources(wall)
     return SandboxResult(list(argv), iso, limits, exit_code, sig, limit, res, out.text(),
                          out.total, started, utcnow(), _error(exit_code, sig, limit, limits, res),
-                         sorted(cg.dirs), _reachable(iso, network), warm, landlock)
+                         sorted(cg.dirs), _reachable(iso, network), bool(waiter), landlock,
+                         waiter)
 
 
 def _check_words(argv: list[str], env: dict[str, str], cwd: str) -> None:
@@ -284,7 +285,6 @@ class Launch:
     argv: list[str]
     iso: str
     root: Path
-    scratch: Path
     network: bool
     hide_git: bool
     binds: list[str]
@@ -292,27 +292,71 @@ class Launch:
     overhead: int
     use_cg: bool
     landlock: bool
-    env: dict[str, str]
+    extra_env: dict[str, str]
     stdin: int
+    writable_dir: Path | None
+    scratch: Path | None = None
+    owned: bool = False
 
-    def start(self) -> tuple[subprocess.Popen, Cgroups, bool]:
+    def env(self) -> dict[str, str]:
+        home = "/tmp" if self.iso == "bwrap" else str(self.scratch)
+        return {**self.extra_env, "PATH": PATH, "LANG": "C.UTF-8", "HOME": home,
+                "TMPDIR": home}
+
+    def drop_scratch(self) -> None:
+        if self.owned and self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+        self.scratch, self.owned = None, False
+
+    def start(self) -> tuple[subprocess.Popen, Cgroups, str]:
         """Warm from a waiter when one is ready, else (or when it fails) cold.  On failure
-        nothing is left behind: no waiter, no cgroup."""
+        nothing is left behind but the scratch dir (drop_scratch): no waiter, no cgroup."""
         have_cg = self.use_cg and any(probes()["cgroups"].values())
+        if have_cg and self.iso == "bwrap" and self.writable_dir is None and \
+                self.stdin == subprocess.DEVNULL and not prestart_off():
+            kind, recipe = self._sandbox()
+            pre = pool.take(kind, recipe)
+            if pre is not None:
+                self.scratch, self.owned = pre.scratch, False  # the waiter's to remove
+                try:
+                    return self._release_sandbox(pre), pre.cg, "sandbox"
+                except (OSError, ValueError) as e:
+                    log.warning("warm start failed (%s); starting cold", e)
+                    pre.discard()
+        self.scratch, self.owned = _scratch(self.writable_dir)
         kind = kind_for(self.landlock, have_cg)
         pre = pool.take(kind) if kind and not prestart_off() else None
         if pre is not None:
             try:
-                return self._start(pre, pre.cg), pre.cg, True
+                return self._start(pre, pre.cg), pre.cg, kind.removesuffix("-bare")
             except (OSError, ValueError) as e:
                 log.warning("warm start failed (%s); starting cold", e)
                 pre.discard()
         cg = Cgroups(f"run-{os.getpid()}-{time.monotonic_ns()}", self.use_cg)
         try:
-            return self._start(None, cg), cg, False
+            return self._start(None, cg), cg, ""
         except OSError:
             cg.remove()
             raise
+
+    def _sandbox(self) -> tuple[str, Callable[[], Prestarted | None]]:
+        """The waiting sandbox this run fits: same repository, network, binds, /dev/shm."""
+        shm = self.limits["disk_write_mb"] << 20
+        key = json.dumps([str(self.root), self.network, self.hide_git, sorted(self.binds),
+                          shm])
+        kind = f"sandbox:{key}"
+        return kind, functools.partial(spawn_sandbox, kind, self.root, self.network,
+                                       self.hide_git, sorted(self.binds), shm)
+
+    def _release_sandbox(self, pre: Prestarted) -> subprocess.Popen:
+        pre.cg.limit(self.limits, self.overhead)
+        lim = rlimits(self.limits, pre.cg, self.overhead, not drop_to_nobody())
+        # no `cd`: bwrap made /repo its working directory while still root, and a 0700
+        # repository could not be entered again by uid 65534
+        pre.release(self.argv, None, self.env(), ulimit_lines(lim))
+        # the waiter's scratch is the run's from now on: the run removes it
+        pre.scratch, self.owned = None, True
+        return pre.proc
 
     def _start(self, pre: Prestarted | None, cg: Cgroups) -> subprocess.Popen:
         cg.limit(self.limits, self.overhead)
@@ -322,15 +366,15 @@ class Launch:
             cmd = bwrap_argv(self.argv, self.root, self.scratch, self.network, self.hide_git,
                              self.binds, self.limits["disk_write_mb"] << 20)
             if pre is not None:
-                return start_warm(pre, cmd, self.root, self.env, lim)
-            return start_bwrap(cmd, self.root, self.env, self.stdin, cg, lim)
+                return start_warm(pre, cmd, self.root, self.env(), lim)
+            return start_bwrap(cmd, self.root, self.env(), self.stdin, cg, lim)
         flags = (confine_flags(self.root, self.scratch, self.network, self.hide_git,
                                self.binds) if self.landlock else [])
         cmd = reduced_argv(self.argv, lim, self.network, probes()["unshare_net"])
         if pre is not None:
-            return start_warm(pre, flags + cmd, self.root, self.env, None)
+            return start_warm(pre, flags + cmd, self.root, self.env(), None)
         return start_reduced((CONFINE if self.landlock else []) + flags + cmd, self.root,
-                             self.env, self.stdin, cg)
+                             self.env(), self.stdin, cg)
 
 
 _jobs: "queue.SimpleQueue[Callable[[], None]]" = queue.SimpleQueue()

@@ -112,6 +112,24 @@ def rlimits(limits: dict, cg: Cgroups, overhead: int, own_userns: bool) -> dict[
     return lim
 
 
+# dash's ulimit: flag and unit of each limit
+_ULIMIT = {resource.RLIMIT_CPU: ("-t", 1), resource.RLIMIT_FSIZE: ("-f", 512),
+           resource.RLIMIT_CORE: ("-c", 512), resource.RLIMIT_AS: ("-v", 1024),
+           resource.RLIMIT_NPROC: ("-p", 1)}
+
+
+def ulimit_lines(lim: dict[int, int]) -> list[str]:
+    """The rlimits as shell lines that lower the shell's own (soft first: the hard limit may
+    not drop below it); a limit that cannot be set ends the script before the command."""
+    out = []
+    for res, value in lim.items():
+        flag, unit = _ULIMIT[res]
+        hard = value + 1 if res == resource.RLIMIT_CPU else value  # SIGXCPU first, then KILL
+        out.append(f"ulimit -S {flag} {value // unit} && ulimit -H {flag} {hard // unit} "
+                   "|| exit 126")
+    return out
+
+
 _PRLIMIT_FLAGS = {"RLIMIT_CORE": "--core", "RLIMIT_FSIZE": "--fsize", "RLIMIT_CPU": "--cpu",
                   "RLIMIT_AS": "--as", "RLIMIT_NPROC": "--nproc"}
 

@@ -15,16 +15,20 @@ waiting shell behind (its empty cgroups are swept by the next probe, as for any 
 ``JANUS_GIT_NO_PRESTART=1`` turns warm starts off (every run then starts cold)."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .cgroups import Cgroups
 
@@ -35,10 +39,10 @@ def prestart_off() -> bool:
     return os.environ.get("JANUS_GIT_NO_PRESTART", "") not in ("", "0")
 
 
-# What waits: a shell (bwrap runs, and reduced runs without Landlock), or confine.py, which
-# applies Landlock in-process and so is a Python whose start-up (~25 ms) is paid here too,
-# so it is worth pre-starting even for runs without cgroups ("-bare").
-KINDS = ("shell", "confine", "confine-bare")
+# What waits: a whole bwrap sandbox (kind "sandbox:<its set-up>", spawn_sandbox) for the
+# bwrap runs that fit one; a shell for other bwrap runs and reduced runs without Landlock;
+# or confine.py, which applies Landlock in-process and so is a Python whose start-up
+# (~25 ms) is paid here too, worth pre-starting even for runs without cgroups ("-bare").
 
 
 def kind_for(landlock: bool, cgroups: bool) -> str | None:
@@ -62,17 +66,23 @@ class Prestarted:
     proc: subprocess.Popen
     cg: Cgroups
     script_fd: int
+    scratch: Path | None = None  # a sandbox waiter's /tmp, made with it
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
-    def release(self, argv: list[str], cwd: str, env: dict[str, str]) -> None:
+    def release(self, argv: list[str], cwd: str | None, env: dict[str, str],
+                ulimits: list[str] = ()) -> None:
         """Hand over the command: the waiter changes to CWD, takes ENV as its whole
         environment and execs ARGV (confine.py: confines itself as the flags in ARGV say,
-        then execs what follows them).  Raises OSError if the waiter is gone."""
-        data = (script(argv, cwd, env) if self.kind == "shell" else
-                json.dumps({"cwd": cwd, "env": env, "argv": argv}).encode())
+        then execs what follows them; a sandbox waiter first lowers its rlimits with the
+        ULIMITS lines).  Raises OSError if the waiter is gone."""
+        if self.kind.startswith("confine"):
+            data = json.dumps({"cwd": cwd, "env": env, "argv": argv}).encode()
+        else:
+            first = "exec 2>&1" if self.kind == "shell" else "exec 0</dev/null"
+            data = script(argv, cwd, env, [first, *ulimits])
         view = memoryview(data)
         while view:  # a signal can cut a write to a pipe short
             view = view[os.write(self.script_fd, view):]
@@ -90,20 +100,26 @@ class Prestarted:
             if f is not None:
                 f.close()
         self.cg.remove()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def script(argv: list[str], cwd: str, env: dict[str, str]) -> bytes:
-    """The shell reads this from its fd 2 (dash can name no fd above 9 to close it, so the
-    pipe is put where the first line replaces it with the output): then `cd`, a clean
+def script(argv: list[str], cwd: str | None, env: dict[str, str],
+           first: list[str] = ("exec 2>&1",)) -> bytes:
+    """A shell waiter reads this from its fd 2 (dash can name no fd above 9 to close it, so
+    the pipe is put where the first line replaces it with the output); a sandbox waiter
+    from its fd 0, which its first line replaces with /dev/null.  Then `cd`, a clean
     environment (the shell's own PWD/OLDPWD unset) and `exec`.  Every word is single-quoted
-    by shlex.quote, so nothing in ARGV or ENV is ever parsed by the shell."""
+    by shlex.quote, so nothing in ARGV or ENV is ever parsed by the shell; FIRST comes from
+    us, never from a run."""
     bad = [k for k in env if not ENV_NAME.match(k)]
     if bad:
         raise ValueError(f"not an environment variable name: {bad[0]!r}")
     q = shlex.quote
     # in braces: dash reads the whole block before running any of it, so a script cut
     # short is a syntax error, never half a script
-    lines = ["{", "exec 2>&1", f"cd -- {q(cwd)} || exit 126", "unset PWD OLDPWD"]
+    lines = ["{", *first, *([f"cd -- {q(cwd)} || exit 126"] if cwd else []),
+             "unset PWD OLDPWD"]
     if env:
         lines.append("export " + " ".join(q(f"{k}={v}") for k, v in env.items()))
     lines.append(f"exec {' '.join(q(a) for a in argv)}")
@@ -139,20 +155,58 @@ def spawn(kind: str) -> Prestarted | None:
     return pre
 
 
+def spawn_sandbox(kind: str, root: Path, network: bool, hide_git: bool, binds: list[str],
+                  shm_bytes: int) -> Prestarted | None:
+    """A whole bwrap sandbox, built and waiting: its namespaces and mounts made, uid 65534,
+    a shell inside reading its orders from fd 0.  A run with the same repository, network,
+    binds and /dev/shm size (and no writable_dir or stdin of its own) only hands it the
+    command, its rlimits (`ulimit` lines: the shell is uid 65534 by then, which prlimit(2)
+    from here could not reach without CAP_SYS_RESOURCE) and its cgroup caps."""
+    from .launch import NOBODY, PATH, bwrap_argv, drop_to_nobody, start_bwrap
+    cg = Cgroups(f"run-{os.getpid()}-{time.monotonic_ns()}")
+    if not cg.dirs:
+        return None
+    scratch = Path(tempfile.mkdtemp(prefix=f"janus-git-run-{os.getpid()}-"))
+    read_end, write_end = os.pipe()
+    if drop_to_nobody():
+        os.chown(scratch, NOBODY, NOBODY)
+        os.fchown(read_end, NOBODY, NOBODY)  # the shell opens it as uid 65534
+    argv = bwrap_argv(["/bin/sh", "-c", ". /proc/self/fd/0"], root, scratch, network,
+                      hide_git, binds, shm_bytes)
+    try:
+        # bwrap clones its pid 1 at once: start_bwrap holds it on --block-fd until both are
+        # in the cgroups, so the shell pid 1 forks afterwards is born there
+        proc = start_bwrap(argv, root, {"PATH": PATH}, read_end, cg, {})
+    except OSError:
+        os.close(write_end)
+        cg.remove()
+        shutil.rmtree(scratch, ignore_errors=True)
+        return None
+    finally:
+        os.close(read_end)
+    return Prestarted(kind, proc, cg, write_end, scratch)
+
+
+Recipe = Callable[[], "Prestarted | None"]
+SANDBOX_KINDS_KEPT = 3  # distinct sandbox set-ups kept waiting (repository, network, binds)
+
+
 class Pool:
     """At most one waiter of each kind, refilled in the background for the kinds that runs
-    have asked for."""
+    have asked for (the latest few sandbox kinds only: each is a whole idle sandbox)."""
 
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self._ready: dict[str, Prestarted] = {}
-        self._wanted: set[str] = set()
+        self._wanted: dict[str, Recipe] = {}  # in the order last asked for
         self._closed = False
 
-    def take(self, kind: str) -> Prestarted | None:
+    def take(self, kind: str, recipe: Recipe | None = None) -> Prestarted | None:
         with self._lock:
-            self._wanted.add(kind)
+            dropped = self._want(kind, recipe)
             pre = self._ready.pop(kind, None)
+        for old in dropped:
+            old.discard()
         if pre is not None and pre.proc.poll() is not None:  # someone killed it
             pre.discard()
             return None
@@ -160,18 +214,31 @@ class Pool:
 
     def want(self, kind: str) -> None:
         with self._lock:
-            self._wanted.add(kind)
+            dropped = self._want(kind, None)
+        for old in dropped:
+            old.discard()
+
+    def _want(self, kind: str, recipe: Recipe | None) -> list[Prestarted]:
+        self._wanted.pop(kind, None)
+        self._wanted[kind] = recipe or functools.partial(spawn, kind)
+        sandboxes = [k for k in self._wanted if k.startswith("sandbox:")]
+        dropped = []
+        for old in sandboxes[:-SANDBOX_KINDS_KEPT]:
+            del self._wanted[old]
+            if old in self._ready:
+                dropped.append(self._ready.pop(old))
+        return dropped
 
     def refill(self) -> None:
         with self._lock:
-            missing = [] if self._closed else [k for k in KINDS
-                                               if k in self._wanted and k not in self._ready]
-        for kind in missing:
-            pre = spawn(kind)
+            missing = [] if self._closed else [(k, r) for k, r in self._wanted.items()
+                                               if k not in self._ready]
+        for kind, recipe in missing:
+            pre = recipe()
             if pre is None:
                 continue
             with self._lock:
-                surplus = kind in self._ready or self._closed
+                surplus = kind in self._ready or kind not in self._wanted or self._closed
                 if not surplus:
                     self._ready[kind] = pre
                     self._lock.notify_all()
