@@ -93,8 +93,7 @@ def test_limits_are_set_before_the_command_runs(repo, waiter):
         if "bwrap" not in ISOLATIONS:
             pytest.skip("no bwrap")
         assert sandbox.run(["true"], SMALL, repo).ok  # asks for a sandbox for this repo
-        key = f"sandbox:{json.dumps([str(repo.resolve()), False, True, [], 100 << 20])}"
-        assert prestart.pool.wait_ready(key, 10)
+        assert prestart.pool.wait_ready(sandbox_key(repo), 10)
         res = sandbox.run(["cat", "/proc/self/limits"], SMALL, repo)
     else:
         res = warm_run(["cat", "/proc/self/limits"], repo, isolation=ISOLATIONS[-1])
@@ -248,10 +247,15 @@ def test_scratch_dirs_of_a_dead_daemon_are_swept():
         shutil.rmtree(mine, ignore_errors=True)
 
 
+def sandbox_key(repo: Path) -> str:
+    has_git = (repo / ".git").exists()
+    return f"sandbox:{json.dumps([str(repo.resolve()), False, has_git, [], 100 << 20])}"
+
+
 def sandbox_ready(repo: Path) -> None:
     """One run asks for a whole sandbox for REPO; its end has one made."""
     assert sandbox.run(["true"], SMALL, repo).ok
-    key = f"sandbox:{json.dumps([str(repo.resolve()), False, True, [], 100 << 20])}"
+    key = sandbox_key(repo)
     assert prestart.pool.wait_ready(key, 10)
 
 
@@ -281,3 +285,12 @@ def test_only_the_latest_few_sandbox_set_ups_are_kept_waiting(tmp_path):
     waiting = [k for k in prestart.pool._ready if k.startswith("sandbox:")]
     assert len(waiting) <= prestart.SANDBOX_KINDS_KEPT
     assert all(str(repos[0]) not in k for k in waiting)
+
+
+@pytest.mark.skipif("bwrap" not in ISOLATIONS, reason="no bwrap")
+def test_a_git_made_after_the_sandbox_was_built_is_still_hidden(repo):
+    sandbox_ready(repo)  # built while the repository had no .git
+    (repo / ".git").mkdir()
+    (repo / ".git" / "config").write_text("secret\n")
+    res = sandbox.run(["sh", "-c", "cat .git/config; ls -A .git"], SMALL, repo)
+    assert "secret" not in res.output.decode() and res.waiter != "sandbox"

@@ -103,7 +103,8 @@ def leftovers() -> list[int]:
 def sandbox_waiting(repo: Path, limits: dict) -> None:
     """Have a whole sandbox wait for REPO: one run asks for it, its end has it made."""
     assert sandbox.run(["true"], limits, repo).ok
-    key = f"sandbox:{json.dumps([str(repo.resolve()), False, True, [], 100 << 20])}"
+    has_git = (repo / ".git").exists()
+    key = f"sandbox:{json.dumps([str(repo.resolve()), False, has_git, [], 100 << 20])}"
     assert prestart.pool.wait_ready(key, 10)
 
 

@@ -54,8 +54,10 @@ there is none, or given an environment variable name a shell could not take.  In
 reduced sandbox, as root, the command runs as uid 65534, so a ``writable_dir`` and an
 interpreter must be reachable by that uid (not under a 0700 /root).
 
-Runs start warm when they can: the next run's first process (a shell, or confine.py) waits
-in its cgroups already (``prestart``; ``prepare()`` has one made ahead of the first run).
+Runs start warm when they can (``prestart``): after a bwrap run, a whole sandbox for the same
+repository and set-up is built ahead and waits, already in the next run's cgroups; other
+runs find a shell (or confine.py) waiting in their cgroups (``prepare()`` has one made ahead
+of the first run).
 
 The package: ``launch`` (command lines, rlimits, starting under the limits), ``cgroups``,
 ``prestart`` (warm starts), ``confine`` (Landlock), ``supervise`` (output, sampling,
@@ -342,11 +344,12 @@ class Launch:
     def _sandbox(self) -> tuple[str, Callable[[], Prestarted | None]]:
         """The waiting sandbox this run fits: same repository, network, binds, /dev/shm."""
         shm = self.limits["disk_write_mb"] << 20
-        key = json.dumps([str(self.root), self.network, self.hide_git, sorted(self.binds),
-                          shm])
+        # .git is hidden by a mount made only if it exists when the sandbox is built
+        hide = self.hide_git and (self.root / ".git").exists()
+        key = json.dumps([str(self.root), self.network, hide, sorted(self.binds), shm])
         kind = f"sandbox:{key}"
-        return kind, functools.partial(spawn_sandbox, kind, self.root, self.network,
-                                       self.hide_git, sorted(self.binds), shm)
+        return kind, functools.partial(spawn_sandbox, kind, self.root, self.network, hide,
+                                       sorted(self.binds), shm)
 
     def _release_sandbox(self, pre: Prestarted) -> subprocess.Popen:
         pre.cg.limit(self.limits, self.overhead)
