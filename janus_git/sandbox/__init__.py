@@ -60,22 +60,20 @@ runs find a shell (or confine.py) waiting in their cgroups (``prepare()`` has on
 of the first run).
 
 The package: ``launch`` (command lines, rlimits, starting under the limits), ``cgroups``,
-``prestart`` (warm starts), ``confine`` (Landlock), ``supervise`` (output, sampling,
-stopping), ``probe`` (what the machine offers, ``doctor()``); this module puts a run
-together.
+``prestart`` (waiters), ``start`` (a run's start: warm or cold), ``confine`` (Landlock),
+``supervise`` (output, sampling, stopping), ``probe`` (what the machine offers,
+``doctor()``); this module puts a run together.
 """
 from __future__ import annotations
 
 import atexit
 import functools
-import json
 import logging
 import os
 import queue
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -85,10 +83,9 @@ from typing import Callable
 from ..errors import JanusError
 from ..proposal import utcnow
 from .cgroups import Cgroups
-from .launch import (CONFINE, NOBODY, PATH, bwrap_argv, confine_flags, drop_to_nobody,
-                     reduced_argv, rlimits, start_bwrap, start_reduced, start_warm,
-                     ulimit_lines)
-from .prestart import ENV_NAME, Prestarted, kind_for, pool, prestart_off, spawn_sandbox
+from .launch import NOBODY, PATH
+from .prestart import ENV_NAME, kind_for, pool, prestart_off
+from .start import Launch
 from .probe import (cgroups_off, doctor, forced_reduced, landlock_off, probes,
                     python_binds)
 from .supervise import OUTPUT_HARD_FACTOR, POLL_S, Killer, Meter, Output, dir_bytes, supervise
@@ -151,18 +148,6 @@ def _choose_isolation(isolation: str | None) -> str:
     if forced_reduced() or not probes()["bwrap_usable"]:
         return "reduced"
     return "bwrap"
-
-
-def _scratch(writable_dir: Path | None) -> tuple[Path, bool]:
-    if writable_dir is not None:
-        path, owned = Path(writable_dir), False
-        path.mkdir(parents=True, exist_ok=True)
-    else:
-        # the pid names the owner: a daemon killed with -9 leaves its dirs to the next probe
-        path, owned = Path(tempfile.mkdtemp(prefix=f"janus-git-run-{os.getpid()}-")), True
-    if drop_to_nobody():
-        os.chown(path, NOBODY, NOBODY)
-    return path, owned
 
 
 def _post_mortem(status: int, isolation: str, killer: Killer, meter: Meter, cg: Cgroups,
@@ -279,105 +264,6 @@ def _check_words(argv: list[str], env: dict[str, str], cwd: str) -> None:
                 raise ValueError("a NUL byte")
         except (UnicodeError, ValueError, TypeError) as e:
             raise SandboxError(f"{what} {word!r} cannot be passed to a program: {e}") from None
-
-
-@dataclass
-class Launch:
-    """Everything a start needs, so that a warm start that fails can be retried cold."""
-    argv: list[str]
-    iso: str
-    root: Path
-    network: bool
-    hide_git: bool
-    binds: list[str]
-    limits: dict
-    overhead: int
-    use_cg: bool
-    landlock: bool
-    extra_env: dict[str, str]
-    stdin: int
-    writable_dir: Path | None
-    scratch: Path | None = None
-    owned: bool = False
-
-    def env(self) -> dict[str, str]:
-        home = "/tmp" if self.iso == "bwrap" else str(self.scratch)
-        return {**self.extra_env, "PATH": PATH, "LANG": "C.UTF-8", "HOME": home,
-                "TMPDIR": home}
-
-    def drop_scratch(self) -> None:
-        if self.owned and self.scratch is not None:
-            shutil.rmtree(self.scratch, ignore_errors=True)
-        self.scratch, self.owned = None, False
-
-    def start(self) -> tuple[subprocess.Popen, Cgroups, str]:
-        """Warm from a waiter when one is ready, else (or when it fails) cold.  On failure
-        nothing is left behind but the scratch dir (drop_scratch): no waiter, no cgroup."""
-        have_cg = self.use_cg and any(probes()["cgroups"].values())
-        if have_cg and self.iso == "bwrap" and self.writable_dir is None and \
-                self.stdin == subprocess.DEVNULL and not prestart_off():
-            kind, recipe = self._sandbox()
-            pre = pool.take(kind, recipe)
-            if pre is not None:
-                self.scratch, self.owned = pre.scratch, False  # the waiter's to remove
-                try:
-                    return self._release_sandbox(pre), pre.cg, "sandbox"
-                except (OSError, ValueError) as e:
-                    log.warning("warm start failed (%s); starting cold", e)
-                    pre.discard()
-        self.scratch, self.owned = _scratch(self.writable_dir)
-        kind = kind_for(self.landlock, have_cg)
-        pre = pool.take(kind) if kind and not prestart_off() else None
-        if pre is not None:
-            try:
-                return self._start(pre, pre.cg), pre.cg, kind.removesuffix("-bare")
-            except (OSError, ValueError) as e:
-                log.warning("warm start failed (%s); starting cold", e)
-                pre.discard()
-        cg = Cgroups(f"run-{os.getpid()}-{time.monotonic_ns()}", self.use_cg)
-        try:
-            return self._start(None, cg), cg, ""
-        except OSError:
-            cg.remove()
-            raise
-
-    def _sandbox(self) -> tuple[str, Callable[[], Prestarted | None]]:
-        """The waiting sandbox this run fits: same repository, network, binds, /dev/shm."""
-        shm = self.limits["disk_write_mb"] << 20
-        # .git is hidden by a mount made only if it exists when the sandbox is built
-        hide = self.hide_git and (self.root / ".git").exists()
-        key = json.dumps([str(self.root), self.network, hide, sorted(self.binds), shm])
-        kind = f"sandbox:{key}"
-        return kind, functools.partial(spawn_sandbox, kind, self.root, self.network, hide,
-                                       sorted(self.binds), shm)
-
-    def _release_sandbox(self, pre: Prestarted) -> subprocess.Popen:
-        pre.cg.limit(self.limits, self.overhead)
-        lim = rlimits(self.limits, pre.cg, self.overhead, not drop_to_nobody())
-        # no `cd`: bwrap made /repo its working directory while still root, and a 0700
-        # repository could not be entered again by uid 65534
-        pre.release(self.argv, None, self.env(), ulimit_lines(lim))
-        # the waiter's scratch is the run's from now on: the run removes it
-        pre.scratch, self.owned = None, True
-        return pre.proc
-
-    def _start(self, pre: Prestarted | None, cg: Cgroups) -> subprocess.Popen:
-        cg.limit(self.limits, self.overhead)
-        userns = self.iso == "bwrap" or (not self.network and probes()["unshare_net"])
-        lim = rlimits(self.limits, cg, self.overhead, userns and not drop_to_nobody())
-        if self.iso == "bwrap":
-            cmd = bwrap_argv(self.argv, self.root, self.scratch, self.network, self.hide_git,
-                             self.binds, self.limits["disk_write_mb"] << 20)
-            if pre is not None:
-                return start_warm(pre, cmd, self.root, self.env(), lim)
-            return start_bwrap(cmd, self.root, self.env(), self.stdin, cg, lim)
-        flags = (confine_flags(self.root, self.scratch, self.network, self.hide_git,
-                               self.binds) if self.landlock else [])
-        cmd = reduced_argv(self.argv, lim, self.network, probes()["unshare_net"])
-        if pre is not None:
-            return start_warm(pre, flags + cmd, self.root, self.env(), None)
-        return start_reduced((CONFINE if self.landlock else []) + flags + cmd, self.root,
-                             self.env(), self.stdin, cg)
 
 
 _jobs: "queue.SimpleQueue[Callable[[], None]]" = queue.SimpleQueue()
