@@ -2,7 +2,6 @@
 real processes killed with -9)."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -18,6 +17,7 @@ import pytest
 
 from janus_git import sandbox
 from janus_git.sandbox import cgroups, prestart
+from janus_git.sandbox.start import sandbox_kind
 
 pytestmark = pytest.mark.skipif(not all(sandbox.doctor()["cgroups"].values()),
                                 reason="no writable cgroups")
@@ -248,8 +248,7 @@ def test_scratch_dirs_of_a_dead_daemon_are_swept():
 
 
 def sandbox_key(repo: Path) -> str:
-    has_git = (repo / ".git").exists()
-    return f"sandbox:{json.dumps([str(repo.resolve()), False, has_git, [], 100 << 20])}"
+    return sandbox_kind(repo.resolve(), False, True, [], 100 << 20)[0]
 
 
 def sandbox_ready(repo: Path) -> None:
@@ -294,3 +293,39 @@ def test_a_git_made_after_the_sandbox_was_built_is_still_hidden(repo):
     (repo / ".git" / "config").write_text("secret\n")
     res = sandbox.run(["sh", "-c", "cat .git/config; ls -A .git"], SMALL, repo)
     assert "secret" not in res.output.decode() and res.waiter != "sandbox"
+
+
+@pytest.mark.skipif("bwrap" not in ISOLATIONS, reason="no bwrap")
+def test_a_waiting_sandbox_cannot_be_reached_by_other_processes_of_uid_65534(repo):
+    """While it waits its shell is root and its scratch dir behind a 0700 directory: a
+    reduced run (uid 65534, no Landlock) can neither write its orders nor plant files."""
+    sandbox_ready(repo)
+    pre = prestart.pool._ready[sandbox_key(repo)]
+    shells: list[psutil.Process] = []
+    end = time.monotonic() + 5
+    while not shells and time.monotonic() < end:  # bwrap may still be building it
+        shells = [p for p in psutil.Process(pre.pid).children(recursive=True)
+                  if p.name() == "sh"]
+        time.sleep(0.01)
+    assert shells and all(p.uids().real == 0 for p in shells)
+    target = f"/proc/{shells[0].pid}/fd/0"
+    plant = pre.scratch / "tmp" / "planted"
+    os.environ["JANUS_GIT_NO_LANDLOCK"] = "1"
+    try:
+        res = sandbox.run(["sh", "-c", f"echo echo INJECTED > {target}; echo x > {plant}"],
+                          SMALL, repo, isolation="reduced")
+    finally:
+        del os.environ["JANUS_GIT_NO_LANDLOCK"]
+    assert b"Permission denied" in res.output and not plant.exists()
+    assert b"INJECTED" not in sandbox.run(["true"], SMALL, repo).output
+
+
+@pytest.mark.skipif("bwrap" not in ISOLATIONS, reason="no bwrap")
+def test_a_repository_replaced_at_the_same_path_gets_a_new_sandbox(repo):
+    sandbox_ready(repo)
+    old = repo.with_name("old")
+    repo.rename(old)
+    repo.mkdir()
+    (repo / "a.txt").write_text("the new one\n")
+    res = sandbox.run(["cat", "a.txt"], SMALL, repo)
+    assert res.output == b"the new one\n" and res.waiter != "sandbox"

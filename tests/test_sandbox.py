@@ -5,7 +5,6 @@ without cgroups, the reduced fallback with cgroups, and the bare reduced fallbac
 only), which is what a box without bwrap or writable cgroups gets."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -20,6 +19,7 @@ import pytest
 
 from janus_git import sandbox
 from janus_git.sandbox import prestart
+from janus_git.sandbox.start import sandbox_kind
 
 HAVE_BWRAP = sandbox.doctor()["bwrap_usable"]
 HAVE_CGROUPS = all(sandbox.doctor()["cgroups"].values())
@@ -103,8 +103,7 @@ def leftovers() -> list[int]:
 def sandbox_waiting(repo: Path, limits: dict) -> None:
     """Have a whole sandbox wait for REPO: one run asks for it, its end has it made."""
     assert sandbox.run(["true"], limits, repo).ok
-    has_git = (repo / ".git").exists()
-    key = f"sandbox:{json.dumps([str(repo.resolve()), False, has_git, [], 100 << 20])}"
+    key = sandbox_kind(repo.resolve(), False, True, [], 100 << 20)[0]
     assert prestart.pool.wait_ready(key, 10)
 
 

@@ -51,22 +51,28 @@ class Cgroups:
             except OSError:
                 continue
 
-    def limit(self, limits: dict, overhead: int = 0) -> None:
+    def limit(self, limits: dict, overhead: int = 0, strict: bool = False) -> None:
         """Plain writes, cheap at any time: a pre-started run gets its caps just before its
-        command is released."""
-        self._set("memory", "memory.limit_in_bytes", limits["memory_mb"] << 20)
+        command is released.  STRICT (a waiter, already running in the cgroup): a memory
+        or pids cap that does not take raises OSError, and the run starts cold instead."""
+        caps = [self._set("memory", "memory.limit_in_bytes", limits["memory_mb"] << 20),
+                self._set("pids", "pids.max", limits["pids"] + overhead)]
+        # memsw fails without swap accounting: the other caps still hold
         self._set("memory", "memory.memsw.limit_in_bytes", limits["memory_mb"] << 20)
-        self._set("pids", "pids.max", limits["pids"] + overhead)
         quota = int(100_000 * (os.cpu_count() or 1) * limits["cpu_percent"] / 100)
         self._set("cpu", "cpu.cfs_period_us", 100_000)
         self._set("cpu", "cpu.cfs_quota_us", max(1000, quota))
+        if strict and not all(caps):
+            raise OSError(16, "a memory or pids cap could not be set on the waiting cgroup")
 
-    def _set(self, ctl: str, name: str, value: int) -> None:
-        if ctl in self.dirs:
-            try:
-                (self.dirs[ctl] / name).write_text(str(value))
-            except OSError:  # e.g. memsw without swap accounting: the other caps still hold
-                pass
+    def _set(self, ctl: str, name: str, value: int) -> bool:
+        if ctl not in self.dirs:
+            return True
+        try:
+            (self.dirs[ctl] / name).write_text(str(value))
+            return True
+        except OSError:
+            return False
 
     def _read(self, ctl: str, name: str) -> str:
         try:

@@ -38,8 +38,14 @@ _DROP = ["--reuid", str(NOBODY), "--regid", str(NOBODY), "--clear-groups",
          "--inh-caps=-all", "--bounding-set=-all"]
 
 
+def setpriv_argv() -> list[str]:
+    """As root, what drops a command to uid 65534 with nothing left to regain."""
+    return [shutil.which("setpriv") or "setpriv", *_DROP, "--"] if drop_to_nobody() else []
+
+
 def bwrap_argv(argv: list[str], root: Path, scratch: Path, network: bool, hide_git: bool,
-               binds: list[str], shm_bytes: int = 64 << 20) -> list[str]:
+               binds: list[str], shm_bytes: int = 64 << 20, drop: bool = True) -> list[str]:
+    """DROP: setpriv in front of ARGV (a waiting sandbox leaves it to its script)."""
     cmd = [shutil.which("bwrap") or "bwrap"]
     if drop_to_nobody():
         cmd += [n for n in _NAMESPACES if not (network and n == "--unshare-net")]
@@ -60,17 +66,17 @@ def bwrap_argv(argv: list[str], root: Path, scratch: Path, network: bool, hide_g
     # /dev/shm is memory, not disk: its own size cap, and the memory cgroup counts it.
     cmd += ["--perms", "1777", "--size", str(shm_bytes), "--tmpfs", "/dev/shm",
             "--ro-bind", str(root), "/repo"]
-    if hide_git and (root / ".git").exists():
+    if hide_git and (root / ".git").is_dir():
         cmd += ["--tmpfs", "/repo/.git"]
+    elif hide_git and (root / ".git").exists():  # a linked worktree's or submodule's file
+        cmd += ["--ro-bind", "/dev/null", "/repo/.git"]
     cmd += extra_binds(binds)
     cmd += ["--bind", str(scratch), "/tmp"]
     # what lives under /tmp (a virtualenv, say) is bound over the scratch, after it
     cmd += extra_binds([p for p in binds if os.path.normpath(p).startswith("/tmp/")],
                        under_tmp=True)
     cmd += ["--chdir", "/repo", "--"]
-    if drop_to_nobody():
-        cmd += [shutil.which("setpriv") or "setpriv", *_DROP, "--"]
-    return cmd + argv
+    return cmd + (setpriv_argv() if drop else []) + argv
 
 
 def extra_binds(paths: list[str], under_tmp: bool = False) -> list[str]:

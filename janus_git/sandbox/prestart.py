@@ -19,6 +19,7 @@ import functools
 import json
 import os
 import re
+import select
 import shlex
 import shutil
 import subprocess
@@ -59,6 +60,23 @@ def waiter_argv(kind: str) -> list[str]:
     return ["/bin/sh", "-c", ". /dev/fd/2"]
 
 
+RELEASE_TIMEOUT_S = 5.0
+
+
+def write_all(fd: int, data: bytes, timeout: float) -> None:
+    """All of DATA (a signal can cut a write short), or OSError after TIMEOUT seconds: a
+    waiter that stopped reading must not hold the run up before its timeout counts."""
+    os.set_blocking(fd, False)
+    view, end = memoryview(data), time.monotonic() + timeout
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            left = end - time.monotonic()
+            if left <= 0 or not select.select([], [fd], [], left)[1]:
+                raise OSError(110, "the waiter stopped reading its orders") from None
+
+
 @dataclass
 class Prestarted:
     """A shell or confine.py waiting in its run's cgroups for its orders on `script_fd`."""
@@ -83,9 +101,7 @@ class Prestarted:
         else:
             first = "exec 2>&1" if self.kind == "shell" else "exec 0</dev/null"
             data = script(argv, cwd, env, [first, *ulimits])
-        view = memoryview(data)
-        while view:  # a signal can cut a write to a pipe short
-            view = view[os.write(self.script_fd, view):]
+        write_all(self.script_fd, data, RELEASE_TIMEOUT_S)
         os.close(self.script_fd)
         self.script_fd = -1
 
@@ -157,22 +173,26 @@ def spawn(kind: str) -> Prestarted | None:
 
 def spawn_sandbox(kind: str, root: Path, network: bool, hide_git: bool, binds: list[str],
                   shm_bytes: int) -> Prestarted | None:
-    """A whole bwrap sandbox, built and waiting: its namespaces and mounts made, uid 65534,
-    a shell inside reading its orders from fd 0.  A run with the same repository, network,
-    binds and /dev/shm size (and no writable_dir or stdin of its own) only hands it the
-    command, its rlimits (`ulimit` lines: the shell is uid 65534 by then, which prlimit(2)
-    from here could not reach without CAP_SYS_RESOURCE) and its cgroup caps."""
+    """A whole bwrap sandbox, built and waiting: its namespaces and mounts made, a shell
+    inside reading its orders from fd 0.  A run with the same repository, network, binds
+    and /dev/shm size (and no writable_dir or stdin of its own) only hands it its rlimits
+    (`ulimit` lines), cgroup caps, environment and command, which starts with setpriv.
+
+    While it waits the shell is still root (bwrap's few capabilities): as uid 65534 it
+    could be written to, through /proc/<pid>/fd/0, by any other process of that uid.  Its
+    scratch dir sits in a 0700 directory of ours for the same reason."""
     from .launch import NOBODY, PATH, bwrap_argv, drop_to_nobody, start_bwrap
     cg = Cgroups(f"run-{os.getpid()}-{time.monotonic_ns()}")
     if not cg.dirs:
         return None
-    scratch = Path(tempfile.mkdtemp(prefix=f"janus-git-run-{os.getpid()}-"))
-    read_end, write_end = os.pipe()
+    private = Path(tempfile.mkdtemp(prefix=f"janus-git-run-{os.getpid()}-"))
+    scratch = private / "tmp"
+    scratch.mkdir()
     if drop_to_nobody():
         os.chown(scratch, NOBODY, NOBODY)
-        os.fchown(read_end, NOBODY, NOBODY)  # the shell opens it as uid 65534
+    read_end, write_end = os.pipe()
     argv = bwrap_argv(["/bin/sh", "-c", ". /proc/self/fd/0"], root, scratch, network,
-                      hide_git, binds, shm_bytes)
+                      hide_git, binds, shm_bytes, drop=False)
     try:
         # bwrap clones its pid 1 at once: start_bwrap holds it on --block-fd until both are
         # in the cgroups, so the shell pid 1 forks afterwards is born there
@@ -180,11 +200,11 @@ def spawn_sandbox(kind: str, root: Path, network: bool, hide_git: bool, binds: l
     except OSError:
         os.close(write_end)
         cg.remove()
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(private, ignore_errors=True)
         return None
     finally:
         os.close(read_end)
-    return Prestarted(kind, proc, cg, write_end, scratch)
+    return Prestarted(kind, proc, cg, write_end, private)
 
 
 Recipe = Callable[[], "Prestarted | None"]
@@ -200,6 +220,7 @@ class Pool:
         self._ready: dict[str, Prestarted] = {}
         self._wanted: dict[str, Recipe] = {}  # in the order last asked for
         self._closed = False
+        self._refilling = 0
 
     def take(self, kind: str, recipe: Recipe | None = None) -> Prestarted | None:
         with self._lock:
@@ -233,26 +254,34 @@ class Pool:
         with self._lock:
             missing = [] if self._closed else [(k, r) for k, r in self._wanted.items()
                                                if k not in self._ready]
-        for kind, recipe in missing:
-            pre = recipe()
-            if pre is None:
-                continue
+            self._refilling += 1
+        try:
+            for kind, recipe in missing:
+                pre = recipe()
+                if pre is None:
+                    continue
+                with self._lock:
+                    surplus = kind in self._ready or kind not in self._wanted or self._closed
+                    if not surplus:
+                        self._ready[kind] = pre
+                        self._lock.notify_all()
+                if surplus:
+                    pre.discard()
+        finally:
             with self._lock:
-                surplus = kind in self._ready or kind not in self._wanted or self._closed
-                if not surplus:
-                    self._ready[kind] = pre
-                    self._lock.notify_all()
-            if surplus:
-                pre.discard()
+                self._refilling -= 1
+                self._lock.notify_all()
 
     def wait_ready(self, kind: str, timeout: float) -> bool:
         with self._lock:
             return self._lock.wait_for(lambda: kind in self._ready, timeout)
 
     def close(self) -> None:
-        """At exit: discard the waiters, start no more."""
+        """At exit: start no more, let a refill under way finish (its waiter is then
+        discarded as surplus), discard the waiters."""
         with self._lock:
             self._closed = True
+            self._lock.wait_for(lambda: self._refilling == 0, 5)
             ready, self._ready = list(self._ready.values()), {}
         for pre in ready:
             pre.discard()

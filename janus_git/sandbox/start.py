@@ -16,8 +16,8 @@ from typing import Callable
 
 from .cgroups import Cgroups
 from .launch import (CONFINE, NOBODY, PATH, bwrap_argv, confine_flags, drop_to_nobody,
-                     reduced_argv, rlimits, start_bwrap, start_reduced, start_warm,
-                     ulimit_lines)
+                     reduced_argv, rlimits, setpriv_argv, start_bwrap, start_reduced,
+                     start_warm, ulimit_lines)
 from .prestart import Prestarted, kind_for, pool, prestart_off, spawn_sandbox
 from .probe import probes
 
@@ -34,6 +34,18 @@ def _scratch(writable_dir: Path | None) -> tuple[Path, bool]:
     if drop_to_nobody():
         os.chown(path, NOBODY, NOBODY)
     return path, owned
+
+
+def sandbox_kind(root: Path, network: bool, hide_git: bool, binds: list[str],
+                 shm_bytes: int) -> tuple[str, bool, list[str]]:
+    """The waiting sandbox a run fits, named by what its mounts are made from: .git is
+    hidden only if it exists, a bind made only if its path does, and a repository replaced
+    at the same path is another one."""
+    hide = hide_git and (root / ".git").exists()
+    kept = sorted(b for b in binds if os.path.exists(b))
+    st = os.stat(root)
+    key = json.dumps([str(root), st.st_dev, st.st_ino, network, hide, kept, shm_bytes])
+    return f"sandbox:{key}", hide, kept
 
 
 @dataclass
@@ -99,25 +111,23 @@ class Launch:
     def _sandbox(self) -> tuple[str, Callable[[], Prestarted | None]]:
         """The waiting sandbox this run fits: same repository, network, binds, /dev/shm."""
         shm = self.limits["disk_write_mb"] << 20
-        # .git is hidden by a mount made only if it exists when the sandbox is built
-        hide = self.hide_git and (self.root / ".git").exists()
-        key = json.dumps([str(self.root), self.network, hide, sorted(self.binds), shm])
-        kind = f"sandbox:{key}"
+        kind, hide, binds = sandbox_kind(self.root, self.network, self.hide_git, self.binds,
+                                         shm)
         return kind, functools.partial(spawn_sandbox, kind, self.root, self.network, hide,
-                                       sorted(self.binds), shm)
+                                       binds, shm)
 
     def _release_sandbox(self, pre: Prestarted) -> subprocess.Popen:
-        pre.cg.limit(self.limits, self.overhead)
+        pre.cg.limit(self.limits, self.overhead, strict=True)
         lim = rlimits(self.limits, pre.cg, self.overhead, not drop_to_nobody())
-        # no `cd`: bwrap made /repo its working directory while still root, and a 0700
-        # repository could not be entered again by uid 65534
-        pre.release(self.argv, None, self.env(), ulimit_lines(lim))
+        # no `cd`: bwrap made /repo the working directory (and a 0700 repository could not
+        # be entered again by uid 65534); the shell is still root: setpriv drops it last
+        pre.release(setpriv_argv() + self.argv, None, self.env(), ulimit_lines(lim))
         # the waiter's scratch is the run's from now on: the run removes it
         pre.scratch, self.owned = None, True
         return pre.proc
 
     def _start(self, pre: Prestarted | None, cg: Cgroups) -> subprocess.Popen:
-        cg.limit(self.limits, self.overhead)
+        cg.limit(self.limits, self.overhead, strict=pre is not None)
         userns = self.iso == "bwrap" or (not self.network and probes()["unshare_net"])
         lim = rlimits(self.limits, cg, self.overhead, userns and not drop_to_nobody())
         if self.iso == "bwrap":
