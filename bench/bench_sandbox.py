@@ -5,7 +5,8 @@ Both are measured in the same run, interleaved, so the machine's state is the sa
 the full path a tool run takes: cgroups, rlimits, bwrap or the reduced chain, supervision,
 post-mortem, the cleanup hand-off.  With cgroups, "warm" is the default (the run takes a shell
 already waiting in its cgroups, see janus_git/sandbox/prestart.py; the column "warm" counts the
-runs that found one ready) and "cold" the path without one.  Also reported: how long until
+runs that found one ready, "waiters" which kind: a whole waiting sandbox, a shell or
+confine.py) and "cold" the path without one.  Also reported: how long until
 on_start fires (the process is started, nothing waits for a first sample).
 
     python bench/bench_sandbox.py [--runs 200]
@@ -71,7 +72,7 @@ def _run(name: str, start: str, root: Path, **kw) -> None:
         os.environ.pop("JANUS_GIT_NO_PRESTART", None)
     if not res.ok:
         raise SystemExit(f"sandboxed true failed: {res.error} {res.output!r}")
-    WARM.setdefault(name, []).append(res.warm)
+    WARM.setdefault(name, []).append(res.waiter)
 
 
 def start_latency(root: Path, runs: int) -> list[float]:
@@ -109,11 +110,14 @@ def main() -> None:
     rows = []
     for name, xs in times.items():
         med = statistics.median(xs)
-        warm = WARM.get(name, [])
+        waiters = WARM.get(name, [])
+        warm = [w for w in waiters if w]
+        kinds = ", ".join(f"{warm.count(k)} {k}" for k in sorted(set(warm)))
         rows.append({"variant": name, "min_ms": round(min(xs) * 1e3, 2),
                      "median_ms": round(med * 1e3, 2), "p90_ms": round(p90(xs) * 1e3, 2),
                      "added_ms": round((med - base) * 1e3, 2),
-                     "warm_runs": f"{sum(warm)}/{len(warm)}" if warm else ""})
+                     "warm_runs": f"{len(warm)}/{len(waiters)}" if waiters else "",
+                     "waiters": kinds})
     result = {"runs": args.runs, "doctor": sandbox.doctor(), "rows": rows,
               "loadavg": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
               "on_start_median_ms": round(statistics.median(start) * 1e3, 2),
@@ -124,10 +128,10 @@ def main() -> None:
     print(f"{args.runs} runs each, interleaved; default isolation: "
           f"{result['doctor']['isolation']}; {result['cpus']} CPUs, load {result['loadavg']}")
     print(f"{'variant':<34} {'min ms':>8} {'median ms':>10} {'p90 ms':>8} {'added ms':>9} "
-          f"{'warm':>8}")
+          f"{'warm':>8}  waiters")
     for r in rows:
         print(f"{r['variant']:<34} {r['min_ms']:>8.2f} {r['median_ms']:>10.2f} "
-              f"{r['p90_ms']:>8.2f} {r['added_ms']:>9.2f} {r['warm_runs']:>8}")
+              f"{r['p90_ms']:>8.2f} {r['added_ms']:>9.2f} {r['warm_runs']:>8}  {r['waiters']}")
     print("added ms = median minus the plain subprocess median")
     print(f"sandbox.run -> on_start: median {result['on_start_median_ms']} ms, "
           f"p90 {result['on_start_p90_ms']} ms")
