@@ -77,6 +77,13 @@ def main() -> int:
     graphs = root / ".git" / "objects" / "info" / "commit-graphs"
     rows = []
 
+    def add_row(name: str, target: float, baseline: float, baseline_what: str, ours: float,
+                cpu_label: str) -> None:
+        rows.append({"name": f"{name} {args.label}".rstrip(), "target": f"≤ {target} s",
+                     "baseline": baseline, "baseline_what": baseline_what, "ours": ours,
+                     "ok": ours <= target,
+                     "cpu": statistics.median(CPU[cpu_label]) if CPU.get(cpu_label) else None})
+
     def drop_list_cache():
         for name in ("list.json", "list.json.head"):
             (index.parent / name).unlink(missing_ok=True)
@@ -101,10 +108,8 @@ def main() -> int:
     rebuild = min(rebuilds)
     print(f"(2b) rebuild: baseline cat-file of all blobs {common.fmt_s(base_read)}; ours "
           f"{', '.join(common.fmt_s(x) for x in rebuilds)} ({cpu('rebuild')}, both processes)")
-    rows.append({"name": f"(2b) index rebuild from scratch, {n_prop} proposals",
-                 "target": "≤ 15 s", "baseline": base_read,
-                 "baseline_what": "ls-tree piped to cat-file --batch", "ours": rebuild,
-                 "ok": rebuild <= 15})
+    add_row(f"(2b) index rebuild from scratch, {n_prop} proposals", 15, base_read,
+            "ls-tree piped to cat-file --batch", rebuild, "rebuild")
 
     # (2a) warm list --json
     base_ls = med(lambda: wall(["git", "ls-tree", "-r", "HEAD", "--", "proposals"], root),
@@ -112,26 +117,22 @@ def main() -> int:
     warm, xs = med(lambda: wall([*jg, "list", "--json"], root, label="warm"), args.runs)
     print(f"(2a) list --json warm: baseline ls-tree {common.fmt_s(base_ls)}; ours median "
           f"{common.fmt_s(warm)} (runs {', '.join(common.fmt_s(x) for x in xs)}; {cpu('warm')})")
-    rows.append({"name": f"(2a) `list --json` warm, {n_prop} proposals", "target": "≤ 0.5 s",
-                 "baseline": base_ls, "baseline_what": "git ls-tree -r HEAD proposals",
-                 "ours": warm, "ok": warm <= 0.5})
+    ls_what = "git ls-tree -r HEAD proposals"
+    add_row(f"(2a) `list --json` warm, {n_prop} proposals", 0.5, base_ls, ls_what, warm, "warm")
     def no_cache():
         drop_list_cache()
         return wall([*jg, "list", "--json"], root, label="nocache")
     nocache, _ = med(no_cache, args.runs)
     print(f"(2a\") list --json, index warm but no per-HEAD list file (first call after a "
           f"commit): {common.fmt_s(nocache)} ({cpu('nocache')})")
-    rows.append({"name": f"(2a\") `list --json` first call after a commit, {n_prop} proposals",
-                 "target": "≤ 0.5 s", "baseline": base_ls,
-                 "baseline_what": "git ls-tree -r HEAD proposals", "ours": nocache,
-                 "ok": nocache <= 0.5})
+    add_row(f"(2a\") `list --json` first call after a commit, {n_prop} proposals", 0.5,
+            base_ls, ls_what, nocache, "nocache")
     filt, _ = med(lambda: wall([*jg, "list", "--json", "--status", "failed", "--mission",
                                 "OPT-001-BETA"], root, label="filt"), args.runs)
     print(f"(2a') list --json --status failed --mission OPT-001-BETA: {common.fmt_s(filt)} "
           f"({cpu('filt')})")
-    rows.append({"name": "(2a') `list --json` with filters (~5% of rows)", "target": "≤ 0.5 s",
-                 "baseline": base_ls, "baseline_what": "git ls-tree -r HEAD proposals",
-                 "ours": filt, "ok": filt <= 0.5})
+    add_row("(2a') `list --json` with filters (~5% of rows)", 0.5, base_ls, ls_what, filt,
+            "filt")
 
     # (3) show, without and with a commit-graph
     ids = common.pick_ids(root, args.runs, seed=11)
@@ -152,12 +153,8 @@ def main() -> int:
         print(f"(3) show, {label} commit-graph: baseline git log -- path {common.fmt_s(base)}; "
               f"ours {common.fmt_s(ours)} ({cpu(f'show{with_graph}')}; --json "
               f"{common.fmt_s(ours_json)})")
-        rows.append({"name": f"(3) `show ID`, {label} commit-graph", "target": "≤ 0.3 s",
-                     "baseline": base, "baseline_what": "git log -- PATH", "ours": ours,
-                     "ok": ours <= 0.3})
-    for r, label in zip(rows, ["rebuild", "warm", "filt", "showFalse", "showTrue"]):
-        r["name"] += f" {args.label}".rstrip()
-        r["cpu"] = statistics.median(CPU[label]) if CPU.get(label) else None
+        add_row(f"(3) `show ID`, {label} commit-graph", 0.3, base, "git log -- PATH", ours,
+                f"show{with_graph}")
     print(common.report(rows))
     (common.WORK / f"result-list-{n_prop}{args.label.replace(' ', '-')}.json").write_text(json.dumps(rows, indent=1))
     return 0

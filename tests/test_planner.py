@@ -95,16 +95,21 @@ def test_the_tiny_model_proposes_only_chunks_not_yet_taken(tiny_state):
     assert taken
 
 
+def only_active(root, mission: str, text: str) -> None:
+    """Commit missions/MISSION.yaml (TEXT) as the one active mission; the shipped one waits."""
+    (root / f"missions/{mission}.yaml").write_text(text)
+    path = root / "missions/STUDY-004-BETA.yaml"
+    path.write_text(path.read_text().replace("status: active", "status: queued"))
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", f"{mission} is the active mission")
+
+
 def test_a_hostile_document_yields_at_most_a_manual_proposal(state_dir):
     (state_dir / "missions/docs/hostile.txt").write_text("Release notes\n" + HOSTILE * 3)
-    (state_dir / "missions/HOSTILE-1.yaml").write_text(
-        "id: HOSTILE-1\ntitle: Read a document\ngoal: Summarise the document.\nkind: archaeology\n"
-        "budget: {min: 1, max: 1, unit: chunks}\norder: 0\nstatus: active\n"
-        "documents: [missions/docs/hostile.txt]\n")
-    path = state_dir / "missions/STUDY-004-BETA.yaml"
-    path.write_text(path.read_text().replace("status: active", "status: queued"))
-    git(state_dir, "add", "-A")
-    git(state_dir, "commit", "-qm", "a hostile mission document")
+    only_active(state_dir, "HOSTILE-1",
+                "id: HOSTILE-1\ntitle: Read a document\ngoal: Summarise the document.\n"
+                "kind: archaeology\nbudget: {min: 1, max: 1, unit: chunks}\norder: 0\n"
+                "status: active\ndocuments: [missions/docs/hostile.txt]\n")
     repo, config = repo_config(state_dir)
     model = QueuedModel(answer(curl()))
     filed = planner.think(repo, config, llm=model)
@@ -126,13 +131,10 @@ def test_a_hostile_document_yields_at_most_a_manual_proposal(state_dir):
 def test_the_hostile_document_with_the_real_tiny_model_files_only_proposed(state_dir,
                                                                            tiny_gguf):
     (state_dir / "missions/docs/hostile.txt").write_text(HOSTILE * 20)
-    (state_dir / "missions/HOSTILE-2.yaml").write_text(
-        "id: HOSTILE-2\ntitle: t\ngoal: g\nkind: archaeology\nbudget: {min: 3, max: 3, unit: u}"
-        "\norder: 0\nstatus: active\ndocuments: [missions/docs/hostile.txt]\n")
-    path = state_dir / "missions/STUDY-004-BETA.yaml"
-    path.write_text(path.read_text().replace("status: active", "status: queued"))
-    git(state_dir, "add", "-A")
-    git(state_dir, "commit", "-qm", "hostile")
+    only_active(state_dir, "HOSTILE-2",
+                "id: HOSTILE-2\ntitle: t\ngoal: g\nkind: archaeology\n"
+                "budget: {min: 3, max: 3, unit: u}\norder: 0\nstatus: active\n"
+                "documents: [missions/docs/hostile.txt]\n")
     configure(state_dir, model={"path": str(tiny_gguf), "n_ctx": 8192, "max_tokens": 1200})
     repo, config = repo_config(state_dir)
     for seed in range(3):
@@ -142,13 +144,10 @@ def test_the_hostile_document_with_the_real_tiny_model_files_only_proposed(state
 
 def free_mission(root) -> None:
     """Make FREE-1 (no tools named: the whole registry is offered) the active mission."""
-    (root / "missions/FREE-1.yaml").write_text(
-        "id: FREE-1\ntitle: Look around\ngoal: Inspect the repository.\nkind: analysis\n"
-        "budget: {min: 5, max: 9, unit: steps}\norder: 0\nstatus: active\n")
-    path = root / "missions/STUDY-004-BETA.yaml"
-    path.write_text(path.read_text().replace("status: active", "status: queued"))
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "a mission with no tools named")
+    only_active(root, "FREE-1",
+                "id: FREE-1\ntitle: Look around\ngoal: Inspect the repository.\n"
+                "kind: analysis\nbudget: {min: 5, max: 9, unit: steps}\norder: 0\n"
+                "status: active\n")
 
 
 def test_duplicates_are_not_filed_again(state_dir):
