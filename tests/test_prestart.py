@@ -65,6 +65,12 @@ def test_arguments_and_environment_reach_the_command_verbatim(repo, isolation):
     assert "OLDPWD" not in seen and "JANUS" not in seen
 
 
+def test_paths_may_be_arguments_and_other_objects_are_refused(repo):
+    assert sandbox.run(["cat", Path("a.txt")], SMALL, repo).output == b"hello\n"
+    with pytest.raises(sandbox.SandboxError, match="cannot be passed to a program"):
+        sandbox.run(["echo", 42], SMALL, repo)
+
+
 def test_a_bad_environment_name_is_refused(repo):
     with pytest.raises(sandbox.SandboxError, match="not an environment variable name"):
         sandbox.run(["true"], SMALL, repo, env={"A; rm -rf /": "x"})

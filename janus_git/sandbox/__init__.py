@@ -209,7 +209,7 @@ def run(argv: list[str], limits: dict, root: Path, *, network: bool = False,
     the clean environment (never the daemon's own)."""
     limits = effective_limits(limits)
     iso = _choose_isolation(isolation)
-    _check_words(list(argv), env or {}, str(root))
+    argv = _words(argv, env or {}, str(root))
     root = Path(root).resolve()
     use_cg = (cgroups if cgroups is not None else not cgroups_off())
     landlock = iso == "reduced" and probes()["landlock"] >= 1 and not landlock_off()
@@ -251,19 +251,26 @@ def run(argv: list[str], limits: dict, root: Path, *, network: bool = False,
                          waiter)
 
 
-def _check_words(argv: list[str], env: dict[str, str], cwd: str) -> None:
-    """What cannot reach a program intact is refused before anything is made for the run."""
+def _words(argv: list, env: dict[str, str], cwd: str) -> list[str]:
+    """ARGV as strings (paths allowed); what cannot reach a program intact is refused
+    before anything is made for the run."""
     bad = [k for k in env if not ENV_NAME.match(k)]
     if bad:
         raise SandboxError(f"not an environment variable name: {bad[0]!r}")
-    for what, word in [*(("argument", a) for a in argv), *(("environment value", v)
-                                                           for v in env.values()),
+    try:
+        words = [os.fspath(a) for a in argv]
+    except TypeError as e:
+        raise SandboxError(f"an argument cannot be passed to a program: {e}") from None
+    for what, word in [*(("argument", w) for w in words),
+                       *(("environment value", v) for v in env.values()),
                        ("repository path", cwd)]:
         try:
-            if "\0" in os.fsdecode(os.fsencode(word)):
-                raise ValueError("a NUL byte")
-        except (UnicodeError, ValueError, TypeError) as e:
+            os.fsencode(word)
+        except UnicodeError as e:
             raise SandboxError(f"{what} {word!r} cannot be passed to a program: {e}") from None
+        if "\0" in word:
+            raise SandboxError(f"{what} {word!r} cannot be passed to a program: a NUL byte")
+    return words
 
 
 _jobs: "queue.SimpleQueue[Callable[[], None]]" = queue.SimpleQueue()
