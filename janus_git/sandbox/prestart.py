@@ -79,7 +79,8 @@ def write_all(fd: int, data: bytes, timeout: float) -> None:
 
 @dataclass
 class Prestarted:
-    """A shell or confine.py waiting in its run's cgroups for its orders on `script_fd`."""
+    """A waiter (a shell, confine.py, or a whole sandbox with a shell inside) in its run's
+    cgroups, waiting for its orders on `script_fd`."""
     kind: str
     proc: subprocess.Popen
     cg: Cgroups
