@@ -44,7 +44,7 @@ def _load_for_change(sr: StateRepo, pid: str) -> tuple[Proposal, bytes]:
 def approve(sr: StateRepo, pid: str) -> Proposal:
     me = sr.human_identity()
     p, text = _load_for_change(sr, pid)
-    if me.email.lower() not in sr.config.approver_emails:
+    if rules_in_force(sr).config.approver_for(me.email) is None:
         raise JanusError(f"you ({me.email}) are not in approvers in state/agent.yaml; "
                          "ask an approver, or add yourself there in a reviewed commit")
     if p.status not in (S.PROPOSED, S.INTERRUPTED):
@@ -94,11 +94,21 @@ def stop(sr: StateRepo, *, reason: str, dry_run: bool) -> StopPlan:
 def resume(sr: StateRepo, *, reason: str) -> str:
     if sr.stopped_at() is None:
         raise JanusError("no emergency stop is in force (state/STOP is absent)")
+    me = sr.human_identity()
+    if rules_in_force(sr).config.approver_for(me.email) is None:
+        raise JanusError(f"only an approver can lift the stop, and you ({me.email}) are not "
+                         "one; the daemon would put state/STOP back")
     sha = sr.repo.commit_files({STOP_PATH: None},
                                format_message("janus: resume after emergency stop", reason,
                                               {"Janus-Stop": "off"}))
     _nudge(sr)
     return sha
+
+
+def rules_in_force(sr: StateRepo):
+    """The rules as history makes them (the daemon's view), not the working tree's file."""
+    from .trust import Trust
+    return Trust(sr.repo).load(sr.repo.head() or "HEAD")
 
 
 def _nudge(sr: StateRepo) -> None:

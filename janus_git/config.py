@@ -24,7 +24,8 @@ DEFAULTS: dict[str, Any] = {
     "approvers": [],
     "require_signed_approvals": False,
     "allowed_signers": "state/allowed_signers",
-    "policy": {"auto_types": AUTO_TYPES, "max_auto_risk": "low"},
+    "policy": {"auto_types": AUTO_TYPES, "max_auto_risk": "low",
+               "approvals_required": {"low": 1, "medium": 1, "high": 1}},
     "tools": {},
     "limits": DEFAULT_LIMITS,
     "controls": {"tick_hz": 10, "mission_poll_interval": 300, "max_starts_per_second": 10,
@@ -42,6 +43,7 @@ _limits_schema = {
                    # CPU seconds; unset: cpu_percent % of timeout_s
                    "cpu_s": {"type": "integer", "minimum": 1}},
 }
+_quorum = {"type": "integer", "minimum": 1, "maximum": 10}
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "https://janus-git.dev/schema/agent.json",
@@ -59,10 +61,14 @@ SCHEMA: dict[str, Any] = {
             "properties": {"name": {"type": "string"}, "email": {"type": "string"},
                            "principal": {"type": "string"}}}},
         "require_signed_approvals": {"type": "boolean"},
-        "allowed_signers": {"type": "string"},
+        # a guarded file: it must live under state/, where only approvers change anything
+        "allowed_signers": {"type": "string", "pattern": r"^state/[A-Za-z0-9_.-]+$",
+                            "not": {"enum": ["state/STOP", "state/agent.yaml"]}},
         "policy": {"type": "object", "additionalProperties": False, "properties": {
             "auto_types": {"type": "array", "items": {"type": "string"}},
-            "max_auto_risk": {"enum": RISKS}}},
+            "max_auto_risk": {"enum": RISKS},
+            "approvals_required": {"type": "object", "additionalProperties": False,
+                                   "properties": {r: _quorum for r in RISKS}}}},
         "tools": {"type": "object", "additionalProperties": {
             "type": "object", "additionalProperties": False, "required": ["risk"],
             "properties": {
@@ -72,6 +78,7 @@ SCHEMA: dict[str, Any] = {
                 "network": {"type": "boolean"},
                 "runner": {"type": "string"},
                 "command": {"type": "array", "items": {"type": "string"}},
+                "approvals_required": _quorum,
                 "limits": _limits_schema}}},
         "limits": _limits_schema,
         "controls": {"type": "object", "additionalProperties": False, "properties": {
@@ -156,6 +163,19 @@ class Config:
     def approver_principals(self) -> set[str]:
         return {a.get("principal", a["email"]).lower() for a in self.data["approvers"]}
 
+    def approvals_required(self, tool: str) -> int:
+        """Distinct approvers a manual proposal for TOOL needs: the larger of the tool's own
+        `approvals_required` and its risk's under `policy.approvals_required` (default 1)."""
+        spec = self.tools.get(tool, {})
+        by_risk = self.data["policy"]["approvals_required"].get(spec.get("risk", "high"), 1)
+        return max(int(spec.get("approvals_required", 1)), int(by_risk))
+
+    def approver_for(self, email: str) -> dict[str, Any] | None:
+        for entry in self.data["approvers"]:
+            if entry["email"].lower() == email.lower():
+                return entry
+        return None
+
     def tool_limits(self, tool: str) -> dict[str, int]:
         spec = self.tools.get(tool, {})
         return {**self.data["limits"], **spec.get("limits", {})}
@@ -176,7 +196,22 @@ def config_from_text(text: bytes | str | None, path: str = AGENT_PATH) -> Config
     if agent_email in {a["email"].lower() for a in data["approvers"]}:
         raise ConfigError(path, "approvers", "the agent's own identity can never approve",
                           "remove the agent's e-mail from approvers")
+    for name, spec in data["tools"].items():
+        for word in spec.get("command", [])[:1]:
+            _check_program(path, name, word)
     return Config(data, path)
+
+
+def _check_program(path: str, tool: str, word: str) -> None:
+    """A tool's program is a system command: a bare name or an absolute path outside the
+    repository's mount.  A repository file as the program would let anyone who can push
+    change what an approved tool runs."""
+    if word.startswith("/repo") or ("/" in word and not word.startswith("/")) \
+            or ".." in word.split("/"):
+        raise ConfigError(path, f"tools.{tool}.command",
+                          f"{word!r} is not a system program",
+                          "name a program on the system (python3) or give its absolute path; "
+                          "a file in the repository can be changed by anyone who can push")
 
 
 def load_config(root: Path) -> Config:

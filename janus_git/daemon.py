@@ -33,7 +33,8 @@ from .proposal import Proposal, Status, utcnow
 from .reader import CommitReader, Ticket
 from .runlock import DaemonLock
 from .runner import Run, Runner
-from .state import StateRepo
+from .state import STOP_PATH, StateRepo
+from .trust import Trust
 
 log = logging.getLogger("janus_git.daemon")
 POLL_SECONDS = 1.0  # how often refs are read with no watchdog event
@@ -50,15 +51,25 @@ class Daemon(CommitReader, Decider, Runner, EmergencyStop):
         self.once = once
         self.think_enabled = think
         self.on_start_hook = on_start
-        self.config: Config = self.state.config
         self.lock = DaemonLock(self.root)
+        self.cursor: str | None = self._load_cursor()
+        head = self.repo.head()
+        if head is None:
+            raise JanusError(f"{self.root} has no commits; create it with `janus-git init`")
+        if self.cursor and not self.repo.is_ancestor(self.cursor, head):
+            log.warning("history was rewritten under the daemon; re-reading from HEAD")
+            self.cursor = None
+        # the rules in force come from history (trust.py), never from the working tree: as
+        # they stood where reading starts; the catch-up judges every commit since
+        self.trust = Trust(self.repo)
+        self.config: Config = self.trust.load(self.cursor or head).config
+        self.filed: dict = {}  # proposal id -> Filing (approvals.py), read when first needed
         self.wake = threading.Event()
         self.writes = threading.RLock()
         self.queue: dict[str, Ticket] = {}
         self.runs: dict[str, Run] = {}
         self.branches: set[str] = set()
         self.seen_manual: set[str] = set()
-        self.cursor: str | None = None
         self.stopped = False
         self.term_count = 0
         self.exit = False
@@ -89,6 +100,7 @@ class Daemon(CommitReader, Decider, Runner, EmergencyStop):
             self._start_up()
             if not self.once:
                 observer = self._watch()
+                self._stop_watch()
             while not self.exit:
                 self.step()
                 if self.once and self._idle():
@@ -151,6 +163,27 @@ class Daemon(CommitReader, Decider, Runner, EmergencyStop):
         observer.start()
         return observer
 
+    def _stop_watch(self) -> None:
+        """The stop reaches running tools within a second even while the main loop is busy
+        (a long catch-up, a slow commit): its own thread reads HEAD and cancels every run."""
+        def watch() -> None:
+            repo = GitRepo(self.root)
+            seen = None
+            while not self.exit:
+                head = repo.fast_head()
+                if head != seen:
+                    seen = head
+                    stop = repo.read_blob_once(head or "HEAD", STOP_PATH) is not None
+                    if stop and self.runs:
+                        log.warning("emergency stop committed: cancelling %d run(s)",
+                                    len(self.runs))
+                        for run in list(self.runs.values()):
+                            run.cancel.set()
+                        self.wake.set()
+                time.sleep(0.1)
+
+        threading.Thread(target=watch, name="stop-watch", daemon=True).start()
+
     def _idle(self) -> bool:
         return (not self.queue and not self.runs and not self._pending_results
                 and self.repo.fast_head() == self.cursor
@@ -168,18 +201,14 @@ class Daemon(CommitReader, Decider, Runner, EmergencyStop):
         for path in self.repo.recover_intents():
             log.warning("put %s back to HEAD: a janus-git process died before committing it",
                         path)
-        self.cursor = self._load_cursor()
         head = self.repo.head()
-        if head is None:
-            raise JanusError(f"{self.root} has no commits; create it with `janus-git init`")
+        self._check_agent_key()
         self.branches = set(self.repo.run(
             "for-each-ref", "--format=%(refname:short)", f"refs/heads/{APPROVAL_BRANCH_PREFIX}"
         ).split())
-        if self.cursor and not self.repo.is_ancestor(self.cursor, head):
-            log.warning("history was rewritten under the daemon; re-reading from HEAD")
-            self.cursor = None
         self._catch_up(head)
-        self.stopped = self.state.stopped_at() is not None
+        self._answer_refusals(live=False)  # HEAD must show the rules in force
+        self.stopped = self.trust.rules.stopped
         for row in self.state.index.query(status=[S.RUNNING.value]):
             self._interrupt(row["id"], "the daemon stopped while this ran; it is not re-run "
                             "by itself: set status to approved and commit to run it again")
@@ -225,9 +254,7 @@ class Daemon(CommitReader, Decider, Runner, EmergencyStop):
             with self.writes:
                 self._catch_up(head)
         was_stopped = self.stopped
-        self.stopped = self.state.stopped_at() is not None if head != self._stop_checked else \
-            self.stopped
-        self._stop_checked = head
+        self.stopped = self.trust.rules.stopped
         if self.stopped:
             self._enforce_stop()
             return
@@ -246,10 +273,22 @@ class Daemon(CommitReader, Decider, Runner, EmergencyStop):
 
     _decided_for: str | None = None
 
-    _stop_checked: str | None = None
     fatal = False
     _polled = 0.0
     dirty = True
+
+    def _check_agent_key(self) -> None:
+        """The agent signs its commits; say so plainly when its key is not one the rules in
+        force list (its commits would then be read as a stranger's after a restart)."""
+        from .agentkey import ensure_key, signers_line
+        key = ensure_key()
+        self.repo._key = key
+        line = signers_line(self.config.identity.email, key).split()
+        if " ".join(line[2:4]) not in self.trust.rules.signers().decode(errors="replace"):
+            self.last_error = (f"the agent's key {key}.pub is not listed under "
+                               f"{self.config.identity.email} in {self.config['allowed_signers']}"
+                               "; an approver should add this line: " + " ".join(line))
+            log.warning("%s", self.last_error)
 
     # -- commit-graph --------------------------------------------------------------------
     _unindexed_commits = GRAPH_EVERY  # write one at start

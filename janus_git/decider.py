@@ -34,6 +34,10 @@ class Decider:
             if current is None:
                 continue
             p, text = current
+            if p.digest != p.recompute_digest():
+                self._refuse(p, text, "its digest field does not match its type, tool and "
+                             "args; file it with `janus-git propose`")
+                continue
             decision = decide(p, self.config)
             if decision.reject:
                 self._refuse(p, text, decision.reason)
@@ -55,7 +59,7 @@ class Decider:
                                          f"{pending_auto} auto proposals already queued")
                 continue
             record = {"rule": decision.rule, "by": self.config.identity.email,
-                      "digest": p.digest, "at": utcnow(), "reason": decision.reason}
+                      "digest": p.recompute_digest(), "at": utcnow(), "reason": decision.reason}
 
             def approve(q: Proposal, record=record, risk=decision.risk) -> None:
                 q.risk = risk
@@ -73,7 +77,7 @@ class Decider:
     def _drop_branch(self, pid: str) -> None:
         branch = f"{APPROVAL_BRANCH_PREFIX}{pid}"
         if branch in self.branches:
-            self.repo.run("update-ref", "-d", f"refs/heads/{branch}", check=False)
+            self.repo.delete_branch(branch)
             self.branches.discard(branch)
 
     def _refuse(self, p: Proposal, text: bytes, reason: str) -> None:

@@ -156,7 +156,7 @@ _TYPES: dict[str, tuple[str, ...]] = {
     "rationale": ("str",), "created_at": ("str",), "created_by": ("str",),
     "digest": ("str",), "status": ("str",), "risk": ("str",), "note": ("str",),
     "decision": ("dict",), "execution": ("dict",), "duplicate_of": ("str", "null"),
-    "args": ("list", "dict", "str", "null"),
+    "args": ("list", "dict", "str", "null"), "approvals": ("list",),
 }
 _REQUIRED = ("id", "mission", "type", "tool", "rationale", "created_at", "created_by",
              "digest", "status")

@@ -95,10 +95,32 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+# Commits this process signed as the agent: known to be its own without a verify-commit.
+MADE: set[str] = set()
+
+
 class GitRepo:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
         self._git_cmd = None
+        self._key: Path | None | bool = False  # False: not looked up yet
+
+    # -- the agent's signature -----------------------------------------------------------
+    def agent_key(self) -> Path | None:
+        if self._key is False:
+            from .agentkey import find_key
+            self._key = find_key()
+        return self._key  # type: ignore[return-value]
+
+    def sign_args(self, identity: Identity | None) -> list[str]:
+        """Options that sign a commit made in the agent's name (None: a person's commit)."""
+        from .agentkey import sign_args
+        return sign_args(self.agent_key()) if identity is not None else []
+
+    def _made(self, sha: str, identity: Identity | None) -> str:
+        if identity is not None and self.agent_key() is not None:
+            MADE.add(sha)
+        return sha
 
     # -- low level -----------------------------------------------------------------------
     def run(self, *args: str, env: dict[str, str] | None = None, stdin: str | None = None,
@@ -247,6 +269,35 @@ class GitRepo:
             commits.append(Commit(sha, parents.split(), an, ae, subject, body))
         return commits
 
+    def filing_commit(self, path: str, until: str = "HEAD") -> str | None:
+        """The first-parent commit that last added PATH (the proposal's filing)."""
+        out = self.run("log", "--first-parent", "--diff-merges=first-parent", "--diff-filter=A",
+                       "-1", "-s", "--format=%H", until, "--", path, check=False).strip()
+        return out or None
+
+    def side_commits(self, merge: Commit, *paths: str) -> list[Commit]:
+        """The commits a merge brought in (reachable from its other parents, not from its
+        first) that touch PATHS, newest first."""
+        if not merge.is_merge:
+            return []
+        fmt = f"{_RS}%H{_US}%P{_US}%an{_US}%ae{_US}%s{_US}%b"
+        out = self.run("log", f"--format={fmt}", *merge.parents[1:], f"^{merge.parents[0]}",
+                       "--", *paths)
+        commits = []
+        for record in out.split(_RS)[1:]:
+            sha, parents, an, ae, subject, body = record.rstrip("\n").split(_US, 5)
+            commits.append(Commit(sha, parents.split(), an, ae, subject, body))
+        return commits
+
+    def root_commit(self, rev: str = "HEAD") -> str:
+        return self.run("rev-list", "--first-parent", "--max-parents=0", rev).split()[-1]
+
+    def verify_commit(self, sha: str, allowed_signers: Path) -> tuple[int, str]:
+        """`git verify-commit --raw` against ALLOWED_SIGNERS: (status, what it said)."""
+        status, out, err = self.run_status("-c", f"gpg.ssh.allowedSignersFile={allowed_signers}",
+                                           "verify-commit", "--raw", sha)
+        return status, f"{out}\n{err}"
+
     def dirty_paths(self, paths: list[str]) -> set[str]:
         """Which of PATHS differ between the working tree and HEAD (a person's edit)."""
         if not paths:
@@ -269,6 +320,8 @@ class GitRepo:
             if current != expected:
                 raise Conflict(f"{path} has uncommitted changes in the working tree; "
                                "commit or discard them and the daemon will retry")
+        for path in files:
+            check_no_symlink(self.root, path)
         before = {path: _read_or_none(self.root / path) for path in files}
         journal = self.write_intent(files, before)
         try:
@@ -327,7 +380,8 @@ class GitRepo:
                 self.run_retrying("add", "--intent-to-add", "--", *present)
             crashpoint("mid-commit")
             try:
-                out = self.run_retrying("-c", "core.abbrev=40", "commit", "--no-verify",
+                out = self.run_retrying("-c", "core.abbrev=40", *self.sign_args(identity),
+                                        "commit", "--no-verify", *self._sign_flag(identity),
                                         "--allow-empty", "--only", "-F", "-", "--", *paths,
                                         env=env, stdin=message)
                 break
@@ -337,7 +391,10 @@ class GitRepo:
                 if "did not match any file" not in e.stderr or attempt == 4:
                     raise
         m = _COMMITTED.search(out)
-        return m.group(1) if m else self.run("rev-parse", "HEAD").strip()
+        return self._made(m.group(1) if m else self.run("rev-parse", "HEAD").strip(), identity)
+
+    def _sign_flag(self, identity: Identity | None) -> list[str]:
+        return ["-S"] if self.sign_args(identity) else []
 
     # An intent journal makes a write-then-commit safe against a crash in between: what a dead
     # process wrote but never committed is put back to HEAD, so it cannot be mistaken for a
@@ -376,9 +433,13 @@ class GitRepo:
 
     def commit_all_staged(self, message: str, identity: Identity | None = None) -> str:
         env = identity.env() if identity else None
-        self.run_retrying("commit", "-q", "--no-verify", "--allow-empty", "-F", "-",
+        self.run_retrying(*self.sign_args(identity), "commit", "-q", "--no-verify",
+                          *self._sign_flag(identity), "--allow-empty", "-F", "-",
                           env=env, stdin=message)
-        return self.run("rev-parse", "HEAD").strip()
+        return self._made(self.run("rev-parse", "HEAD").strip(), identity)
+
+    def delete_branch(self, branch: str) -> None:
+        self.run("update-ref", "-d", f"refs/heads/{branch}", check=False)
 
     def update_branch_ref(self, branch: str, new: str, old: str | None) -> None:
         args = ["update-ref", f"refs/heads/{branch}", new]
@@ -397,8 +458,16 @@ class GitRepo:
                 blob = self.run("hash-object", "-w", "--stdin", stdin=data.decode()).strip()
                 self.run("update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env)
             tree = self.run("write-tree", env=env).strip()
-            return self.run("commit-tree", tree, "-p", parent, "-F", "-", env=env,
-                            stdin=message).strip()
+            return self.commit_tree(tree, [parent], message, identity, env)
+
+    def commit_tree(self, tree: str, parents: list[str], message: str,
+                    identity: Identity | None, env: dict[str, str] | None = None) -> str:
+        """A commit object for TREE (signed when made in the agent's name); no ref moves."""
+        env = {**(env or {}), **(identity.env() if identity else {})}
+        sha = self.run(*self.sign_args(identity), "commit-tree", tree,
+                       *[a for p in parents for a in ("-p", p)], *self._sign_flag(identity),
+                       "-F", "-", env=env, stdin=message).strip()
+        return self._made(sha, identity)
 
 
 def crashpoint(name: str) -> None:
@@ -430,6 +499,25 @@ def _read_or_none(path: Path) -> bytes | None:
         return path.read_bytes()
     except FileNotFoundError:
         return None
+
+
+class UnsafePath(JanusError):
+    """A path janus-git will not write: through a symlink, or out of the repository."""
+
+
+def check_no_symlink(root: Path, path: str) -> None:
+    """janus-git writes through no symlink a commit placed: every folder on PATH's way from
+    the repository's root must be a real folder (a committed `logs/runs -> /etc` would
+    otherwise carry a run's output out of the repository)."""
+    here = root
+    parts = Path(path).parts
+    if Path(path).is_absolute() or ".." in parts:
+        raise UnsafePath(f"{path}: not a path inside the repository")
+    for part in parts[:-1]:
+        here = here / part
+        if here.is_symlink():
+            raise UnsafePath(f"{path}: {here.relative_to(root)} is a symlink; janus-git "
+                             "writes through no symlink (remove it with `git rm`)")
 
 
 def init_repo(root: Path, branch: str = "main") -> GitRepo:

@@ -229,8 +229,7 @@ def commit_many(repo: GitRepo, files: dict[str, bytes], guard: dict[str, bytes],
         repo.run("read-tree", head, env=env)
         repo.run("update-index", "--index-info", env=env, stdin=info)
         tree = repo.run("write-tree", env=env).strip()
-        sha = repo.run("commit-tree", tree, "-p", head, "-F", "-", env=env,
-                       stdin=message).strip()
+        sha = repo.commit_tree(tree, [head], message, identity, env)
     # a crash after the branch moved but before the tree followed is put right at the next
     # daemon start (GitRepo.recover_intents), not mistaken for a person's edit
     journal = repo.write_intent(dict(files), dict(guard))

@@ -80,13 +80,25 @@ def transition(repo: GitRepo, p: Proposal, new: Status, identity: Identity | Non
 def restore(repo: GitRepo, p: Proposal, status: Status, identity: Identity, *, reason: str,
             base_text: bytes | None = None) -> str:
     """Undo a status edit that no one may make (a person set `succeeded` by hand, say): a new
-    commit puts the previous status back.  It is a correction, not a lifecycle transition, and
-    its trailer says so."""
+    commit puts the previous status back."""
+    def put_back(q: Proposal) -> None:
+        q.status = status
+    return correct(repo, p, identity, reason=reason, base_text=base_text, update=put_back)
+
+
+def correct(repo: GitRepo, p: Proposal, identity: Identity, *, reason: str,
+            update: Callable[[Proposal], None], base_text: bytes | None = None) -> str:
+    """Answer a commit no one may make (a status set by hand, args changed after filing, an
+    unreadable file) with a new commit that puts the record right.  It is a correction, not
+    a lifecycle transition, and its trailer says so."""
     shown = p.status
-    p.status = status
-    p.note = reason
-    subject = f"janus: {p.id} restore {status.value} (refused {shown.value})"
-    msg = format_message(subject, reason, {TRAILER_PROPOSAL: p.id,
-                                           "Janus-Correction": f"{shown.value} -> {status.value}"})
-    guard = {p.path: base_text} if base_text is not None else None
-    return repo.commit_files({p.path: p.to_yaml()}, msg, identity, guard=guard)
+    q = copy.deepcopy(p)
+    update(q)
+    q.note = reason
+    subject = f"janus: {q.id} correct {shown.value} -> {q.status.value}"
+    msg = format_message(subject, reason, {TRAILER_PROPOSAL: q.id,
+                                           "Janus-Correction": f"{shown.value} -> {q.status.value}"})
+    guard = {q.path: base_text} if base_text is not None else None
+    sha = repo.commit_files({q.path: q.to_yaml()}, msg, identity, guard=guard)
+    p.__dict__.update(q.__dict__)
+    return sha

@@ -128,6 +128,8 @@ class Proposal:
     decision: dict[str, Any] = field(default_factory=dict)
     execution: dict[str, Any] = field(default_factory=dict)
     duplicate_of: str | None = None
+    # approvals counted so far toward a quorum (written by the daemon; see approvals.py)
+    approvals: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def path(self) -> str:
@@ -141,6 +143,8 @@ class Proposal:
         d["status"] = self.status.value
         if d["duplicate_of"] is None:
             del d["duplicate_of"]
+        if not d["approvals"]:
+            del d["approvals"]
         return d
 
     def to_yaml(self) -> bytes:
@@ -151,7 +155,12 @@ class Proposal:
 REQUIRED = {"id": str, "mission": str, "type": str, "tool": str, "rationale": str,
             "created_at": str, "created_by": str, "digest": str, "status": str}
 OPTIONAL = {"risk": str, "note": str, "decision": dict, "execution": dict,
-            "duplicate_of": (str, type(None)), "args": (list, dict, str, type(None))}
+            "duplicate_of": (str, type(None)), "args": (list, dict, str, type(None)),
+            "approvals": list}
+# The decision block's fields are read by the daemon: a committed `rule: 5` is refused here,
+# never met as an AttributeError later.
+DECISION_FIELDS = {"rule": str, "by": str, "signer": (str, type(None)), "commit": str,
+                   "digest": str, "at": str, "reason": str, "approvals": list}
 
 
 def load_yaml(text: bytes | str, path: str) -> Any:
@@ -181,6 +190,10 @@ def proposal_from_dict(data: Any, path: str) -> Proposal:
     for name, kinds in OPTIONAL.items():
         if name in data and not isinstance(data[name], kinds):
             raise ConfigError(path, name, f"has the wrong type ({type(data[name]).__name__})")
+    _check_decision(data.get("decision") or {}, path)
+    for i, entry in enumerate(data.get("approvals") or []):
+        if not isinstance(entry, dict) or not isinstance(entry.get("by", ""), str):
+            raise ConfigError(path, f"approvals.{i}", "must be a mapping with `by: <e-mail>`")
     try:
         status = Status(data["status"])
     except ValueError:
@@ -196,7 +209,15 @@ def proposal_from_dict(data: Any, path: str) -> Proposal:
         created_by=data["created_by"], digest=data["digest"], risk=data.get("risk", "unknown"),
         status=status, note=data.get("note", "") or "", decision=data.get("decision") or {},
         execution=data.get("execution") or {}, duplicate_of=data.get("duplicate_of"),
+        approvals=list(data.get("approvals") or []),
     )
+
+
+def _check_decision(decision: dict[str, Any], path: str) -> None:
+    for name, kinds in DECISION_FIELDS.items():
+        if name in decision and not isinstance(decision[name], kinds):
+            raise ConfigError(path, f"decision.{name}",
+                              f"has the wrong type ({type(decision[name]).__name__})")
 
 
 def parse_proposal(text: bytes | str, path: str) -> Proposal:
@@ -227,5 +248,6 @@ def json_schema() -> dict[str, Any]:
             "decision": {"type": "object"},
             "execution": {"type": "object"},
             "duplicate_of": {"type": ["string", "null"]},
+            "approvals": {"type": "array", "items": {"type": "object"}},
         },
     }

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import lifecycle
 from .errors import Conflict
-from .gitrepo import crashpoint
+from .gitrepo import UnsafePath, crashpoint
 from .policy import decide
 from .proposal import Proposal, Status, utcnow
 from .reader import Ticket
@@ -65,8 +65,7 @@ class Runner:
                                      "to run by itself; it needs a person's approval")
             self.seen_manual.discard(p.id)
             return
-        if p.recompute_digest() != ticket.decision["digest"] or p.digest != ticket.decision[
-                "digest"]:
+        if p.recompute_digest() != ticket.decision["digest"]:
             with self.writes:
                 lifecycle.transition(self.repo, p, S.PROPOSED, self.config.identity,
                                      base_text=text, reason="changed after approval: the "
@@ -78,6 +77,7 @@ class Runner:
         def mark(q: Proposal) -> None:
             q.decision = ticket.decision
             q.execution = {"started_at": started}
+            q.approvals = []  # used: an approval counts once, for this run
 
         with self.writes:
             lifecycle.transition(self.repo, p, S.RUNNING, self.config.identity, base_text=text,
@@ -159,8 +159,15 @@ class Runner:
                            "output": out_path, "files": sorted(result.files)}
 
         reason = result.error or ("stopped by the emergency stop" if cancelled else "")
-        lifecycle.transition(self.repo, p, new, self.config.identity, base_text=text,
-                             update=fill, extra_files=files, reason=reason)
+        try:
+            lifecycle.transition(self.repo, p, new, self.config.identity, base_text=text,
+                                 update=fill, extra_files=files, reason=reason)
+        except UnsafePath as e:
+            # a committed symlink where the output or a tool's file would go: the result is
+            # recorded without them, and says why
+            lifecycle.transition(self.repo, p, S.FAILED, self.config.identity, base_text=text,
+                                 update=fill, reason=f"{e}; the run's output and files were "
+                                 "not written")
 
     def _interrupt(self, pid: str, reason: str) -> None:
         current = self._head_proposal(pid)

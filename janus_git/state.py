@@ -1,6 +1,7 @@
 """The state repository: creating it from the templates, and opening it."""
 from __future__ import annotations
 
+import json
 import shutil
 from functools import cached_property
 from pathlib import Path
@@ -15,12 +16,16 @@ STOP_PATH = "state/STOP"
 
 
 def template_root() -> Path:
-    """The project's top-level folders hold the templates (a source checkout / editable install)."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / AGENT_PATH).is_file():
-        raise JanusError(f"templates not found beside the package at {root}; "
-                         "install janus-git from a source checkout with `pip install -e .`")
-    return root
+    """Where the templates are: in the installed package (a wheel carries them as
+    janus_git/templates/), else the project's top-level folders (a source checkout or an
+    editable install)."""
+    package = Path(__file__).resolve().parent
+    for root in (package / "templates", package.parent):
+        if (root / AGENT_PATH).is_file():
+            return root
+    raise JanusError(f"templates not found in the package ({package / 'templates'}) nor beside "
+                     f"it ({package.parent}); reinstall janus-git from a source checkout "
+                     "(`pipx install .` or `pip install .`)")
 
 
 class StateRepo:
@@ -77,13 +82,34 @@ def init_state(target: Path) -> tuple[Path, bool]:
     for folder in ("nodes", "notes"):
         (target / folder).mkdir(exist_ok=True)
         (target / folder / ".gitkeep").touch()
-    repo.run("add", "-A")
     ident = committer(repo)
+    _first_rules(target, repo, ident)
+    repo.run("add", "-A")
     repo.commit_all_staged(format_message("janus: initialise state repository"), ident)
     # A commit-graph with changed-path Bloom filters makes per-file `git log` ~15x faster.
     repo.run("config", "core.commitGraph", "true")
     repo.run("config", "fetch.writeCommitGraph", "true")
     return target, True
+
+
+def _first_rules(target: Path, repo: GitRepo, person: Identity | None) -> None:
+    """The first commit's rules are trusted as they are: the person who runs `init` is the
+    first approver (when git knows them), and the agent's key (made outside the repository)
+    is listed under the agent's e-mail in state/allowed_signers."""
+    from .agentkey import ensure_key, signers_line
+    agent = load_config(target).identity
+    signers = target / "state" / "allowed_signers"
+    old = signers.read_text() if signers.is_file() else ""
+    signers.write_text(old + signers_line(agent.email, ensure_key()))
+    if person is None:
+        me = repo.run("var", "GIT_AUTHOR_IDENT", check=False).strip()
+        name, _, rest = me.partition(" <")
+        email = rest.split(">", 1)[0]
+        path = target / AGENT_PATH
+        text = path.read_text()
+        if email and email.lower() != agent.email.lower() and "\napprovers: []\n" in text:
+            path.write_text(text.replace("\napprovers: []\n", f"\napprovers:\n  - name: "
+                                         f"{json.dumps(name)}\n    email: {email}\n", 1))
 
 
 def committer(repo: GitRepo) -> Identity | None:

@@ -60,10 +60,24 @@ def edit_yaml(path: Path, **changes) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+TEST_MISSION = """\
+id: TEST
+title: The tests' own mission
+goal: Proposals that tests file by hand.
+kind: analysis
+budget: {min: 1000, max: 1000, unit: proposals}
+order: 99
+depends_on: []
+status: queued
+proposal_types: [analysis, maintenance]
+tools: [shell, python]
+"""
+
+
 def configure(root: Path, who: tuple[str, str] = ALICE, **changes) -> None:
     """Change state/agent.yaml and commit it as WHO."""
     edit_yaml(root / "state" / "agent.yaml", **changes)
-    git(root, "add", "state/agent.yaml")
+    git(root, "add", "state/agent.yaml", "missions")
     git(root, "commit", "-qm", "configure", who=who)
 
 
@@ -81,8 +95,13 @@ def _state_template(tmp_path_factory) -> Path:
                          JANUS_GIT_HOME=str(home / "janus-git")).items():
             mp.setenv(k, v)
         root, _ = init_state(tmp_path_factory.mktemp("template") / "state")
+        (root / "missions" / "TEST.yaml").write_text(TEST_MISSION)
         configure(root, agent={"name": AGENT[0], "email": AGENT[1]},
                   approvers=[{"name": ALICE[0], "email": ALICE[1]}])
+        keys = root.parent / "agent-key"  # the agent's key lives outside the repository
+        keys.mkdir()
+        for f in (home / "janus-git").glob("agent_ed25519*"):
+            shutil.copy2(f, keys / f.name)
     return root
 
 
@@ -91,6 +110,10 @@ def state_dir(_state_template, tmp_path) -> Path:
     """A fresh state repository (a copy of the template): Alice approves, the agent is AGENT."""
     root = tmp_path / "state"
     shutil.copytree(_state_template, root, symlinks=True)
+    home = Path(os.environ["JANUS_GIT_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    for f in (_state_template.parent / "agent-key").iterdir():
+        shutil.copy2(f, home / f.name)
     return root
 
 

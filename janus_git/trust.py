@@ -1,0 +1,260 @@
+"""Who may change what the agent may do: the rules in force, derived from history alone.
+
+The guarded paths are `state/` (agent.yaml, allowed_signers, constitution.md and anything
+else there) and `missions/`, and the removal of `state/STOP`.  A commit's change to them takes
+effect only if its author is an approver under the rules in force *before* it (and its
+signature verifies against the allowed_signers in force then, where signatures are
+required), or if it is the agent's own signed commit (its corrections and mission
+bookkeeping).  Anyone may impose the stop; only an approver may lift it.
+
+Walking the first-parent line from the root commit gives the same rules on every clone, so
+daemons sharing a remote agree; the walk is cached under .git/janus/ (derived data only).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import AGENT_PATH, Config, config_from_text
+from .errors import ConfigError, JanusError
+from .gitrepo import MADE, Commit, GitRepo, atomic_write
+
+log = logging.getLogger("janus_git.trust")
+GUARDED_DIRS = ("state", "missions")
+STOP_PATH = "state/STOP"
+_GOOD_SSH = re.compile(r'Good "git" signature for (\S+) with')
+_GOOD_GPG = re.compile(r"\[GNUPG:\] GOODSIG \S+ .*?<([^>]+)>")
+
+
+def is_guarded(path: str, change: str) -> bool:
+    """Does this change of PATH need an approver?  Adding or editing the stop does not."""
+    if path == STOP_PATH:
+        return change == "D"
+    return path.startswith(tuple(d + "/" for d in GUARDED_DIRS))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    reason: str
+    approver: str = ""
+    signer: str = ""
+
+
+@dataclass
+class Rules:
+    """The guarded files in force after commit AT, and the configuration they make."""
+    at: str
+    files: dict[str, bytes]
+    config: Config
+
+    @property
+    def stopped(self) -> bool:
+        return STOP_PATH in self.files
+
+    def signers(self) -> bytes:
+        return self.files.get(self.config["allowed_signers"], b"")
+
+
+@dataclass
+class Refusal:
+    commit: Commit
+    paths: list[str]
+    reason: str
+
+
+@dataclass
+class Trust:
+    """Judges commits against the rules in force, and keeps those rules current."""
+    repo: GitRepo
+    rules: Rules | None = None
+    refusals: list[Refusal] = field(default_factory=list)
+    _verified: dict[tuple[str, str], tuple[str | None, str]] = field(default_factory=dict)
+    _root_author: str | None = None
+
+    # -- identity ------------------------------------------------------------------------
+    def signer(self, sha: str, rules: Rules) -> tuple[str | None, str]:
+        """The principal whose key signed SHA (per the allowed_signers in RULES), or None
+        and why not."""
+        signers = rules.signers()
+        digest = hashlib.sha256(signers).hexdigest()
+        key = (sha, digest)
+        if key not in self._verified:
+            self._verified[key] = self._verify(sha, signers, digest)
+        return self._verified[key]
+
+    def _verify(self, sha: str, signers: bytes, digest: str) -> tuple[str | None, str]:
+        where = self.repo.git_dir / "janus" / "signers" / digest
+        if not where.is_file():
+            atomic_write(where, signers)
+        status, text = self.repo.verify_commit(sha, where)
+        m = _GOOD_SSH.search(text) or _GOOD_GPG.search(text)
+        if status == 0 and m:
+            return m.group(1).lower(), ""
+        if "no signature" in text.lower() or not text.strip():
+            return None, "the commit is not signed"
+        return None, "its signature does not verify against the allowed_signers in force"
+
+    def is_agent(self, commit: Commit, rules: Rules | None = None) -> bool:
+        """The agent's own commit: signed with a key listed under the agent's e-mail.  The
+        e-mail a commit carries proves nothing (anyone who can push can write it)."""
+        rules = rules or self.rules
+        assert rules is not None
+        agent = rules.config.identity.email.lower()
+        if commit.author_email.lower() != agent:
+            return False
+        if commit.sha in MADE:
+            return True
+        return self.signer(commit.sha, rules)[0] == agent
+
+    def authorize(self, commit: Commit, rules: Rules) -> Verdict:
+        """Is COMMIT an approver's, under RULES (author listed; signature where required)?"""
+        config = rules.config
+        author = commit.author_email.lower()
+        if author == config.identity.email.lower():
+            return Verdict(False, "the agent's own identity can never approve")
+        entry = config.approver_for(author)
+        if entry is None and not config["approvers"] and author == self._creator():
+            return Verdict(True, "the repository's creator, while no approver is listed",
+                           author)
+        if entry is None:
+            return Verdict(False, f"{commit.author_email} is not in approvers "
+                           "(state/agent.yaml)")
+        if not config["require_signed_approvals"]:
+            return Verdict(True, "approver", author)
+        signer, why = self.signer(commit.sha, rules)
+        if signer is None:
+            return Verdict(False, f"signed approvals are required and {why}", author)
+        principal = entry.get("principal", entry["email"]).lower()
+        if signer != principal:
+            return Verdict(False, f"signed by {signer}, not by {author}'s principal "
+                           f"{principal}", author, signer)
+        return Verdict(True, "approver", author, signer)
+
+    def _creator(self) -> str:
+        if self._root_author is None:
+            self._root_author = self.repo.commit_info(
+                self.repo.root_commit()).author_email.lower()
+        return self._root_author
+
+    # -- the rules -----------------------------------------------------------------------
+    def load(self, head: str) -> Rules:
+        """The rules in force at HEAD: from the cache where it is an ancestor, else from the
+        root commit; then every guarded commit since, judged in order."""
+        rules = self._cached(head) or self._initial(head)
+        self.rules = rules
+        if rules.at != head:
+            for commit in self.repo.first_parent_log(rules.at, head, paths=GUARDED_DIRS):
+                self.apply(commit)
+            self.rules.at = head
+        self.save()
+        return self.rules
+
+    def guarded_paths(self, rev: str) -> list[str]:
+        return [p for d in GUARDED_DIRS for p in self.repo.ls_tree(rev, d)]
+
+    def _initial(self, head: str) -> Rules:
+        root = self.repo.root_commit(head)
+        files = {}
+        for path in self.guarded_paths(root):
+            data = self.repo.read_blob(root, path)
+            if data is not None:
+                files[path] = data
+        return Rules(root, files, _config_of(files))  # the repository's creator is trusted
+
+    def apply(self, commit: Commit) -> list[Refusal]:
+        """Take COMMIT's changes to the guarded paths into the rules if it may make them;
+        returns what was refused (and remembers it for the daemon to answer)."""
+        assert self.rules is not None
+        rules = self.rules
+        changed = {p: c for p, c in commit.changes.items()
+                   if p.startswith(tuple(d + "/" for d in GUARDED_DIRS))}
+        if not changed:
+            return []
+        guarded = [p for p, c in changed.items() if is_guarded(p, c)]
+        refused: list[Refusal] = []
+        accept = set(changed) - set(guarded)  # the stop, committed by anyone
+        if guarded:
+            verdict = self._may_change(commit, rules)
+            stale = [p for p in guarded if verdict.ok and not self.is_agent(commit, rules)
+                     and self.repo.read_blob(commit.parents[0], p) != rules.files.get(p)]
+            if stale:
+                verdict = Verdict(False, f"it builds on {', '.join(stale)} as a refused commit "
+                                  "left it; make the change on the rules in force (after the "
+                                  "daemon's correction)")
+            files = dict(rules.files)
+            if verdict.ok:
+                files.update(self._contents(commit, guarded))
+                files = {p: d for p, d in files.items() if d is not None}
+                try:
+                    config = _config_of(files)
+                except ConfigError as e:
+                    verdict = Verdict(False, f"it leaves an invalid configuration ({e}); the "
+                                      "last valid one stays in force")
+                else:
+                    rules.config = config
+                    accept |= set(guarded)
+            if not verdict.ok:
+                refused.append(Refusal(commit, sorted(guarded), verdict.reason))
+        for path, data in self._contents(commit, sorted(accept)).items():
+            if data is None:
+                rules.files.pop(path, None)
+            else:
+                rules.files[path] = data
+        rules.at = commit.sha
+        self.refusals.extend(refused)
+        for r in refused:
+            log.warning("refused %s's change to %s in %s: %s", commit.author_email,
+                        ", ".join(r.paths), commit.sha[:10], r.reason)
+        return refused
+
+    def _may_change(self, commit: Commit, rules: Rules) -> Verdict:
+        if self.is_agent(commit, rules):
+            return Verdict(True, "the agent's own correction")
+        verdict = self.authorize(commit, rules)
+        if not verdict.ok:
+            return verdict
+        # a merge brings in other commits: each that touched a guarded path is judged by its
+        # own author (the agent's signed policy branch passes; a pusher's commit does not)
+        for side in self.repo.side_commits(commit, *GUARDED_DIRS):
+            if self.is_agent(side, rules):
+                continue
+            inner = self.authorize(side, rules)
+            if not inner.ok:
+                return Verdict(False, f"the merge brings in {side.sha[:10]}, whose change to "
+                               f"the rules is refused: {inner.reason}")
+        return verdict
+
+    def _contents(self, commit: Commit, paths: list[str]) -> dict[str, bytes | None]:
+        return {p: self.repo.read_blob(commit.sha, p) for p in paths}
+
+    # -- the cache -----------------------------------------------------------------------
+    @property
+    def _cache_path(self) -> Path:
+        return self.repo.git_dir / "janus" / "rules.json"
+
+    def save(self) -> None:
+        if self.rules is None:
+            return
+        data = {"at": self.rules.at,
+                "files": {p: base64.b64encode(d).decode() for p, d in self.rules.files.items()}}
+        atomic_write(self._cache_path, json.dumps(data).encode())
+
+    def _cached(self, head: str) -> Rules | None:
+        try:
+            data = json.loads(self._cache_path.read_text())
+            files = {p: base64.b64decode(d) for p, d in data["files"].items()}
+            if not self.repo.is_ancestor(data["at"], head):
+                return None
+            return Rules(data["at"], files, _config_of(files))
+        except (FileNotFoundError, ValueError, KeyError, TypeError, ConfigError, JanusError):
+            return None
+
+
+def _config_of(files: dict[str, bytes]) -> Config:
+    return config_from_text(files.get(AGENT_PATH))
