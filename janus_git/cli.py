@@ -23,6 +23,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                        "commits in a state repository.")
 notify_app = typer.Typer(help="Notifications.")
 app.add_typer(notify_app, name="notify")
+policy_app = typer.Typer(help="The policy: what runs by itself, what needs people.")
+app.add_typer(policy_app, name="policy")
 
 RepoOpt = typer.Option(".", "--repo", "-C", help="The state repository.")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
@@ -105,19 +107,52 @@ def propose(mission: str = typer.Option(..., "--mission", "-m"),
             raise JanusError(f"--args-json is not valid JSON: {e.msg}") from None
     else:
         parsed = list(args or [])
-    p = do_propose(_sr(repo), mission=mission, type_=type_, tool=tool, args=parsed,
+    sr = _sr(repo)
+    _known_mission(sr, mission)
+    p = do_propose(sr, mission=mission, type_=type_, tool=tool, args=parsed,
                    rationale=rationale)
     _out(json.dumps(p.to_dict()) if as_json else f"proposed {p.id} ({p.path})")
 
 
+def _known_mission(sr, mission: str) -> None:
+    """A proposal for a mission that has no file at HEAD is refused (nothing would count it)."""
+    from .missions import load_missions
+    broken: list[JanusError] = []
+    known = [m.id for m in load_missions(sr.repo, on_error=broken.append)]
+    if mission in known:
+        return
+    why = ""
+    if broken:  # the mission may be the one whose file is broken
+        first = " ".join(str(broken[0]).split())
+        why = f"; {len(broken)} mission file(s) do not validate, first: {first}"
+    raise JanusError(f"unknown mission {mission!r}: known missions are "
+                     f"{', '.join(known) or 'none'} (missions/<ID>.yaml){why}")
+
+
+def _statuses(value: Optional[List[str]]) -> List[str]:
+    """`-s a,b` and `-s a -s b` alike; an unknown status is a usage error (exit 2)."""
+    from .proposal import Status
+    valid = [s.value for s in Status] + ["invalid"]
+    wanted = [s.strip() for v in value or () for s in v.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in valid]
+    if unknown:
+        raise typer.BadParameter(f"unknown status {unknown[0]!r}; valid: {', '.join(valid)}")
+    return wanted
+
+
+StatusOpt = typer.Option(None, "--status", "-s", callback=_statuses,
+                         help="Only these statuses (repeat, or a,b).")
+WideOpt = typer.Option(False, "--wide", "-w", help="Every column, nothing cut.")
+
+
 @app.command("list")
-def list_(status: Optional[List[str]] = typer.Option(None, "--status", "-s"),
+def list_(status: Optional[List[str]] = StatusOpt,
           mission: Optional[str] = typer.Option(None, "--mission", "-m"),
           tool: Optional[str] = typer.Option(None, "--tool"),
           type_: Optional[str] = typer.Option(None, "--type", "-t"),
           since: Optional[str] = typer.Option(None, "--since", help="ISO date or time."),
           limit: Optional[int] = typer.Option(None, "--limit", "-n"),
-          repo: str = RepoOpt, as_json: bool = JsonOpt):
+          wide: bool = WideOpt, repo: str = RepoOpt, as_json: bool = JsonOpt):
     """List proposals (broken files are listed too, with their error)."""
     sr = _sr(repo)
     query = dict(status=status or (), mission=mission, tool=tool, type_=type_, since=since,
@@ -128,9 +163,9 @@ def list_(status: Optional[List[str]] = typer.Option(None, "--status", "-s"),
         sys.stdout.buffer.write(sr.index.query_json(**query, joined=True) if filtered
                                 else sr.index.all_json())
         return
-    rows = sr.index.query_json(**query)
-    from .views import table
-    _console().print(table([json.loads(r) for r in rows], f"{len(rows)} proposals"))
+    from . import views
+    rows = [json.loads(r) for r in sr.index.query_json(**query)]
+    views.print_table(_console(), rows, f"{len(rows)} proposals", wide)
 
 
 @app.command()
@@ -155,22 +190,32 @@ def show(proposal_id: str, repo: str = RepoOpt, as_json: bool = JsonOpt):
 
 @app.command()
 def watch(repo: str = RepoOpt, interval: float = typer.Option(0.5, "--interval"),
-          status: Optional[List[str]] = typer.Option(None, "--status", "-s"),
+          status: Optional[List[str]] = StatusOpt, wide: bool = WideOpt,
           count: Optional[int] = typer.Option(None, "--count", help="Stop after N refreshes.")):
     """A live table that updates when a commit lands."""
+    from contextlib import ExitStack
+
     from rich.live import Live
 
-    from .views import table
+    from . import views
     sr = _sr(repo)
     seen, n = None, 0
-    with Live(auto_refresh=False, console=_console()) as live:
+    console = _console()
+    with ExitStack() as stack:
+        # a wide table may run past the terminal, which a Live region cannot redraw in place
+        live = None if wide else stack.enter_context(Live(auto_refresh=False, console=console))
         while count is None or n < count:
             head = sr.repo.fast_head()
             if head != seen:
                 seen = head
                 rows = sr.index.query(status=status or ())
-                live.update(table(rows[-40:], f"{len(rows)} proposals at {str(head)[:10]}"),
-                            refresh=True)
+                title = f"{len(rows)} proposals at {str(head)[:10]}"
+                if live:
+                    live.update(views.table(rows[-40:], title, console.width), refresh=True)
+                else:
+                    if console.is_terminal:
+                        console.clear()
+                    views.print_table(console, rows[-40:], title, wide)
                 n += 1
             time.sleep(interval)
 
@@ -352,6 +397,20 @@ def notify_test(repo: str = RepoOpt):
     _out(f"delivered to {ok} of {total} notification URLs")
     if ok < total:
         raise typer.Exit(1)
+
+
+@policy_app.command("test")
+def policy_test(against: Optional[str] = typer.Option(
+        None, "--against", help="Take the candidate agent.yaml from this branch or commit "
+        "(default: the working tree's)."),
+        since: Optional[float] = typer.Option(None, "--since", help="Only proposals filed in "
+                                              "the last DAYS days."),
+        repo: str = RepoOpt, as_json: bool = JsonOpt):
+    """Replay the proposals in history under a candidate agent.yaml: what would have run by
+    itself, what would have needed a person, what would be refused."""
+    from . import policytest
+    report = policytest.run(_sr(repo), against=against, since_days=since)
+    _out(json.dumps(report.to_json(), indent=1) if as_json else policytest.render(report))
 
 
 def crash_log(exc: BaseException) -> Path:

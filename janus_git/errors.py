@@ -45,7 +45,3 @@ class GitError(JanusError):
 
 class Conflict(JanusError):
     """Someone else changed the same thing at the same time; the caller may retry."""
-
-
-class Stopped(JanusError):
-    """The emergency stop is in force."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Any
+import time
+from typing import Any, Optional
 
 from .errors import ConfigError
 from .proposal import parse_proposal, shard_path
@@ -54,17 +55,81 @@ def export(rows: list[dict[str, Any]], fmt: str) -> str:
     raise ValueError(fmt)
 
 
-def table(rows: list[dict[str, Any]], title: str = ""):
-    from rich.table import Table
+# -- the proposal table (list, watch) ---------------------------------------------------------
+# Compact: every id, status and age whole; the note on one line, cut to fit; type and tool cut
+# only when the note would get less than NOTE_MIN.  --wide: every column, every value whole
+# (the note takes the rest of the terminal, at least WIDE_NOTE_MIN, and folds onto more
+# lines).  No row ever wraps or cuts its id or status.
+COMPACT = ("id", "status", "type", "tool", "age", "note")
+WIDE = ("id", "status", "mission", "type", "tool", "risk", "created_at", "note")
+NOTE_MIN, WIDE_NOTE_MIN, CUT_MIN, GAP = 16, 48, 8, 2
+STATUS_STYLE = {"invalid": "bold red", "failed": "red", "succeeded": "green",
+                "approved": "cyan", "running": "yellow", "proposed": "bold",
+                "interrupted": "magenta"}
 
-    t = Table(title=title or None, show_lines=False)
-    for col in LIST_COLUMNS:
-        t.add_column(col, no_wrap=col in ("id", "status"))
-    t.add_column("note / error", overflow="fold")
-    style = {"invalid": "bold red", "failed": "red", "succeeded": "green", "approved": "cyan",
-             "running": "yellow", "proposed": "bold", "interrupted": "magenta"}
-    for r in rows:
-        cells = [str(r.get(c) or "") for c in LIST_COLUMNS]
-        t.add_row(*cells, r.get("error") or r.get("note") or "",
-                  style=style.get(r.get("status") or "", None))
+
+def age(created_at: Optional[str], now: float) -> str:
+    import datetime as dt
+    try:
+        then = dt.datetime.fromisoformat(str(created_at).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return ""
+    s = max(0, int(now - then))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit}"
+    return f"{s}s"
+
+
+def _cells(row: dict, columns: tuple[str, ...], now: float) -> list[str]:
+    """One line per cell: the note (or the error of a broken file) with its whitespace folded."""
+    note = " ".join(str(row.get("error") or row.get("note") or "").split())
+    values = {**row, "age": age(row.get("created_at"), now), "note": note}
+    return [str(values.get(c) or "") for c in columns]
+
+
+def _fit(columns: tuple[str, ...], natural: list[int], width: int, wide: bool) -> list[int]:
+    """Column widths for WIDTH: the note takes what is left; when that is under NOTE_MIN,
+    type and tool give way (compact only), the wider first, down to CUT_MIN, or further if
+    even without a note the table would not fit."""
+    widths = list(natural)
+    note = columns.index("note")
+    cut = [] if wide else [columns.index("type"), columns.index("tool")]
+    room = width - GAP * (len(columns) - 1) - sum(natural) + natural[note]
+    while room < min(NOTE_MIN, natural[note]):
+        floor = CUT_MIN if room >= 0 else 1
+        shrinkable = [i for i in cut if widths[i] > floor]
+        if not shrinkable:
+            break
+        widths[max(shrinkable, key=widths.__getitem__)] -= 1
+        room += 1
+    widths[note] = min(natural[note], max(room, WIDE_NOTE_MIN if wide else 0))
+    return widths
+
+
+def table(rows: list[dict], title: str, width: int, wide: bool = False):
+    from rich.table import Table
+    from rich.text import Text
+    columns = WIDE if wide else COMPACT
+    now = time.time()
+    cells = [_cells(r, columns, now) for r in rows]
+    natural = [max([len(c)] + [len(line[i]) for line in cells]) for i, c in enumerate(columns)]
+    t = Table(title=title or None, title_justify="left", box=None, pad_edge=False,
+              padding=(0, GAP // 2), header_style="bold", show_edge=False)
+    for c, w in zip(columns, _fit(columns, natural, width, wide)):
+        fold = wide and c == "note"
+        t.add_column(c, width=w, no_wrap=not fold, overflow="fold" if fold else "ellipsis",
+                     justify="right" if c == "age" else "left")
+    for r, line in zip(rows, cells):
+        # Text, not markup: a note is anyone's text, and "[x]" in it is not a style
+        t.add_row(*(Text(v) for v in line), style=STATUS_STYLE.get(r.get("status") or ""))
     return t
+
+
+def print_table(console, rows: list[dict], title: str, wide: bool) -> None:
+    from rich.measure import Measurement
+    t = table(rows, title, console.width, wide)
+    # whole columns wider than the terminal: the lines run on rather than be cut
+    need = Measurement.get(console, console.options.update_width(1 << 16), t).maximum
+    console.width = max(console.width, need)
+    console.print(t)

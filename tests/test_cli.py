@@ -75,31 +75,46 @@ def test_propose_argv_after_double_dash(state_dir):
 
 
 def test_propose_args_json(state_dir):
-    p = propose(state_dir, "-m", "M", "-t", "process_chunk", "--tool", "file_chunker",
+    p = propose(state_dir, "-m", "STUDY-004-BETA", "-t", "process_chunk", "--tool", "file_chunker",
                 "--args-json", '{"path": "missions/docs/x.md", "chunk": 2}')
     assert p["args"] == {"path": "missions/docs/x.md", "chunk": 2}
     on_disk = yaml.safe_load((state_dir / shard_path(p["id"])).read_text())
     assert on_disk["args"] == p["args"] and on_disk["digest"] == p["digest"]
-    r = jg(state_dir, "propose", "-m", "M", "-t", "x", "--tool", "shell", "--args-json", "{nope",
+    r = jg(state_dir, "propose", "-m", "OPT-001-BETA", "-t", "x", "--tool", "shell",
+           "--args-json", "{nope",
            ok=False)
     assert r.exit_code == 1 and "--args-json is not valid JSON" in str(r.exception)
 
 
 def test_propose_unknown_tool_is_a_user_error(state_dir, capsys, monkeypatch):
-    code, out, err = main(["propose", "-C", state_dir, "-m", "M", "-t", "analysis", "--tool",
-                           "rm", "--", "-rf", "/"], capsys, monkeypatch)
+    code, out, err = main(["propose", "-C", state_dir, "-m", "STUDY-002-BETA", "-t", "analysis",
+                           "--tool", "rm", "--", "-rf", "/"], capsys, monkeypatch)
     assert code == 1
     assert err.startswith("janus-git: unknown tool 'rm'; registered tools: ")
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_propose_for_an_unknown_mission_is_refused(state_dir, capsys, monkeypatch):
+    head = git(state_dir, "rev-parse", "HEAD").stdout
+    code, out, err = main(["propose", "-C", state_dir, "-m", "STUDY-999", "-t", "analysis",
+                           "--tool", "shell", "--", "ls"], capsys, monkeypatch)
+    assert code == 1 and out == ""
+    assert err.startswith("janus-git: unknown mission 'STUDY-999': known missions are ")
+    assert "STUDY-004-BETA, OPT-001-BETA, STUDY-002-BETA" in err and err.count("\n") == 1
+    assert git(state_dir, "rev-parse", "HEAD").stdout == head
+    assert not list((state_dir / "proposals").rglob("*.yaml"))
+
+
 # -- list -------------------------------------------------------------------------------------
+A, B = "STUDY-004-BETA", "OPT-001-BETA"  # missions the templates have
+
+
 @pytest.fixture
 def filled(state_dir):
-    a = propose(state_dir, "-m", "A", "-t", "analysis", "--tool", "shell", "--", "ls")
-    b = propose(state_dir, "-m", "B", "-t", "process_chunk", "--tool", "file_chunker",
+    a = propose(state_dir, "-m", A, "-t", "analysis", "--tool", "shell", "--", "ls")
+    b = propose(state_dir, "-m", B, "-t", "process_chunk", "--tool", "file_chunker",
                 "--args-json", '{"path": "x", "chunk": 1}')
-    c = propose(state_dir, "-m", "A", "-t", "generate_new_nodes", "--tool", "node_generator",
+    c = propose(state_dir, "-m", A, "-t", "generate_new_nodes", "--tool", "node_generator",
                 "--args-json", '{"count": 2}')
     jg(state_dir, "reject", c["id"], "--reason", "not today")
     return state_dir, a, b, c
@@ -111,7 +126,7 @@ def test_list_filters(filled):
     assert ids() == [a["id"], b["id"], c["id"]]
     assert ids("--status", "rejected") == [c["id"]]
     assert ids("-s", "proposed", "-s", "rejected") == [a["id"], b["id"], c["id"]]
-    assert ids("--mission", "A") == [a["id"], c["id"]]
+    assert ids("--mission", A) == [a["id"], c["id"]]
     assert ids("--tool", "file_chunker") == [b["id"]]
     assert ids("--type", "generate_new_nodes") == [c["id"]]
     assert ids("--since", "2999-01-01") == []
@@ -122,6 +137,86 @@ def test_list_filters(filled):
     assert set(row) >= {"id", "path", "status", "mission", "type", "tool", "risk", "created_at",
                         "created_by", "digest", "note", "error"}
     assert row["note"] == "not today"
+
+
+def test_list_status_takes_comma_lists_and_refuses_unknown_ones(filled, capsys, monkeypatch):
+    root, a, b, c = filled
+    ids = lambda *args: [r["id"] for r in listed(root, *args)]  # noqa: E731
+    assert ids("-s", "proposed,rejected") == [a["id"], b["id"], c["id"]]
+    assert ids("-s", "rejected, approved", "-s", "running") == [c["id"]]
+    for command in (["list"], ["list", "--json"], ["watch", "--count", "1"]):
+        code, out, err = main([*command, "-C", root, "-s", "proposed,done"], capsys,
+                              monkeypatch)
+        assert code == 2 and out == "" and "Usage:" in err
+        flat = " ".join(err.replace("│", " ").split())
+        assert "unknown status 'done'; valid: proposed, approved, running, succeeded, failed, " \
+               "rejected, duplicate, archived, suspended, interrupted, reverted, invalid" in flat
+
+
+def shown(root, width: int, *argv: str) -> list[str]:
+    """The lines `janus-git ARGV -C ROOT` prints in a WIDTH-column terminal."""
+    r = runner.invoke(app, [*argv, "-C", str(root)], env={"COLUMNS": str(width)})
+    assert r.exit_code == 0, (r.output, r.exception)
+    return r.stdout.splitlines()
+
+
+@pytest.fixture
+def crowded(filled):
+    """Rows that overflowed the old table: the longest status, type and tool, a note of many
+    lines, a broken file's error, and text that looks like rich markup."""
+    root, a, b, c = filled
+    jg(root, "reject", b["id"], "--reason", "first line\nsecond line\n" + "and on " * 40)
+    path = root / shard_path(a["id"])
+    path.write_text(path.read_text().replace("status: proposed", "status: interrupted")
+                    + "note: 'killed by the stop [bold]x[/] [/]'\n")
+    broken = propose(root, "-m", A, "-t", "analysis", "--tool", "shell", "--", "true")
+    (root / shard_path(broken["id"])).write_text("id: [what happened\n")
+    git(root, "commit", "-qam", "crowd")
+    rows = {r["id"]: r for r in listed(root)}
+    assert rows[a["id"]]["status"] == "interrupted" and rows[broken["id"]]["status"] == "invalid"
+    return root, rows
+
+
+@pytest.mark.parametrize("argv", [["list"], ["watch", "--count", "1", "--interval", "0"]])
+def test_list_and_watch_fit_80_columns_with_whole_ids_and_statuses(crowded, argv):
+    root, rows = crowded
+    lines = shown(root, 80, *argv)
+    assert lines[0].startswith("4 proposals") and lines[1].split() == [
+        "id", "status", "type", "tool", "age", "note"]
+    assert len(lines) == 2 + len(rows), "a row wrapped"
+    for line, (pid, row) in zip(lines[2:], rows.items()):
+        assert len(line) <= 80, line
+        assert line.split()[:2] == [pid, row["status"]], line  # whole, and `show` takes it
+    note = next(ln for ln in lines if "first line sec" in ln)  # newlines folded, then cut
+    assert note.rstrip().endswith("…")
+    pid = lines[-1].split()[0]
+    assert json.loads(jg(root, "show", pid, "--json").stdout)["id"] == pid
+
+
+def test_at_100_columns_the_types_and_tools_are_whole_too(crowded):
+    root, rows = crowded
+    lines = shown(root, 100, "list")
+    assert len(lines) == 2 + len(rows) and all(len(ln) <= 100 for ln in lines)
+    for line, row in zip(lines[2:], rows.values()):
+        if row["status"] != "invalid":
+            assert line.split()[2:4] == [row["type"], row["tool"]]
+
+
+def test_list_wide_shows_every_column_whole(crowded):
+    root, rows = crowded
+    lines = shown(root, 80, "list", "--wide")
+    assert lines[1].split() == ["id", "status", "mission", "type", "tool", "risk", "created_at",
+                                "note"]
+    text = "\n".join(lines)
+    for pid, row in rows.items():
+        line = next(ln for ln in lines if ln.startswith(pid))
+        assert row["status"] in line.split()
+        for col in ("mission", "type", "tool", "created_at"):
+            assert row[col] is None or row[col] in line.split()
+    assert "…" not in text
+    assert "and on " * 2 in text  # the note whole, over as many lines as it needs
+    assert "killed by the stop [bold]x[/] [/]" in text  # text, not rich markup
+    assert "not valid YAML" in text
 
 
 def test_list_marks_the_broken_file_in_table_and_json(filled):
@@ -315,8 +410,8 @@ def test_not_a_state_repository(tmp_path, capsys, monkeypatch):
 
 def test_a_broken_agent_yaml_is_one_line(state_dir, capsys, monkeypatch):
     (state_dir / "state/agent.yaml").write_text("mode: beta\ncolour: red\n")
-    code, _, err = main(["propose", "-C", state_dir, "-m", "M", "-t", "analysis", "--tool",
-                         "shell", "--", "ls"], capsys, monkeypatch)
+    code, _, err = main(["propose", "-C", state_dir, "-m", "STUDY-004-BETA", "-t", "analysis",
+                         "--tool", "shell", "--", "ls"], capsys, monkeypatch)
     assert code == 1
     assert err == "janus-git: state/agent.yaml: colour: unknown field\n"
 
@@ -371,8 +466,8 @@ def test_the_installed_command_and_its_exit_codes(tmp_path):
                               timeout=60)
 
     assert run("init", root).returncode == 0
-    p = run("propose", "-C", root, "-m", "M", "-t", "analysis", "--tool", "shell", "--json",
-            "--", "ls", "-la")
+    p = run("propose", "-C", root, "-m", "STUDY-004-BETA", "-t", "analysis", "--tool", "shell",
+            "--json", "--", "ls", "-la")
     assert p.returncode == 0, p.stderr
     pid = json.loads(p.stdout)["id"]
     rows = json.loads(run("list", "-C", root, "--json").stdout)

@@ -4,10 +4,13 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
 from conftest import configure
 
 
 def test_doctor_names_isolation_model_and_config(state_dir):
+    pytest.importorskip("llama_cpp")  # the built-in model comes with it (janus-git[llm])
     out = subprocess.run(["janus-git", "doctor", "--json", "-C", str(state_dir)],
                          capture_output=True, text=True, check=True)
     info = json.loads(out.stdout)

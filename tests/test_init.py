@@ -31,8 +31,16 @@ def test_init_makes_a_state_repository_from_the_templates(tmp_path):
     for name in TEMPLATE_DIRS:
         src = template_root() / name
         for f in src.rglob("*"):
-            if f.is_file() and "__pycache__" not in f.parts and f.name != "STOP":
+            if f.is_file() and "__pycache__" not in f.parts and f.name != "STOP" \
+                    and f.name != "agent.yaml":
                 assert (root / f.relative_to(template_root())).read_bytes() == f.read_bytes()
+    # the person who runs init is the first approver; the agent's key is listed, outside
+    agent = (root / "state/agent.yaml").read_text()
+    assert f"approvers:\n  - name: \"{ALICE[0]}\"\n    email: {ALICE[1]}\n" in agent
+    signers = (root / "state/allowed_signers").read_text()
+    assert signers.startswith("janus-agent@localhost ") and "ssh-ed25519 " in signers
+    from janus_git.agentkey import key_path
+    assert key_path().is_file() and not key_path().is_relative_to(root)
     assert (root / "nodes/.gitkeep").exists() and (root / "notes/.gitkeep").exists()
     assert git(root, "status", "--porcelain").stdout == ""
     assert git(root, "rev-list", "--count", "HEAD").stdout.strip() == "1"
@@ -77,12 +85,8 @@ def test_a_new_users_walk_through(tmp_path):
     """README's five minutes: init, propose, list, show, export; git log is the audit trail."""
     root = tmp_path / "my-state"
     assert jg("init", root).stdout.startswith(f"created {root}")
-    # Alice makes herself an approver, as the README tells her to
-    text = (root / "state/agent.yaml").read_text()
-    text = text.replace("approvers: []", f"approvers:\n  - name: {ALICE[0]}\n"
-                        f"    email: {ALICE[1]}")
-    (root / "state/agent.yaml").write_text(text)
-    git(root, "commit", "-qam", "make Alice an approver")
+    # init made Alice (git's user) the first approver
+    assert f"email: {ALICE[1]}" in (root / "state/agent.yaml").read_text()
 
     out = jg("propose", "--mission", "STUDY-002-BETA", "--type", "analysis", "--tool", "python",
              "--rationale", "count the chunks", "--", "scripts/count.py", "--all",

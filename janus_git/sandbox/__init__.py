@@ -95,7 +95,6 @@ __all__ = ["NOBODY", "PATH", "POLL_S", "SandboxError", "SandboxResult", "doctor"
 
 log = logging.getLogger(__name__)
 
-LIMIT_KEYS = ("memory_mb", "disk_write_mb", "timeout_s", "cpu_percent", "pids", "output_kb")
 # What a limit's kernel signal looks like once the command died of it.
 _SIGNAL_LIMITS = {signal.SIGXCPU: "cpu", signal.SIGXFSZ: "disk"}
 _MEMORY_WORDS = (b"MemoryError", b"Cannot allocate memory", b"std::bad_alloc",
