@@ -24,7 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "approvers": [],
     "require_signed_approvals": False,
     "allowed_signers": "state/allowed_signers",
-    "policy": {"auto_types": AUTO_TYPES, "max_auto_risk": "low",
+    "policy": {"auto_types": AUTO_TYPES, "max_auto_risk": "low", "suggest_after": 5,
                "approvals_required": {"low": 1, "medium": 1, "high": 1}},
     "tools": {},
     "limits": DEFAULT_LIMITS,
@@ -67,6 +67,7 @@ SCHEMA: dict[str, Any] = {
         "policy": {"type": "object", "additionalProperties": False, "properties": {
             "auto_types": {"type": "array", "items": {"type": "string"}},
             "max_auto_risk": {"enum": RISKS},
+            "suggest_after": {"type": "integer", "minimum": 0},
             "approvals_required": {"type": "object", "additionalProperties": False,
                                    "properties": {r: _quorum for r in RISKS}}}},
         "tools": {"type": "object", "additionalProperties": {

@@ -38,7 +38,31 @@ def diagnose(root: Path) -> dict[str, Any]:
                              f"{len(cfg.approver_emails)} approvers)"
         except Exception as e:
             info["config"] = f"INVALID: {e}"
+        info["trust"] = _trust(root)
     return info
+
+
+def _trust(root: Path) -> str:
+    """Which approvals count here, and whether the agent's commits can be told apart."""
+    from .agentkey import find_key, key_path
+    from .gitrepo import GitRepo
+    from .trust import Trust
+    try:
+        rules = Trust(GitRepo(root)).load(GitRepo(root).head() or "HEAD")
+    except JanusError as e:
+        return f"UNKNOWN: {e}"
+    signed = ("signed approvals required" if rules.config["require_signed_approvals"] else
+              "UNSIGNED approvals: an approver is only an author e-mail (turn on "
+              "require_signed_approvals)")
+    key = find_key()
+    if key is None:
+        agent = f"no agent key at {key_path()} (the daemon makes one)"
+    else:
+        blob = Path(f"{key}.pub").read_text().split()[1]
+        listed = blob in rules.signers().decode(errors="replace")
+        agent = f"agent key {key} " + ("listed" if listed else
+                                       "NOT listed in allowed_signers: add its .pub line")
+    return f"{signed}; {agent}"
 
 
 def render(info: dict[str, Any]) -> list[str]:
@@ -61,4 +85,6 @@ def render(info: dict[str, Any]) -> list[str]:
                                      if d.get("running") else "not running"))
     if "config" in info:
         out.append(f"config:     {info['config']}")
+    if "trust" in info:
+        out.append(f"trust:      {info['trust']}")
     return out

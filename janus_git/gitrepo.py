@@ -438,6 +438,9 @@ class GitRepo:
                           env=env, stdin=message)
         return self._made(self.run("rev-parse", "HEAD").strip(), identity)
 
+    def branch_exists(self, branch: str) -> bool:
+        return self.run_status("rev-parse", "-q", "--verify", f"refs/heads/{branch}")[0] == 0
+
     def delete_branch(self, branch: str) -> None:
         self.run("update-ref", "-d", f"refs/heads/{branch}", check=False)
 

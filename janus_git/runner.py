@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import lifecycle
-from .errors import Conflict
+from .errors import Conflict, JanusError
 from .gitrepo import UnsafePath, crashpoint
 from .policy import decide
 from .proposal import Proposal, Status, utcnow
@@ -168,6 +168,16 @@ class Runner:
             lifecycle.transition(self.repo, p, S.FAILED, self.config.identity, base_text=text,
                                  update=fill, reason=f"{e}; the run's output and files were "
                                  "not written")
+            return
+        if new == S.SUCCEEDED and p.decision.get("rule") == "human":
+            self._suggest(p)
+
+    def _suggest(self, p: Proposal) -> None:
+        from . import suggest
+        try:
+            suggest.maybe_offer(self.repo, self.config, self.state.index, p.type, p.tool)
+        except JanusError as e:  # an offer is a courtesy: it never holds up a result
+            log.warning("could not offer a policy change for %s: %s", p.tool, e)
 
     def _interrupt(self, pid: str, reason: str) -> None:
         current = self._head_proposal(pid)

@@ -170,7 +170,7 @@ def _interleave(monkeypatch, repo: GitRepo, when: str, action) -> list[str]:
     orig = repo.run
 
     def run(*args, **kw):
-        is_commit = any(a in ("commit", "update-ref") for a in args[:3])
+        is_commit = any(a in ("commit", "update-ref") for a in args[:8])  # after -c options
         if is_commit and when == "before" and not fired:
             fired.append(action())
         out = orig(*args, **kw)

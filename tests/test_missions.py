@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import AGENT, git
+from conftest import AGENT, ALICE, git
 
 from janus_git import missions
 from janus_git.config import load_config
@@ -12,6 +12,15 @@ from janus_git.errors import ConfigError
 from janus_git.gitrepo import GitRepo
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "missions"
+
+
+
+@pytest.fixture
+def state_dir(state_dir):
+    """The template's three missions only (conftest adds a TEST mission for other tests)."""
+    git(state_dir, "rm", "-q", "missions/TEST.yaml")
+    git(state_dir, "commit", "-qm", "only the seed's missions", who=ALICE)
+    return state_dir
 
 
 def rows(mission: str, n: int, status: str = "succeeded", type_: str = "process_chunk"):

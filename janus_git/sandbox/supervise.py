@@ -132,7 +132,9 @@ class Killer:
             return
         self.reason = reason
         self.signal_all(signal.SIGTERM)
-        self.kill_at = time.monotonic() + (2.0 if reason in ("timeout", "cancelled") else 0.25)
+        # a timeout gets 2 s to clean up; the emergency stop must have killed within 1 s
+        grace = {"timeout": 2.0, "cancelled": 0.5}.get(reason, 0.25)
+        self.kill_at = time.monotonic() + grace
 
     def tick(self) -> None:
         if self.kill_at is not None and time.monotonic() >= self.kill_at:
