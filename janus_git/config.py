@@ -200,6 +200,11 @@ def config_from_text(text: bytes | str | None, path: str = AGENT_PATH) -> Config
     for name, spec in data["tools"].items():
         for word in spec.get("command", [])[:1]:
             _check_program(path, name, word)
+    model = data["model"]["path"]
+    if model and not model.startswith(("/", "~", "state/")) or model and ".." in model.split("/"):
+        raise ConfigError(path, "model.path", f"{model!r} is a file anyone who can push may "
+                          "replace", "give an absolute path on this machine, or keep the model "
+                          "under state/, where only approvers change anything")
     return Config(data, path)
 
 

@@ -107,3 +107,25 @@ def test_schema_validates_the_template_with_jsonschema():
     import jsonschema
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
     jsonschema.validate(yaml.safe_load((ROOT / AGENT_PATH).read_text()), SCHEMA)
+
+
+@pytest.mark.parametrize("text,words", [
+    ("model: {path: notes/model.gguf}", "anyone who can push may replace"),
+    ("model: {path: state/../notes/m.gguf}", "anyone who can push may replace"),
+    ("tools: {x: {risk: low, runner: external, command: [notes/run.sh]}}",
+     "not a system program"),
+    ("tools: {x: {risk: low, runner: external, command: [/repo/run.sh]}}",
+     "not a system program"),
+    ("allowed_signers: notes/signers", "allowed_signers"),
+    ("allowed_signers: state/STOP", "allowed_signers"),
+])
+def test_paths_in_the_configuration_stay_where_only_approvers_write(text, words):
+    """A file the configuration names (signers, model, a tool's program) must not be one that
+    anyone who can push may replace."""
+    assert words in str(_err(text))
+
+
+def test_paths_that_are_guarded_or_outside_the_repository_are_fine():
+    cfg = config_from_text("model: {path: /opt/models/m.gguf}\nallowed_signers: state/signers\n"
+                           "tools: {x: {risk: low, runner: external, command: [/usr/bin/jq]}}\n")
+    assert cfg["allowed_signers"] == "state/signers"
