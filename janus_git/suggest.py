@@ -16,6 +16,7 @@ import yaml
 from .config import AGENT_PATH, RISKS, Config, config_from_text
 from .gitrepo import GitRepo, format_message
 from .policytest import back_test, render
+from .proposal import load_yaml
 
 log = logging.getLogger("janus_git.suggest")
 BRANCH_PREFIX = "janus/policy/"
@@ -37,7 +38,7 @@ def maybe_offer(repo: GitRepo, config: Config, index, type_: str, tool: str) -> 
     rows = index.query()
     head = repo.head()
     text = repo.read_blob(head, AGENT_PATH) or b""
-    data = yaml.safe_load(text) or {}
+    data = load_yaml(text, AGENT_PATH) or {}  # bounded: agent.yaml is anyone's text
     new = copy.deepcopy(data)
     new.setdefault("tools", {}).setdefault(tool, dict(spec))["auto_exec"] = True
     policy = new.setdefault("policy", {})

@@ -168,3 +168,12 @@ def test_nonsense_is_one_line_naming_the_file(text, words):
 def test_every_error_offers_a_way_out_for_yaml():
     e = _error("a: [\n")
     assert "git revert" in str(e)
+
+
+@pytest.mark.parametrize("args", ["[2026-01-01]", "{1: a, b: c}", "[.nan]"])
+def test_args_that_are_not_json_like_are_refused(args):
+    """The digest hashes args as JSON: a date, mixed-type keys or NaN would raise later."""
+    text = f"id: 20261129-120000000-abcdef\nmission: M\ntype: t\ntool: x\nargs: {args}\n" \
+           "rationale: r\ncreated_at: now\ncreated_by: me\ndigest: d\nstatus: proposed\n"
+    with pytest.raises(ConfigError, match="args: must be plain JSON-like data"):
+        parse_proposal(text, "proposals/2026/11/20261129-120000000-abcdef.yaml")
