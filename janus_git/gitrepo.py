@@ -483,6 +483,18 @@ def crashpoint(name: str) -> None:
 _CRASHPOINT = os.environ.get("JANUS_GIT_CRASHPOINT")
 
 
+def stallpoint(name: str) -> None:
+    """Tests that prove something holds while the daemon's main loop is busy name a point
+    here and a time (JANUS_GIT_STALLPOINT=name:seconds); the calling thread sleeps there.
+    Free when the variable is unset."""
+    if _STALLPOINT and _STALLPOINT[0] == name:
+        time.sleep(float(_STALLPOINT[1]))
+
+
+_STALLPOINT = os.environ.get("JANUS_GIT_STALLPOINT", "").partition(":")[::2] \
+    if os.environ.get("JANUS_GIT_STALLPOINT") else None
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

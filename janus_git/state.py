@@ -89,6 +89,8 @@ def init_state(target: Path) -> tuple[Path, bool]:
     # A commit-graph with changed-path Bloom filters makes per-file `git log` ~15x faster.
     repo.run("config", "core.commitGraph", "true")
     repo.run("config", "fetch.writeCommitGraph", "true")
+    # the rules in force are derived from history: a push may add to it, never rewrite it
+    repo.run("config", "receive.denyNonFastForwards", "true")
     return target, True
 
 

@@ -249,10 +249,20 @@ class Trust:
         try:
             data = json.loads(self._cache_path.read_text())
             files = {p: base64.b64decode(d) for p, d in data["files"].items()}
-            if not self.repo.is_ancestor(data["at"], head):
-                return None
-            return Rules(data["at"], files, _config_of(files))
-        except (FileNotFoundError, ValueError, KeyError, TypeError, ConfigError, JanusError):
+            at = data["at"]
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+        if not self.repo.is_ancestor(at, head):
+            # the rules were derived on a history that is no longer there: re-deriving them
+            # from a root commit anyone who can push may have replaced would hand that
+            # pusher the rules
+            raise JanusError(
+                f"the watched branch was rewritten: {at[:10]}, where the rules in force were "
+                "last derived, is not in its history any more; check the history (`git "
+                "reflog`), then remove .git/janus/rules.json to derive the rules from it")
+        try:
+            return Rules(at, files, _config_of(files))
+        except ConfigError:
             return None
 
 
