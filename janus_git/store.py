@@ -1,16 +1,18 @@
 """Proposals on disk: sharded paths under proposals/YYYY/MM/, read from a git revision."""
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
-from .errors import ConfigError, NotFound
+from .errors import ConfigError, JanusError, NotFound
 from .gitrepo import GitRepo
 from .proposal import Proposal, parse_proposal, shard_path
 
 PROPOSALS_DIR = "proposals"
 SHARD_RE = re.compile(r"^proposals/(\d{4})/(\d{2})/(\d{8}-\d{9}-[0-9a-f]{6})\.yaml$")
 ID_RE = re.compile(r"^\d{8}-\d{9}-[0-9a-f]{6}$")
+log = logging.getLogger("janus_git.store")
 
 
 def is_proposal_path(path: str) -> bool:
@@ -59,6 +61,19 @@ class Store:
         if text is None:
             raise NotFound(f"proposal {pid} not found at {rev} (`janus-git list` shows them)")
         return parse_proposal(text, shard_path(pid))
+
+    def head(self, pid: str) -> tuple[Proposal, bytes] | None:
+        """The proposal as HEAD has it, and the file's bytes (what a commit that changes it
+        guards against a person's uncommitted edit); None when HEAD has no such file or it
+        cannot be read (logged: the daemon's reader answers an unreadable file)."""
+        text = self.read_text(pid)
+        if text is None:
+            return None
+        try:
+            return parse_proposal(text, shard_path(pid)), text
+        except JanusError as e:
+            log.error("%s", e)
+            return None
 
     def read_path(self, path: str, rev: str = "HEAD") -> Proposal:
         text = self.repo.read_blob(rev, path)

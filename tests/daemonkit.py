@@ -1,4 +1,5 @@
-"""Helpers for tests that run a real daemon process on a real state repository."""
+"""Helpers for tests that run the daemon on a real state repository: in this process
+(`burst`), or as a real child process (`DaemonProcess`, `run_once`)."""
 from __future__ import annotations
 
 import json
@@ -140,8 +141,19 @@ class DaemonProcess:
         self.stop()
 
 
+def burst(root: Path, **kw) -> int:
+    """The daemon in this process until it is idle, as rq's `work(burst=True)`: no
+    subprocess, no sleeps.  Each burst is a restart: the agent's earlier commits are known by
+    their signatures again, as a new process would know them."""
+    from janus_git.daemon import Daemon
+    from janus_git.gitrepo import MADE
+    MADE.clear()
+    return Daemon(root, think=False, **kw).work(burst=True)
+
+
 def run_once(root: Path, env: dict[str, str] | None = None, timeout: float = 60.0
              ) -> subprocess.CompletedProcess:
+    """`janus-git daemon --once` as a child process (crash points, the lock, signals)."""
     return subprocess.run([sys.executable, "-m", "janus_git.cli", "daemon", str(root),
                            "--once", "--no-think"], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout)

@@ -1,4 +1,6 @@
-"""The daemon with a real process on a real repository: approvals, policy, rollback, stop."""
+"""The daemon on a real repository: approvals, policy, rollback, stop.  Most cases drive it in
+this process until idle (`burst`, as rq's work(burst=True)); the live paths (the watchdog,
+signals, the stop's timing, one daemon per repository, bad input) run a real process."""
 from __future__ import annotations
 
 import subprocess
@@ -8,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import AGENT, ALICE, MALLORY, configure, git
-from daemonkit import (DaemonProcess, fsck_clean, person_commits, propose, record, run_once,
-                       set_status, status, wait_for, wait_status)
+from daemonkit import (DaemonProcess, burst, fsck_clean, person_commits, propose, record,
+                       run_once, set_status, status, wait_for, wait_status)
 
 MANUAL = "maintenance"  # a type that is not on the auto-exec whitelist
 
@@ -32,16 +34,21 @@ def rec_path(pid: str) -> str:
     return f"proposals/{pid[0:4]}/{pid[4:6]}/{pid}.yaml"
 
 
+def branch_exists(root, pid: str) -> bool:
+    return git(root, "rev-parse", "-q", "--verify", f"refs/heads/janus/proposal/{pid}",
+               check=False).returncode == 0
+
+
 def test_manual_proposal_waits_then_runs_on_approvers_commit(state_dir):
-    with DaemonProcess(state_dir):
-        pid = propose(state_dir, "echo", "manual", type_=MANUAL)
-        wait_for(lambda: git(state_dir, "rev-parse", "-q", "--verify",
-                             f"refs/heads/janus/proposal/{pid}", check=False).returncode == 0,
-                 what="the approval branch")
-        time.sleep(0.3)
-        assert status(state_dir, pid) == "proposed"
-        approval = set_status(state_dir, pid, "approved")
-        rec = wait_status(state_dir, pid, "succeeded")
+    pid = propose(state_dir, "echo", "manual", type_=MANUAL)
+    assert burst(state_dir) == 0
+    assert branch_exists(state_dir, pid)
+    assert status(state_dir, pid) == "proposed"
+    approval = set_status(state_dir, pid, "approved")
+    assert burst(state_dir) == 0
+    rec = record(state_dir, pid)
+    assert rec["status"] == "succeeded"
+    assert not branch_exists(state_dir, pid)  # the offer goes once the run starts
     assert rec["decision"]["rule"] == "human"
     assert rec["decision"]["by"] == ALICE[1]
     assert rec["decision"]["commit"] == approval
@@ -50,21 +57,21 @@ def test_manual_proposal_waits_then_runs_on_approvers_commit(state_dir):
 @pytest.mark.parametrize("who,why", [(MALLORY, "not in approvers"),
                                      (AGENT, "agent's own identity")])
 def test_approval_by_wrong_identity_is_refused_and_says_why(state_dir, who, why):
-    with DaemonProcess(state_dir):
-        pid = propose(state_dir, "echo", "x", type_=MANUAL)
-        set_status(state_dir, pid, "approved", who=who)
-        rec = wait_for(lambda: (r := record(state_dir, pid)).get("status") == "proposed"
-                       and "refused" in r.get("note", "") and r, what="the refusal")
+    pid = propose(state_dir, "echo", "x", type_=MANUAL)
+    set_status(state_dir, pid, "approved", who=who)
+    burst(state_dir)
+    rec = record(state_dir, pid)
+    assert rec["status"] == "proposed" and "refused" in rec["note"]
     assert why in rec["note"]
     assert not rec["execution"]
 
 
 def test_edit_after_approval_voids_it(state_dir):
     pid = propose(state_dir, "echo", "original", type_=MANUAL)
-    run_once(state_dir)
+    burst(state_dir)
     set_status(state_dir, pid, "approved")
     set_status(state_dir, pid, "approved", args=["echo", "swapped"])  # edited after approval
-    run_once(state_dir)
+    burst(state_dir)
     rec = record(state_dir, pid)
     assert rec["status"] == "proposed"
     assert "changed what was filed" in rec["note"] and "swapped" in rec["note"]
@@ -75,7 +82,7 @@ def test_edit_after_approval_voids_it(state_dir):
 def test_approval_that_changes_args_is_refused(state_dir):
     pid = propose(state_dir, "echo", "original", type_=MANUAL)
     set_status(state_dir, pid, "approved", args=["echo", "other"])
-    run_once(state_dir)
+    burst(state_dir)
     rec = record(state_dir, pid)
     assert rec["status"] == "proposed" and "changed what was filed" in rec["note"]
     assert rec["args"] == ["echo", "original"]
@@ -84,32 +91,32 @@ def test_approval_that_changes_args_is_refused(state_dir):
 def test_merge_of_the_approval_branch_approves_but_fast_forward_does_not(state_dir):
     a = propose(state_dir, "echo", "merged", type_=MANUAL)
     b = propose(state_dir, "echo", "fast-forwarded", type_=MANUAL)
-    run_once(state_dir)
+    burst(state_dir)
     # b's branch was made on the current HEAD (a's on the one before): it can fast-forward
     git(state_dir, "merge", "--ff-only", "-q", f"janus/proposal/{b}", who=ALICE)
     assert status(state_dir, b) == "approved"  # the agent's own commit landed as it is
-    run_once(state_dir)
+    burst(state_dir)
     rec = record(state_dir, b)
     assert rec["status"] == "proposed" and "fast-forward" in rec["note"]
     git(state_dir, "merge", "--no-ff", "-q", "-m", "approve a", f"janus/proposal/{a}",
         who=ALICE)
-    run_once(state_dir)
+    burst(state_dir)
     assert record(state_dir, a)["status"] == "succeeded"
 
 
 def test_revert_of_result_marks_reverted_restores_files_and_never_reruns(state_dir):
     pid = propose(state_dir, "echo", "to be reverted")
-    run_once(state_dir)
+    burst(state_dir)
     rec = record(state_dir, pid)
     assert rec["status"] == "succeeded"
     out = rec["execution"]["output"]
     result_commit = git(state_dir, "log", "-1", "--format=%H", "--", out).stdout.strip()
     git(state_dir, "revert", "--no-edit", result_commit, who=ALICE)
     assert not (state_dir / out).exists()
-    run_once(state_dir)
+    burst(state_dir)
     rec = record(state_dir, pid)
     assert rec["status"] == "reverted"
-    run_once(state_dir)
+    burst(state_dir)
     assert record(state_dir, pid)["status"] == "reverted"
     assert not (state_dir / out).exists()
     fsck_clean(state_dir)
@@ -117,19 +124,19 @@ def test_revert_of_result_marks_reverted_restores_files_and_never_reruns(state_d
 
 def test_revert_of_approval_before_run_returns_to_proposed(state_dir):
     pid = propose(state_dir, "echo", "x", type_=MANUAL)
-    run_once(state_dir)
+    burst(state_dir)
     approval = set_status(state_dir, pid, "approved")
     git(state_dir, "revert", "--no-edit", approval, who=ALICE)
-    run_once(state_dir)
+    burst(state_dir)
     rec = record(state_dir, pid)
     assert rec["status"] == "proposed" and not rec["execution"]
 
 
 def test_human_cannot_set_succeeded_by_hand(state_dir):
     pid = propose(state_dir, "echo", "x", type_=MANUAL)
-    run_once(state_dir)
+    burst(state_dir)
     set_status(state_dir, pid, "succeeded")
-    run_once(state_dir)
+    burst(state_dir)
     rec = record(state_dir, pid)
     assert rec["status"] == "proposed" and "only the daemon" in rec["note"]
 
@@ -137,7 +144,7 @@ def test_human_cannot_set_succeeded_by_hand(state_dir):
 def test_alpha_mode_leaves_everything_manual(state_dir):
     configure(state_dir, mode="alpha")
     pid = propose(state_dir, "echo", "x")
-    run_once(state_dir)
+    burst(state_dir)
     assert status(state_dir, pid) == "proposed"
 
 
@@ -148,7 +155,7 @@ def test_unknown_tool_and_hostile_args_are_rejected_with_reason(state_dir):
     ghost = lifecycle.new_proposal(mission="TEST", type_="analysis", tool="teleport",
                                    args=["now"], rationale="hand-written", created_by="alice")
     lifecycle.create(GitRepo(state_dir), ghost, None)  # `propose` refuses it; a file need not
-    run_once(state_dir)
+    burst(state_dir)
     rec = record(state_dir, bad)
     assert rec["status"] == "rejected" and ";" in rec["note"]
     rec = record(state_dir, ghost.id)
@@ -173,11 +180,11 @@ def test_signed_approvals(state_dir, tmp_path):
     good = propose(state_dir, "echo", "good", type_=MANUAL)
     unsigned = propose(state_dir, "echo", "unsigned", type_=MANUAL)
     forged = propose(state_dir, "echo", "forged", type_=MANUAL)
-    run_once(state_dir)
+    burst(state_dir)
     set_status(state_dir, good, "approved", sign_key=alice_key)
     set_status(state_dir, unsigned, "approved")
     set_status(state_dir, forged, "approved", sign_key=mallory_key)  # Alice's e-mail, wrong key
-    run_once(state_dir)
+    burst(state_dir)
     assert status(state_dir, good) == "succeeded"
     for pid in (unsigned, forged):
         rec = record(state_dir, pid)
@@ -226,11 +233,11 @@ def test_stop_dry_run_changes_nothing(state_dir):
 def test_revert_of_stop_commit_resumes(state_dir):
     subprocess.run(["janus-git", "stop", "-C", str(state_dir)], check=True)
     pid = propose(state_dir, "echo", "x")
-    run_once(state_dir)
+    burst(state_dir)
     assert status(state_dir, pid) == "proposed"
     stop_commit = git(state_dir, "log", "-1", "--format=%H", "--", "state/STOP").stdout.strip()
     git(state_dir, "revert", "--no-edit", stop_commit, who=ALICE)
-    run_once(state_dir)
+    burst(state_dir)
     assert status(state_dir, pid) == "succeeded"
 
 
@@ -308,3 +315,42 @@ def test_first_sigterm_finishes_the_run_second_aborts_it(state_dir):
     d.proc.send_signal(sig.SIGTERM)
     assert d.proc.wait(20) == 0
     assert record(state_dir, slow)["status"] == "interrupted"
+
+
+# -- in process, one step at a time --------------------------------------------------------------
+def test_step_by_step(state_dir):
+    from janus_git.daemon import Daemon
+    pid = propose(state_dir, "echo", "one step at a time")
+    with Daemon(state_dir, think=False) as d:
+        assert d.state.activity == "idle" and not d.state.queue
+        d.step()  # decided by the policy, approved and started
+        assert pid in d.state.runs and status(state_dir, pid) == "running"
+        d.executor.join()
+        assert not d.idle()
+        d.step()  # the result is committed, and read back
+        assert d.idle() and d.state.activity == "idle"
+    assert record(state_dir, pid)["status"] == "succeeded"
+    assert d.state.activity == "exited"
+
+
+def test_burst_leaves_no_thread_and_no_handler_behind(state_dir):
+    import signal
+    import threading
+    before = set(threading.enumerate())
+    handler = signal.getsignal(signal.SIGTERM)
+    auto = propose(state_dir, "echo", "auto")
+    manual = propose(state_dir, "echo", "manual", type_=MANUAL)
+    assert burst(state_dir) == 0
+    assert [status(state_dir, p) for p in (auto, manual)] == ["succeeded", "proposed"]
+    left = [t.name for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert all(name.startswith("sandbox") for name in left), left  # the warm sandbox's own
+    assert signal.getsignal(signal.SIGTERM) is handler
+
+
+def test_one_daemon_per_repository_in_process(state_dir):
+    from janus_git.daemon import Daemon
+    from janus_git.errors import JanusError
+    with Daemon(state_dir, think=False):
+        with pytest.raises(JanusError, match="another janus-git daemon"):
+            Daemon(state_dir, think=False).work(burst=True)
+    assert burst(state_dir) == 0  # released on the way out

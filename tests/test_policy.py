@@ -8,7 +8,7 @@ import subprocess
 import yaml
 
 from conftest import ALICE, MALLORY, git
-from daemonkit import propose, record, run_once, set_status, status
+from daemonkit import burst, propose, record, set_status, status
 
 from janus_git.config import config_from_text
 from janus_git.policy import decide
@@ -48,9 +48,9 @@ def _policy_test(root, *args):
 def test_policy_test_reports_what_would_change(state_dir):
     manual = propose(state_dir, "-c", "print(1)", tool="python", type_="analysis")
     auto = propose(state_dir, "echo", "hi", type_="analysis")
-    run_once(state_dir)
+    burst(state_dir)
     set_status(state_dir, manual, "approved")
-    run_once(state_dir)
+    burst(state_dir)
     assert status(state_dir, manual) == "succeeded" and status(state_dir, auto) == "succeeded"
     data = yaml.safe_load((state_dir / "state/agent.yaml").read_text())
     data["tools"]["python"].update(auto_exec=True, risk="low")
@@ -83,10 +83,10 @@ def test_agent_offers_a_policy_branch_and_only_a_merge_makes_it(state_dir):
     (state_dir / "state/agent.yaml").write_text(yaml.safe_dump(data))
     git(state_dir, "commit", "-qam", "suggest after 2", who=ALICE)
     ids = [propose(state_dir, "-n", f"{i}", tool="jq", type_="analysis") for i in range(2)]
-    run_once(state_dir)
+    burst(state_dir)
     for pid in ids:
         set_status(state_dir, pid, "approved")
-    run_once(state_dir)
+    burst(state_dir)
     assert [status(state_dir, p) for p in ids] == ["succeeded", "succeeded"]
     branch = "janus/policy/jq-analysis"
     msg = git(state_dir, "log", "-1", "--format=%B", branch).stdout
@@ -98,12 +98,12 @@ def test_agent_offers_a_policy_branch_and_only_a_merge_makes_it(state_dir):
         "auto_exec") is False
     # the offer waits; an approver's merge puts it in force
     later = propose(state_dir, "-n", "3", tool="jq", type_="analysis")
-    run_once(state_dir)
+    burst(state_dir)
     assert status(state_dir, later) == "proposed"
     git(state_dir, "merge", "--no-ff", "-q", "-m", "take it", branch, who=ALICE)
-    run_once(state_dir)
+    burst(state_dir)
     after = propose(state_dir, "-n", "4", tool="jq", type_="analysis")
-    run_once(state_dir)
+    burst(state_dir)
     assert status(state_dir, after) == "succeeded", record(state_dir, after)
 
 
@@ -114,13 +114,13 @@ def test_a_non_approvers_merge_of_the_policy_branch_is_refused(state_dir):
     (state_dir / "state/agent.yaml").write_text(yaml.safe_dump(data))
     git(state_dir, "commit", "-qam", "suggest after 1", who=ALICE)
     pid = propose(state_dir, "-n", "1", tool="jq", type_="analysis")
-    run_once(state_dir)
+    burst(state_dir)
     set_status(state_dir, pid, "approved")
-    run_once(state_dir)
+    burst(state_dir)
     git(state_dir, "merge", "--no-ff", "-q", "-m", "take it", "janus/policy/jq-analysis",
         who=MALLORY)
     later = propose(state_dir, "-n", "2", tool="jq", type_="analysis")
-    run_once(state_dir)
+    burst(state_dir)
     assert status(state_dir, later) == "proposed"
     assert "mallory@example.com is not in approvers" in git(
         state_dir, "log", "--format=%B", "-5").stdout

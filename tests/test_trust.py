@@ -1,7 +1,8 @@
 """The trust boundary, tried as an attacker who can push anything (any file, any author
 e-mail, any branch) but is not an approver.  Each case checks that nothing of theirs ran, that
 the daemon answered with a commit, and that the answer says why; the legitimate paths after
-them still work.  Real git, real daemon processes, real SSH signatures."""
+them still work.  Real git and real SSH signatures; the daemon runs in this process until
+idle (`burst`: each is a restart), and as a real process for the live paths."""
 from __future__ import annotations
 
 import os
@@ -13,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import AGENT, ALICE, MALLORY, configure, git
-from daemonkit import (DaemonProcess, propose, record, run_once, set_status, status,
+from daemonkit import (DaemonProcess, burst, propose, record, set_status, status,
                        tool_use_lines, wait_for, wait_status)
 
 MANUAL = "maintenance"  # not on the auto-exec whitelist
@@ -119,7 +120,7 @@ POLICY_ATTACKS = {
 
 @pytest.mark.parametrize("attack", sorted(POLICY_ATTACKS))
 def test_policy_edit_by_non_approver_is_refused_and_put_back(state_dir, attack):
-    run_once(state_dir)
+    burst(state_dir)
     before = agent_yaml(state_dir)
     since = head(state_dir)
     bad = POLICY_ATTACKS[attack](dict(before))
@@ -130,7 +131,7 @@ def test_policy_edit_by_non_approver_is_refused_and_put_back(state_dir, attack):
         pid = propose(state_dir, "-c", "print('pwned')", tool="shell", type_="analysis")
     else:
         pid = propose(state_dir, "-c", "print('pwned')", tool=tool, type_=type_)
-    run_once(state_dir)
+    burst(state_dir)
     assert not ran(state_dir, pid)
     assert agent_yaml(state_dir) == before  # the guarded file is put back
     msg = answers(state_dir, since)
@@ -141,12 +142,12 @@ def test_policy_edit_by_non_approver_is_refused_and_put_back(state_dir, attack):
 # -- approvers and signatures edited by a non-approver -----------------------------------------
 def test_adding_oneself_to_approvers_then_approving_is_refused(state_dir):
     pid = python_proposal(state_dir)
-    run_once(state_dir)
+    burst(state_dir)
     since = head(state_dir)
     commit_as(state_dir, MALLORY, "me too", {AGENT_YAML: with_config(
         state_dir, approvers=[{"email": ALICE[1]}, {"email": MALLORY[1]}])})
     set_status(state_dir, pid, "approved", who=MALLORY)
-    run_once(state_dir)
+    burst(state_dir)
     assert not ran(state_dir, pid)
     rec = record(state_dir, pid)
     assert rec["status"] == "proposed" and "not in approvers" in rec["note"]
@@ -156,25 +157,25 @@ def test_adding_oneself_to_approvers_then_approving_is_refused(state_dir):
 
 def test_adding_oneself_and_approving_in_one_commit_is_refused(state_dir):
     pid = python_proposal(state_dir)
-    run_once(state_dir)
+    burst(state_dir)
     commit_as(state_dir, MALLORY, "approve, and me", {
         AGENT_YAML: with_config(state_dir, approvers=[{"email": MALLORY[1]}]),
         path_of(pid): edited(state_dir, pid, status="approved")})
-    run_once(state_dir)
+    burst(state_dir)
     assert not ran(state_dir, pid)
     assert "mallory@example.com is not in approvers" in record(state_dir, pid)["note"]
 
 
 def test_own_key_under_an_approvers_principal_does_not_count(state_dir, signed):
     pid = python_proposal(state_dir)
-    run_once(state_dir)
+    burst(state_dir)
     signers = git(state_dir, "show", "HEAD:state/allowed_signers").stdout
     commit_as(state_dir, MALLORY, "add key", {
         "state/allowed_signers": signers + f"{ALICE[1]} {pub(signed['mallory'])}\n"})
     # Alice's e-mail as author, Mallory's key as signer
     commit_as(state_dir, ALICE, "approve", {path_of(pid): edited(state_dir, pid,
               status="approved")}, sign_key=signed["mallory"])
-    run_once(state_dir)
+    burst(state_dir)
     assert not ran(state_dir, pid)
     assert "does not verify" in record(state_dir, pid)["note"]
     assert pub(signed["mallory"]) not in git(state_dir, "show",
@@ -183,34 +184,34 @@ def test_own_key_under_an_approvers_principal_does_not_count(state_dir, signed):
 
 def test_pointing_allowed_signers_at_own_file_is_refused(state_dir, signed):
     pid = python_proposal(state_dir)
-    run_once(state_dir)
+    burst(state_dir)
     commit_as(state_dir, MALLORY, "signers elsewhere", {
         "notes/signers": f"{ALICE[1]} {pub(signed['mallory'])}\n",
         AGENT_YAML: with_config(state_dir, allowed_signers="notes/signers")})
     commit_as(state_dir, ALICE, "approve", {path_of(pid): edited(state_dir, pid,
               status="approved")}, sign_key=signed["mallory"])
-    run_once(state_dir)
+    burst(state_dir)
     assert not ran(state_dir, pid)
     assert agent_yaml(state_dir)["allowed_signers"] == "state/allowed_signers"
 
 
 def test_allowed_signers_outside_state_is_invalid_even_for_an_approver(state_dir):
     since = head(state_dir)
-    run_once(state_dir)
+    burst(state_dir)
     commit_as(state_dir, ALICE, "signers elsewhere", {
         AGENT_YAML: with_config(state_dir, allowed_signers="notes/signers")})
-    run_once(state_dir)
+    burst(state_dir)
     assert agent_yaml(state_dir)["allowed_signers"] == "state/allowed_signers"
     assert "invalid configuration" in answers(state_dir, since)
 
 
 def test_turning_signatures_off_is_refused(state_dir, signed):
     pid = python_proposal(state_dir)
-    run_once(state_dir)
+    burst(state_dir)
     commit_as(state_dir, MALLORY, "no more signing", {
         AGENT_YAML: with_config(state_dir, require_signed_approvals=False)})
     set_status(state_dir, pid, "approved", who=ALICE)  # unsigned, in Alice's name
-    run_once(state_dir)
+    burst(state_dir)
     assert not ran(state_dir, pid)
     assert "signed approvals are required" in record(state_dir, pid)["note"]
     assert agent_yaml(state_dir)["require_signed_approvals"] is True
@@ -219,14 +220,14 @@ def test_turning_signatures_off_is_refused(state_dir, signed):
 # -- content changed before or around the approval ---------------------------------------------
 def test_args_and_digest_edited_then_approved_runs_nothing(state_dir):
     pid = python_proposal(state_dir, "filed")
-    run_once(state_dir)
+    burst(state_dir)
     from janus_git.proposal import compute_digest
     evil = ["-c", "print('pwned')"]
     commit_as(state_dir, MALLORY, "tweak", {path_of(pid): edited(
         state_dir, pid, args=evil, digest=compute_digest(MANUAL, "python", evil))})
     subprocess.run(["janus-git", "approve", "-C", str(state_dir), pid], check=True,
                    capture_output=True)
-    run_once(state_dir)
+    burst(state_dir)
     rec = record(state_dir, pid)
     assert rec["args"] == ["-c", "print('filed')"] and rec["status"] == "proposed"
     assert "changed what was filed" in git(state_dir, "log", "--format=%B", "-3").stdout
@@ -235,12 +236,12 @@ def test_args_and_digest_edited_then_approved_runs_nothing(state_dir):
 
 def test_merge_of_branch_after_args_edit_runs_nothing(state_dir):
     pid = python_proposal(state_dir, "filed")
-    run_once(state_dir)
+    burst(state_dir)
     commit_as(state_dir, MALLORY, "tweak", {path_of(pid): edited(
         state_dir, pid, args=["-c", "print('pwned')"])})
     git(state_dir, "merge", "--no-ff", "-q", "-m", "approve", f"janus/proposal/{pid}",
         who=ALICE)
-    run_once(state_dir)
+    burst(state_dir)
     assert not ran(state_dir, pid)
     rec = record(state_dir, pid)
     assert rec["args"] == ["-c", "print('filed')"] and "changed what was filed" in rec["note"]
@@ -248,11 +249,11 @@ def test_merge_of_branch_after_args_edit_runs_nothing(state_dir):
 
 def test_approval_then_edit_in_one_push_runs_nothing(state_dir):
     pid = python_proposal(state_dir, "filed")
-    run_once(state_dir)
+    burst(state_dir)
     set_status(state_dir, pid, "approved")
     commit_as(state_dir, MALLORY, "tweak", {path_of(pid): edited(
         state_dir, pid, args=["-c", "print('pwned')"])})
-    run_once(state_dir)
+    burst(state_dir)
     assert not tool_use_lines(state_dir, pid) or all(
         "pwned" not in " ".join(line.get("argv", [])) for line in tool_use_lines(state_dir, pid))
     assert record(state_dir, pid)["status"] == "proposed"
@@ -261,14 +262,14 @@ def test_approval_then_edit_in_one_push_runs_nothing(state_dir):
 
 def test_force_moved_approval_branch_is_no_approval(state_dir):
     pid = python_proposal(state_dir, "filed")
-    run_once(state_dir)
+    burst(state_dir)
     branch = f"janus/proposal/{pid}"
     git(state_dir, "checkout", "-q", branch)
     commit_as(state_dir, MALLORY, "mine now", {path_of(pid): edited(
         state_dir, pid, args=["-c", "print('pwned')"])})
     git(state_dir, "checkout", "-q", "main")
     git(state_dir, "merge", "--no-ff", "-q", "-m", "approve", branch, who=ALICE)
-    run_once(state_dir)
+    burst(state_dir)
     assert not ran(state_dir, pid)
     assert record(state_dir, pid)["args"] == ["-c", "print('filed')"]
 
@@ -276,7 +277,7 @@ def test_force_moved_approval_branch_is_no_approval(state_dir):
 def test_merge_smuggling_another_approval_and_approvers(state_dir):
     a = python_proposal(state_dir, "a")
     b = python_proposal(state_dir, "b")
-    run_once(state_dir)
+    burst(state_dir)
     since = head(state_dir)
     branch = f"janus/proposal/{a}"
     git(state_dir, "checkout", "-q", branch)
@@ -286,7 +287,7 @@ def test_merge_smuggling_another_approval_and_approvers(state_dir):
                                                       {"email": MALLORY[1]}])})
     git(state_dir, "checkout", "-q", "main")
     git(state_dir, "merge", "--no-ff", "-q", "-m", "approve a", branch, who=ALICE)
-    run_once(state_dir)
+    burst(state_dir)
     assert not ran(state_dir, b)
     assert "mallory@example.com is not in approvers" in record(state_dir, b)["note"]
     assert [x["email"] for x in agent_yaml(state_dir)["approvers"]] == [ALICE[1]]
@@ -296,10 +297,10 @@ def test_merge_smuggling_another_approval_and_approvers(state_dir):
 
 def test_merge_of_an_untouched_branch_still_approves(state_dir):
     pid = python_proposal(state_dir, "merged")
-    run_once(state_dir)
+    burst(state_dir)
     git(state_dir, "merge", "--no-ff", "-q", "-m", "approve", f"janus/proposal/{pid}",
         who=ALICE)
-    run_once(state_dir)
+    burst(state_dir)
     assert status(state_dir, pid) == "succeeded"
 
 
@@ -307,9 +308,9 @@ def test_merge_of_an_untouched_branch_still_approves(state_dir):
 @pytest.mark.parametrize("forget_cursor", [False, True])
 def test_replay_after_restart_runs_nothing(state_dir, forget_cursor):
     pid = python_proposal(state_dir, "first run")
-    run_once(state_dir)
+    burst(state_dir)
     set_status(state_dir, pid, "approved")
-    run_once(state_dir)
+    burst(state_dir)
     assert status(state_dir, pid) == "succeeded"
     from janus_git.proposal import compute_digest
     evil = ["-c", "print('pwned')"]
@@ -320,8 +321,8 @@ def test_replay_after_restart_runs_nothing(state_dir, forget_cursor):
     if forget_cursor:
         (state_dir / ".git" / "janus" / "cursor").unlink()
         (state_dir / ".git" / "janus" / "rules.json").unlink()
-    run_once(state_dir)
-    run_once(state_dir)  # and after another restart
+    burst(state_dir)
+    burst(state_dir)  # and after another restart
     lines = tool_use_lines(state_dir, pid)
     assert len(lines) == 1  # only the approved run, never Mallory's
     assert status(state_dir, pid) != "running"
@@ -342,8 +343,7 @@ def _hostile_then_legit(state_dir, hostile: dict[str, str]) -> None:
         set_status(state_dir, legit, "approved")
         wait_status(state_dir, legit, "succeeded", timeout=30)
         assert d.alive()
-    rc = run_once(state_dir)  # and a restart does not crash on it either
-    assert rc.returncode == 0, rc.stderr
+    assert burst(state_dir) == 0  # and a restart does not crash on it either
 
 
 def test_billion_laughs_does_not_wedge(state_dir):
@@ -367,32 +367,28 @@ def test_deep_nesting_then_git_rm_does_not_crash(state_dir):
     deep = "{a: " * 900 + "1" + "}" * 900
     commit_as(state_dir, MALLORY, "deep", {path_of(pid): f"args: {deep}\n"})
     commit_as(state_dir, MALLORY, "gone", {path_of(pid): None})
-    rc = run_once(state_dir)
-    assert rc.returncode == 0, rc.stderr
-    rc = run_once(state_dir)
-    assert rc.returncode == 0, rc.stderr
+    assert burst(state_dir) == 0
+    assert burst(state_dir) == 0
 
 
 def test_bad_decision_type_does_not_crash(state_dir):
     pid = python_proposal(state_dir)
-    run_once(state_dir)
+    burst(state_dir)
     commit_as(state_dir, MALLORY, "rule 5", {path_of(pid): edited(
         state_dir, pid, status="approved", decision={"rule": 5})})
     for _ in range(2):
-        rc = run_once(state_dir)
-        assert rc.returncode == 0, rc.stderr
+        assert burst(state_dir) == 0
     assert not ran(state_dir, pid)
 
 
 def test_huge_integer_is_a_named_refusal(state_dir):
     pid = python_proposal(state_dir)
-    run_once(state_dir)
+    burst(state_dir)
     since = head(state_dir)
     commit_as(state_dir, ALICE, "big", {
         AGENT_YAML: with_config(state_dir) + "\nextra: " + "9" * 100_000 + "\n",
         path_of(pid): edited(state_dir, pid, status="approved") + "\nx: " + "9" * 100_000})
-    rc = run_once(state_dir)
-    assert rc.returncode == 0, rc.stderr
+    assert burst(state_dir) == 0
     assert not ran(state_dir, pid)
     assert "invalid configuration" in answers(state_dir, since)
     assert "unreadable" in record(state_dir, pid)["note"]
@@ -417,25 +413,25 @@ def test_file_committed_approved_in_the_agents_name_is_answered(state_dir):
 
 def test_agent_email_with_janus_trailer_is_judged_as_a_person(state_dir):
     pid = python_proposal(state_dir)
-    run_once(state_dir)
+    burst(state_dir)
     commit_as(state_dir, AGENT, f"janus: {pid} proposed -> approved", {
         path_of(pid): edited(state_dir, pid, status="approved")},
         extra=("-m", f"Janus-Proposal: {pid}\nJanus-Transition: proposed -> approved"))
-    run_once(state_dir)
+    burst(state_dir)
     assert not ran(state_dir, pid)
     assert "never approve" in record(state_dir, pid)["note"]
 
 
 def test_agent_email_signed_with_a_stranger_key_is_not_the_agent(state_dir, tmp_path):
     (stranger,) = keys(tmp_path, "stranger")
-    run_once(state_dir)
+    burst(state_dir)
     since = head(state_dir)
     commit_as(state_dir, AGENT, "janus: tune", {AGENT_YAML: with_config(state_dir, mode="beta",
               tools={**agent_yaml(state_dir)["tools"], "python": {
                   "risk": "low", "auto_exec": True, "runner": "external",
                   "command": ["python3"]}})}, sign_key=stranger)
     pid = python_proposal(state_dir, type_="analysis")
-    run_once(state_dir)
+    burst(state_dir)
     assert not ran(state_dir, pid)
     assert "refuse changes" in answers(state_dir, since)
 
@@ -443,7 +439,7 @@ def test_agent_email_signed_with_a_stranger_key_is_not_the_agent(state_dir, tmp_
 def test_logs_runs_symlink_out_of_the_repository(state_dir, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
-    run_once(state_dir)
+    burst(state_dir)
     (state_dir / "logs" / "runs").mkdir(exist_ok=True)
     git(state_dir, "rm", "-rq", "--ignore-unmatch", "logs/runs")
     import shutil
@@ -452,8 +448,7 @@ def test_logs_runs_symlink_out_of_the_repository(state_dir, tmp_path):
     git(state_dir, "add", "logs/runs")
     git(state_dir, "commit", "-qm", "runs elsewhere", who=MALLORY)
     pid = propose(state_dir, "echo", "hello")
-    rc = run_once(state_dir)
-    assert rc.returncode == 0, rc.stderr
+    assert burst(state_dir) == 0
     rec = record(state_dir, pid)
     assert rec["status"] == "failed" and "symlink" in rec["note"]
     assert list(outside.iterdir()) == []
@@ -472,7 +467,7 @@ def test_non_approver_cannot_lift_the_stop_by_git_rm(state_dir):
     since = head(state_dir)
     commit_as(state_dir, MALLORY, "resume", {"state/STOP": None})
     pid = propose(state_dir, "echo", "during the stop")
-    run_once(state_dir)
+    burst(state_dir)
     assert git(state_dir, "cat-file", "-e", "HEAD:state/STOP", check=False).returncode == 0
     assert "refuse changes to state/STOP" in answers(state_dir, since)
     assert not ran(state_dir, pid)
@@ -493,7 +488,7 @@ def test_approver_lifts_the_stop(state_dir):
     subprocess.run(["janus-git", "resume", "-C", str(state_dir)], check=True,
                    capture_output=True)
     pid = propose(state_dir, "echo", "after the stop")
-    run_once(state_dir)
+    burst(state_dir)
     assert status(state_dir, pid) == "succeeded"
 
 
@@ -524,22 +519,22 @@ def test_stop_kills_a_stubborn_tool_within_a_second(state_dir):
     ("state/extra.yaml", "x: 1\n"),
 ])
 def test_other_guarded_files_are_put_back(state_dir, path, data):
-    run_once(state_dir)
+    burst(state_dir)
     before = git(state_dir, "show", f"HEAD:{path}", check=False).stdout
     since = head(state_dir)
     commit_as(state_dir, MALLORY, "edit", {path: data})
-    run_once(state_dir)
+    burst(state_dir)
     assert git(state_dir, "show", f"HEAD:{path}", check=False).stdout == before
     assert f"refuse changes to {path}" in answers(state_dir, since)
 
 
 def test_tool_command_in_the_repository_is_invalid(state_dir):
-    run_once(state_dir)
+    burst(state_dir)
     since = head(state_dir)
     tools = agent_yaml(state_dir)["tools"]
     commit_as(state_dir, ALICE, "tool", {AGENT_YAML: with_config(state_dir, tools={
         **tools, "mine": {"risk": "low", "runner": "external", "command": ["notes/run.sh"]}})})
-    run_once(state_dir)
+    burst(state_dir)
     assert "mine" not in agent_yaml(state_dir)["tools"]
     assert "not a system program" in answers(state_dir, since)
 
@@ -553,9 +548,9 @@ def test_agent_key_is_outside_the_repository_and_the_sandbox(state_dir):
     tools["cat"] = {"risk": "high", "runner": "external", "command": ["cat"]}
     commit_as(state_dir, ALICE, "cat", {AGENT_YAML: with_config(state_dir, tools=tools)})
     pid = propose(state_dir, str(key), tool="cat", type_=MANUAL)
-    run_once(state_dir)
+    burst(state_dir)
     set_status(state_dir, pid, "approved")
-    run_once(state_dir)
+    burst(state_dir)
     assert status(state_dir, pid) == "failed"
     out = git(state_dir, "show", f"HEAD:logs/runs/{pid}.txt").stdout
     assert "PRIVATE KEY" not in out
@@ -571,23 +566,23 @@ def _quorum(state_dir) -> None:
 def test_quorum_needs_two_distinct_approvers(state_dir):
     _quorum(state_dir)
     pid = python_proposal(state_dir, "quorum")
-    run_once(state_dir)
+    burst(state_dir)
     set_status(state_dir, pid, "approved")
-    run_once(state_dir)
+    burst(state_dir)
     rec = record(state_dir, pid)
     assert rec["status"] == "proposed" and "1 of 2 approvals" in rec["note"]
     listed = subprocess.run(["janus-git", "show", "-C", str(state_dir), pid],
                             capture_output=True, text=True, check=True).stdout
     assert "1 of 2" in listed
     set_status(state_dir, pid, "approved")  # Alice again
-    run_once(state_dir)
+    burst(state_dir)
     rec = record(state_dir, pid)
     assert rec["status"] == "proposed" and "already approved" in rec["note"]
     set_status(state_dir, pid, "approved", who=MALLORY)
-    run_once(state_dir)
+    burst(state_dir)
     assert not ran(state_dir, pid)
     set_status(state_dir, pid, "approved", who=BOB)
-    run_once(state_dir)
+    burst(state_dir)
     rec = record(state_dir, pid)
     assert rec["status"] == "succeeded"
     assert sorted(a["by"] for a in rec["decision"]["approvals"]) == [ALICE[1], BOB[1]]
@@ -596,10 +591,10 @@ def test_quorum_needs_two_distinct_approvers(state_dir):
 def test_quorum_ignores_an_approvals_list_written_by_a_person(state_dir):
     _quorum(state_dir)
     pid = python_proposal(state_dir, "forged list")
-    run_once(state_dir)
+    burst(state_dir)
     set_status(state_dir, pid, "approved", who=ALICE,
                approvals=[{"by": BOB[1], "commit": "0" * 40}])
-    run_once(state_dir)
+    burst(state_dir)
     rec = record(state_dir, pid)
     assert not ran(state_dir, pid) and "1 of 2 approvals" in rec["note"]
 
@@ -607,62 +602,62 @@ def test_quorum_ignores_an_approvals_list_written_by_a_person(state_dir):
 def test_second_approval_through_the_approvals_list(state_dir):
     _quorum(state_dir)
     pid = python_proposal(state_dir, "by list")
-    run_once(state_dir)
+    burst(state_dir)
     set_status(state_dir, pid, "approved")
-    run_once(state_dir)
+    burst(state_dir)
     rec = record(state_dir, pid)
     set_status(state_dir, pid, "proposed", who=BOB,
                approvals=rec["approvals"] + [{"by": BOB[1]}])
-    run_once(state_dir)
+    burst(state_dir)
     assert status(state_dir, pid) == "succeeded"
 
 
 # -- the legitimate paths ----------------------------------------------------------------------
 def test_approver_changes_policy_and_it_takes_effect(state_dir):
-    run_once(state_dir)
+    burst(state_dir)
     tools = agent_yaml(state_dir)["tools"]
     tools["python"] = {**tools["python"], "auto_exec": True, "risk": "low"}
     commit_as(state_dir, ALICE, "python runs by itself", {AGENT_YAML: with_config(
         state_dir, tools=tools)})
     pid = python_proposal(state_dir, "auto", type_="analysis")
-    run_once(state_dir)
+    burst(state_dir)
     assert status(state_dir, pid) == "succeeded"
 
 
 def test_approver_adds_an_approver_who_then_approves(state_dir):
-    run_once(state_dir)
+    burst(state_dir)
     commit_as(state_dir, ALICE, "bob", {AGENT_YAML: with_config(
         state_dir, approvers=[{"email": ALICE[1]}, {"email": BOB[1]}])})
     pid = python_proposal(state_dir, "bob")
-    run_once(state_dir)
+    burst(state_dir)
     set_status(state_dir, pid, "approved", who=BOB)
-    run_once(state_dir)
+    burst(state_dir)
     assert status(state_dir, pid) == "succeeded"
 
 
 def test_approver_rotates_keys(state_dir, signed, tmp_path):
     (new,) = keys(tmp_path, "alice-new")
-    run_once(state_dir)
+    burst(state_dir)
     signers = git(state_dir, "show", "HEAD:state/allowed_signers").stdout
     rotated = signers.replace(pub(signed["alice"]), pub(new))
     commit_as(state_dir, ALICE, "rotate", {"state/allowed_signers": rotated},
               sign_key=signed["alice"])  # signed with the key in force before
     old_pid, new_pid = python_proposal(state_dir, "old"), python_proposal(state_dir, "new")
-    run_once(state_dir)
+    burst(state_dir)
     set_status(state_dir, old_pid, "approved", sign_key=signed["alice"])
     set_status(state_dir, new_pid, "approved", sign_key=new)
-    run_once(state_dir)
+    burst(state_dir)
     assert status(state_dir, new_pid) == "succeeded"
     assert status(state_dir, old_pid) == "proposed"
 
 
 def test_unsigned_rotation_is_refused_when_signatures_are_required(state_dir, signed,
                                                                    tmp_path):
-    run_once(state_dir)
+    burst(state_dir)
     since = head(state_dir)
     signers = git(state_dir, "show", "HEAD:state/allowed_signers").stdout
     commit_as(state_dir, ALICE, "rotate", {"state/allowed_signers": signers + "x y\n"})
-    run_once(state_dir)
+    burst(state_dir)
     assert git(state_dir, "show", "HEAD:state/allowed_signers").stdout == signers
     assert "signed approvals are required" in answers(state_dir, since)
 
@@ -682,7 +677,7 @@ def test_rules_in_force_are_the_same_from_history_alone(state_dir):
     assert a.files == b.files
     assert b.config.mode == "beta"  # Mallory's alpha never took effect...
     assert b.config["hygiene"]["novelty_window_days"] == 14  # nor Alice's edit on top of it
-    run_once(state_dir)  # the daemon puts agent.yaml back; Alice edits the rules in force
+    burst(state_dir)  # the daemon puts agent.yaml back; Alice edits the rules in force
     assert agent_yaml(state_dir)["mode"] == "beta"
     commit_as(state_dir, ALICE, "policy", {AGENT_YAML: with_config(
         state_dir, hygiene={"novelty_window_days": 3, "archive_after_days": 30})})

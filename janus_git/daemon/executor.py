@@ -1,73 +1,82 @@
 """How the daemon runs approved proposals: the escapement lets one start, its tool runs in a
 worker thread, and the daemon's own thread commits the result.
 
-`running` is committed before the tool starts, and the result, its output, its audit line and
-every file it changed are one commit, so `git revert` of that commit undoes all of it.
-
-A mixin of Daemon: it works on the daemon's queue, runs, repository and configuration.
+Crash safety: `running` is committed before the tool starts, and a proposal found `running`
+at start-up is moved to `interrupted`, never re-run silently.  The result, its output, its
+audit line and every file the tool changed are one commit, so `git revert` of that commit
+undoes all of it.  An approval is used by the run: it never counts again.
 """
 from __future__ import annotations
 
 import json
 import logging
 import threading
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Callable
 
-from . import lifecycle
-from .errors import Conflict, JanusError
-from .gitrepo import UnsafePath, crashpoint
-from .policy import decide
-from .proposal import Proposal, Status, utcnow
-from .reader import Ticket
+from .. import lifecycle
+from ..controls import Escapement, Governor
+from ..errors import Conflict, JanusError
+from ..gitrepo import UnsafePath, crashpoint
+from ..policy import decide
+from ..proposal import Proposal, Status, utcnow
+from ..state import StateRepo
+from .branches import ApprovalBranches
+from .state import DaemonState, Run, Ticket
 
 log = logging.getLogger("janus_git.daemon")
 S = Status
 
 
-@dataclass
-class Run:
-    """A tool running in a worker thread; RESULT is set when it ends."""
-    id: str
-    thread: threading.Thread
-    cancel: threading.Event = field(default_factory=threading.Event)
-    result: Any = None
+class Executor:
+    def __init__(self, sr: StateRepo, state: DaemonState, branches: ApprovalBranches,
+                 escapement: Escapement, governor: Governor, context: Callable[[], object],
+                 on_start: Callable[[str, int], None] | None = None) -> None:
+        self.sr = sr
+        self.repo = sr.repo
+        self.store = sr.store
+        self.state = state
+        self.branches = branches
+        self.escapement = escapement
+        self.governor = governor
+        self.context = context  # the model context tools may use (loaded on first use)
+        self.on_start = on_start
 
-
-class Runner:
-    def _start_runs(self) -> None:
-        while self.queue and not self.runs and not self.exit:
-            self.governor.update(_cpu_percent(), 1.0 / self.config["controls"]["tick_hz"])
+    def start_runs(self) -> None:
+        state = self.state
+        while state.queue and not state.runs and not state.exiting:
+            self.governor.update(_cpu_percent(), 1.0 / state.config["controls"]["tick_hz"])
             if self.escapement.wait_time(self.governor.throttle) > 0:
                 return
-            ticket = self.queue.pop(next(iter(self.queue)))
+            ticket = state.queue.pop(next(iter(state.queue)))
             try:
-                self._start(ticket)
+                self.start(ticket)
             except Conflict:
-                self.queue[ticket.id] = ticket  # a person is editing it: try again later
+                state.queue[ticket.id] = ticket  # a person is editing it: try again later
                 raise
 
-    def _start(self, ticket: Ticket) -> None:
-        from . import tools
+    def start(self, ticket: Ticket) -> None:
+        from .. import tools
 
-        current = self._head_proposal(ticket.id)
+        state = self.state
+        current = self.store.head(ticket.id)
         if current is None:
             return
         p, text = current
         if p.status != S.APPROVED:
             return
-        if ticket.decision.get("rule", "").startswith("auto:") and not decide(p, self.config).auto:
+        if ticket.decision.get("rule", "").startswith("auto:") and not decide(
+                p, state.config).auto:
             # the policy is asked again at start: an "auto" decision forged into a commit, or
             # one the current agent.yaml no longer allows, runs nothing
-            with self.writes:
-                lifecycle.transition(self.repo, p, S.PROPOSED, self.config.identity,
+            with state.writes:
+                lifecycle.transition(self.repo, p, S.PROPOSED, state.config.identity,
                                      base_text=text, reason="the policy no longer allows this "
                                      "to run by itself; it needs a person's approval")
-            self.seen_manual.discard(p.id)
+            state.seen_manual.discard(p.id)
             return
         if p.recompute_digest() != ticket.decision["digest"]:
-            with self.writes:
-                lifecycle.transition(self.repo, p, S.PROPOSED, self.config.identity,
+            with state.writes:
+                lifecycle.transition(self.repo, p, S.PROPOSED, state.config.identity,
                                      base_text=text, reason="changed after approval: the "
                                      "approved digest no longer matches; approve it again")
             return
@@ -79,60 +88,70 @@ class Runner:
             q.execution = {"started_at": started}
             q.approvals = []  # used: an approval counts once, for this run
 
-        with self.writes:
-            lifecycle.transition(self.repo, p, S.RUNNING, self.config.identity, base_text=text,
-                                 update=mark)
+        with state.writes:
+            lifecycle.transition(self.repo, p, S.RUNNING, state.config.identity,
+                                 base_text=text, update=mark)
         crashpoint("after-running-commit")
         self.escapement.take()
         run = Run(p.id, thread=None)  # type: ignore[arg-type]
 
         def work() -> None:
             try:
-                run.result = tools.execute(p, self.config, self.root, cancel=run.cancel,
+                run.result = tools.execute(p, state.config, self.sr.root, cancel=run.cancel,
                                            on_start=lambda pid: self._started(p.id, pid),
-                                           context=self._context())
+                                           context=self.context())
             except Exception as e:  # a tool bug must not kill the daemon
                 log.exception("tool %s crashed", p.tool)
                 run.result = e
-            self.wake.set()
+            state.wake.set()
 
         run.thread = threading.Thread(target=work, name=f"run-{p.id}", daemon=True)
-        self.runs[p.id] = run
-        self.activity = f"running {p.id} ({p.tool})"
+        state.runs[p.id] = run
+        state.activity = f"running {p.id} ({p.tool})"
         run.thread.start()
-        self._drop_branch(p.id)  # after the start: it is bookkeeping, not on anyone's clock
+        self.branches.drop(p.id)  # after the start: it is bookkeeping, not on anyone's clock
 
     def _started(self, pid: str, os_pid: int) -> None:
         crashpoint("tool-started")
-        if self.on_start_hook:
-            self.on_start_hook(pid, os_pid)
+        if self.on_start:
+            self.on_start(pid, os_pid)
 
-    def _collect_results(self) -> None:
-        for pid, run in list(self.runs.items()):
+    def collect(self) -> None:
+        """Finished runs: their results are committed, one commit each (a result that meets
+        a person's edit waits for the next step)."""
+        state = self.state
+        for pid, run in list(state.runs.items()):
             if run.thread.is_alive():
                 continue
-            del self.runs[pid]
-            current = self._head_proposal(pid)
+            del state.runs[pid]
+            current = self.store.head(pid)
             if current is None:
                 log.error("%s vanished while it ran; its result is only in this log: %r",
                           pid, run.result)
                 continue
-            self._pending_results.append((run, current[0]))
-        for item in list(self._pending_results):
+            state.results.append((run, current[0]))
+        for item in list(state.results):
             crashpoint("before-result-commit")
             try:
-                with self.writes:
+                with state.writes:
                     self._commit_result(*item)
                 crashpoint("after-result-commit")
-                self._pending_results.remove(item)
+                state.results.remove(item)
             except Conflict as e:
                 log.info("result of %s waits: %s", item[1].id, e)
-        if not self.runs:
-            self.activity = "stopped" if self.stopped else "idle"
+        if not state.runs:
+            state.activity = "stopped" if state.stopped else "idle"
+
+    def join(self) -> None:
+        """Wait for every running tool to end (the first SIGTERM lets the step in hand
+        finish)."""
+        for run in list(self.state.runs.values()):
+            run.thread.join()
 
     def _commit_result(self, run: Run, p: Proposal) -> None:
-        from . import tools
+        from .. import tools
 
+        identity = self.state.config.identity
         text = self.repo.read_blob("HEAD", p.path)
         if p.status != S.RUNNING:
             log.warning("%s is %s, not running; result dropped", p.id, p.status.value)
@@ -140,7 +159,7 @@ class Runner:
         result = run.result
         if isinstance(result, Exception):
             p.execution.update(ended_at=utcnow(), error=f"tool crashed: {result}")
-            lifecycle.transition(self.repo, p, S.FAILED, self.config.identity, base_text=text,
+            lifecycle.transition(self.repo, p, S.FAILED, identity, base_text=text,
                                  reason=f"the tool crashed: {result}")
             return
         out_path = f"logs/runs/{p.id}.txt"
@@ -160,12 +179,12 @@ class Runner:
 
         reason = result.error or ("stopped by the emergency stop" if cancelled else "")
         try:
-            lifecycle.transition(self.repo, p, new, self.config.identity, base_text=text,
+            lifecycle.transition(self.repo, p, new, identity, base_text=text,
                                  update=fill, extra_files=files, reason=reason)
         except UnsafePath as e:
             # a committed symlink where the output or a tool's file would go: the result is
             # recorded without them, and says why
-            lifecycle.transition(self.repo, p, S.FAILED, self.config.identity, base_text=text,
+            lifecycle.transition(self.repo, p, S.FAILED, identity, base_text=text,
                                  update=fill, reason=f"{e}; the run's output and files were "
                                  "not written")
             return
@@ -173,19 +192,20 @@ class Runner:
             self._suggest(p)
 
     def _suggest(self, p: Proposal) -> None:
-        from . import suggest
+        from .. import suggest
         try:
-            suggest.maybe_offer(self.repo, self.config, self.state.index, p.type, p.tool)
+            suggest.maybe_offer(self.repo, self.state.config, self.sr.index, p.type, p.tool)
         except JanusError as e:  # an offer is a courtesy: it never holds up a result
             log.warning("could not offer a policy change for %s: %s", p.tool, e)
 
-    def _interrupt(self, pid: str, reason: str) -> None:
-        current = self._head_proposal(pid)
+    def interrupt(self, pid: str, reason: str) -> None:
+        current = self.store.head(pid)
         if current is None or current[0].status != S.RUNNING:
             return
-        with self.writes:
-            lifecycle.transition(self.repo, current[0], S.INTERRUPTED, self.config.identity,
-                                 base_text=current[1], reason=reason)
+        with self.state.writes:
+            lifecycle.transition(self.repo, current[0], S.INTERRUPTED,
+                                 self.state.config.identity, base_text=current[1],
+                                 reason=reason)
         crashpoint("after-interrupt")
 
 

@@ -1,0 +1,133 @@
+"""The daemon's answers to commits no one may make: each is a new commit that puts the record
+right and says why in its `note:` (or message), and an alert.  Published history is never
+rewritten.
+
+- a proposal filed as anything but `proposed` (or with a decision of its own) is filed again;
+- a change to type, tool or args after filing is put back as filed, and voids every approval;
+- a file left unreadable gets its last readable version back, its approvals void;
+- a refused change to the rules (trust.py) puts the guarded files back as they are in force.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from .. import lifecycle
+from ..approvals import Filing, describe_change
+from ..errors import ConfigError
+from ..gitrepo import Commit, format_message
+from ..notify import Notifier
+from ..proposal import Proposal, Status, parse_proposal, shard_path
+from ..state import StateRepo
+from .state import DaemonState
+
+log = logging.getLogger("janus_git.daemon")
+S = Status
+
+
+class Answers:
+    def __init__(self, sr: StateRepo, state: DaemonState, notifier: Notifier) -> None:
+        self.repo = sr.repo
+        self.store = sr.store
+        self.state = state
+        self.notifier = notifier
+
+    def check_filing(self, c: Commit, new: Proposal) -> None:
+        """A person files proposals as `proposed`, with no decision, execution or approvals
+        of their own making: anything else is put right."""
+        if new.status == S.PROPOSED and not (new.decision or new.execution or new.approvals):
+            return
+        current = self.store.head(new.id)
+        if current is None:
+            return
+        p, text = current
+
+        def as_filed(q: Proposal) -> None:
+            q.status, q.decision, q.execution, q.approvals = S.PROPOSED, {}, {}, []
+        self.correct(p, text, f"{c.author_email} filed this as {new.status.value} in "
+                     f"{c.sha[:10]}; a proposal is filed as proposed, with no decision of its "
+                     "own, and decided again", as_filed)
+
+    def changed(self, c: Commit, new: Proposal, filed: Filing) -> None:
+        """Type, tool or args changed after filing: put them back as filed; every approval
+        so far is void."""
+        self.state.queue.pop(new.id, None)
+        current = self.store.head(new.id)
+        if current is None or filed.proposal is None:
+            return
+        p, text = current
+        if p.recompute_digest() == filed.digest:
+            return  # already put back
+
+        def as_filed(q: Proposal) -> None:
+            q.type, q.tool, q.args = filed.proposal.type, filed.proposal.tool, filed.proposal.args
+            q.digest = filed.digest
+            q.approvals = []
+            if q.status == S.APPROVED:
+                q.status = S.PROPOSED
+        self.correct(p, text, f"{c.author_email} changed what was filed in {c.sha[:10]} ("
+                     f"{describe_change(filed.proposal, new)}); put back as filed, and every "
+                     "approval is void: file a new proposal for the new version", as_filed)
+
+    def unreadable(self, c: Commit, pid: str, error: ConfigError) -> None:
+        """A commit left the file unreadable: its approvals are void, and the last readable
+        version goes back (as proposed, if it was approved)."""
+        self.state.queue.pop(pid, None)
+        path = shard_path(pid)
+        if self.store.head(pid) is not None:
+            return  # a later commit made it readable again; that one is judged on its own
+        text = self.repo.read_blob("HEAD", path)
+        for older in self.repo.file_history(path, limit=50):
+            data = self.repo.read_blob(older.sha, path)
+            try:
+                good = parse_proposal(data, path) if data else None
+            except ConfigError:
+                continue
+            if good is None:
+                break
+
+            def as_was(q: Proposal) -> None:
+                q.approvals = []
+                if q.status == S.APPROVED:
+                    q.status = S.PROPOSED
+            self.correct(good, text, f"{c.author_email} left this file unreadable in "
+                         f"{c.sha[:10]} ({error.problem}); the last readable version is put "
+                         "back and approvals before it are void", as_was)
+            return
+        log.error("%s: no readable version to put back (%s)", path, error)
+
+    def correct(self, p: Proposal, text: bytes | None, reason: str,
+                update: Callable[[Proposal], None]) -> None:
+        log.warning("%s: %s", p.id, reason)
+        with self.state.writes:
+            lifecycle.correct(self.repo, p, self.state.config.identity, reason=reason,
+                              update=update, base_text=text)
+        self.notifier.post(f"janus-git: corrected {p.id}", reason, kind="alert")
+
+    def refusals(self, live: bool = True) -> None:
+        """Refused changes to the rules: the guarded files go back to what is in force, in
+        one commit that says why, and people are told.  At start-up every guarded file at
+        HEAD is compared with the rules in force (a refusal may have gone unanswered)."""
+        trust = self.state.trust
+        refusals, trust.refusals = trust.refusals, []
+        if not refusals and live:
+            return
+        rules = trust.rules
+        paths = {p for r in refusals for p in r.paths}
+        if not live:
+            paths |= set(rules.files) | set(trust.guarded_paths("HEAD"))
+        files = {p: rules.files.get(p) for p in sorted(paths)
+                 if self.repo.read_blob("HEAD", p) != rules.files.get(p)}
+        if not files:
+            return
+        reasons = "\n".join(f"- {r.commit.sha[:10]} by {r.commit.author_email} "
+                            f"({', '.join(r.paths)}): {r.reason}" for r in refusals) or \
+            "- HEAD differs from the rules in force (a change no approver made)"
+        msg = format_message(f"janus: refuse changes to {', '.join(files)}",
+                             f"Only an approver may change these; the rules in force "
+                             f"stay.\n\n{reasons}", {"Janus-Refused": ", ".join(
+                                 r.commit.sha for r in refusals) or "HEAD"})
+        with self.state.writes:
+            self.repo.commit_files(files, msg, self.state.config.identity, guard={
+                p: self.repo.read_blob("HEAD", p) for p in files})
+        self.notifier.post("janus-git: refused a change to the rules", reasons, kind="alert")

@@ -1,0 +1,47 @@
+"""The approval branches: for each manual proposal the agent offers `janus/proposal/<id>`,
+holding its own signed commit that sets the file to approved.  A merge of it (with a merge
+commit) is an approval (approvals.branch_approval says when); a fast-forward lands the agent's
+own commit, which is refused.  A branch goes once its proposal is decided or starts."""
+from __future__ import annotations
+
+from .. import lifecycle
+from ..approvals import APPROVAL_BRANCH_PREFIX, TRAILER_APPROVAL_BRANCH
+from ..gitrepo import GitRepo, format_message
+from ..proposal import Proposal, Status
+from .state import DaemonState
+
+
+class ApprovalBranches:
+    def __init__(self, repo: GitRepo, state: DaemonState) -> None:
+        self.repo = repo
+        self.state = state
+
+    def load(self) -> None:
+        """The branches that exist (at start: offered by an earlier run)."""
+        self.state.branches = set(self.repo.run(
+            "for-each-ref", "--format=%(refname:short)", f"refs/heads/{APPROVAL_BRANCH_PREFIX}"
+        ).split())
+
+    def offer(self, p: Proposal) -> None:
+        """For a manual proposal, a branch holding its approval: merge it (with a merge
+        commit) to approve.  A fast-forward lands the agent's own commit, which is refused."""
+        branch = f"{APPROVAL_BRANCH_PREFIX}{p.id}"
+        if branch in self.state.branches:
+            return
+        head = self.repo.head()
+        shown = Proposal(**{**p.__dict__})
+        shown.status = Status.APPROVED
+        shown.note = f"approved by merging {branch}"
+        msg = format_message(f"janus: approve {p.id} ({p.tool}: {p.type})",
+                             "Merge this branch with a merge commit to approve the proposal.",
+                             {lifecycle.TRAILER_PROPOSAL: p.id, TRAILER_APPROVAL_BRANCH: branch})
+        sha = self.repo.create_commit_on(head, {p.path: shown.to_yaml()}, msg,
+                                         self.state.config.identity)
+        self.repo.update_branch_ref(branch, sha, None)
+        self.state.branches.add(branch)
+
+    def drop(self, pid: str) -> None:
+        branch = f"{APPROVAL_BRANCH_PREFIX}{pid}"
+        if branch in self.state.branches:
+            self.repo.delete_branch(branch)
+            self.state.branches.discard(branch)

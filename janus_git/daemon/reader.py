@@ -1,0 +1,158 @@
+"""How the daemon reads people's commits: approvals (and refusals), reverts, deletions,
+hand-made edits and changes to the rules, one first-parent commit at a time.
+
+Every commit that is not the agent's own signed commit is a person's, whatever e-mail it
+carries, and is answered: a change to the rules is judged by the rules in force before it
+(trust.py), a status change by the approval rules (approvals.py, through judge.py), a change
+to what was filed or an unreadable file is put right by a correction commit that says why
+(answers.py).
+
+The cursor (the last commit read) moves only past commits that were read in full; it is saved
+under .git/janus/ after each catch-up, so a crash re-reads at most what it had not saved.
+"""
+from __future__ import annotations
+
+import logging
+
+from .. import lifecycle
+from ..approvals import TRAILER_APPROVAL_BRANCH, is_revert_of_result
+from ..errors import ConfigError
+from ..gitrepo import Commit, crashpoint
+from ..proposal import HUMAN_TRANSITIONS, Proposal, Status, parse_proposal
+from ..state import StateRepo
+from ..store import check_placement, id_from_path, is_proposal_path
+from ..trust import Rules
+from .answers import Answers
+from .judge import ApprovalJudge
+from .state import CursorFile, DaemonState
+
+log = logging.getLogger("janus_git.daemon")
+S = Status
+
+
+class CommitReader:
+    def __init__(self, sr: StateRepo, state: DaemonState, cursor_file: CursorFile,
+                 judge: ApprovalJudge, answers: Answers) -> None:
+        self.repo = sr.repo
+        self.store = sr.store
+        self.state = state
+        self.cursor_file = cursor_file
+        self.judge = judge
+        self.answers = answers
+        self.commits_read = 0  # since start (the commit-graph is rewritten every so many)
+
+    @property
+    def trust(self):
+        return self.state.trust
+
+    def catch_up(self, head: str | None) -> None:
+        """Read every first-parent commit after the cursor up to HEAD, in order."""
+        state = self.state
+        head = head or self.repo.head()
+        if state.cursor is None:
+            state.cursor = head
+        elif head != state.cursor:
+            for commit in self.repo.first_parent_log(state.cursor, head):
+                self._process_commit(commit)
+                state.cursor = commit.sha
+                self.commits_read += 1
+            crashpoint("after-catch-up")
+            state.cursor = self.repo.head() if state.cursor != head else head
+            self.trust.rules.at = state.cursor
+            self.trust.save()
+        self.answers.refusals()
+        self.cursor_file.save(state.cursor)
+
+    def _process_commit(self, c: Commit) -> None:
+        rules = self.trust.rules  # in force before C: C is judged by them
+        before = Rules(rules.at, dict(rules.files), rules.config)
+        own = self.trust.is_agent(c, before) and TRAILER_APPROVAL_BRANCH not in c.trailers()
+        self.trust.apply(c)  # the state's config is now the rules' after C
+        if own:
+            self._note_filings(c)
+            return
+        for path, change in c.changes.items():
+            if not is_proposal_path(path):
+                continue
+            try:
+                self._process_change(c, path, change, before)
+            except ConfigError as e:
+                log.error("commit %s by %s: %s", c.sha[:10], c.author_email, e)
+                self.state.last_error = str(e)
+
+    def _note_filings(self, c: Commit) -> None:
+        for path, change in c.changes.items():
+            if change == "A" and is_proposal_path(path):
+                self.state.filed.pop(id_from_path(path), None)  # read again when first needed
+
+    def _process_change(self, c: Commit, path: str, change: str, rules: Rules) -> None:
+        pid = id_from_path(path)
+        self.state.filed.pop(pid, None) if change in ("A", "D") else None
+        if change == "D":
+            self.state.queue.pop(pid, None)
+            log.warning("%s was deleted by %s in %s; its history stays in git", path,
+                        c.author_email, c.sha[:10])
+            self._remember_deleted(c, path)
+            return
+        check_placement(path)
+        try:
+            new = parse_proposal(self.repo.read_blob(c.sha, path) or b"", path)
+        except ConfigError as e:
+            self.answers.unreadable(c, pid, e)
+            return
+        if change == "A" or not c.parents:
+            self.answers.check_filing(c, new)
+            return
+        old_text = self.repo.read_blob(c.parents[0], path)
+        try:
+            old = parse_proposal(old_text, path) if old_text else None
+        except ConfigError:
+            old = None  # an unreadable version voids every approval before it
+            self.state.queue.pop(pid, None)
+        filed = self.judge.filing(pid)
+        if filed.digest is not None and new.recompute_digest() != filed.digest:
+            self.answers.changed(c, new, filed)
+            return
+        if old is None:
+            if new.status == S.APPROVED:
+                self.judge.judge(self.judge.acting(c, pid, path, rules), new, rules)
+            return
+        if old.status == new.status:
+            if new.status == S.PROPOSED and len(new.approvals) > len(old.approvals):
+                self.judge.judge(self.judge.acting(c, pid, path, rules), new, rules)
+            return
+        self._human_transition(c, old, new, rules)
+
+    def _human_transition(self, c: Commit, old: Proposal, new: Proposal, rules: Rules) -> None:
+        current = self.store.head(new.id)
+        if current is None or current[0].status != new.status:
+            return  # already superseded by a later commit
+        p, text = current
+        identity = self.state.config.identity
+        if is_revert_of_result(old, new):
+            lifecycle.transition(self.repo, p, S.REVERTED, identity, old=old.status,
+                                 base_text=text, reason=f"result reverted by {c.author_email} "
+                                 f"in {c.sha[:10]}; it is never re-run")
+            return
+        if new.status not in HUMAN_TRANSITIONS.get(old.status, frozenset()):
+            lifecycle.restore(self.repo, p, old.status, identity, base_text=text,
+                              reason=f"{c.author_email} set {old.status.value} -> "
+                              f"{new.status.value} in {c.sha[:10]}; only the daemon makes that "
+                              "change")
+            return
+        if new.status == S.APPROVED:
+            self.judge.judge(self.judge.acting(c, p.id, p.path, rules), new, rules)
+        elif new.status in (S.PROPOSED, S.REJECTED):
+            self.state.queue.pop(p.id, None)
+            log.info("%s: %s -> %s by %s", p.id, old.status.value, new.status.value,
+                     c.author_email)
+
+    def _remember_deleted(self, c: Commit, path: str) -> None:
+        old = self.repo.read_blob(c.parents[0], path) if c.parents else None
+        if old is None:
+            return
+        from .. import novelty
+        try:  # the novelty index remembers it, so it is not proposed again
+            novelty.remember_deleted(self.repo, parse_proposal(old, path))
+        except ConfigError:
+            pass  # a file that never parsed has no digest to remember

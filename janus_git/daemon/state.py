@@ -1,0 +1,86 @@
+"""What the daemon holds between steps, in one object that its parts share.
+
+The rules in force (and the configuration they make) come from history through `trust`,
+never from the working tree's agent.yaml.  Everything here is derived: a restart rebuilds it
+from git (the cursor and the rules cache under .git/janus/ only save re-reading history).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..approvals import Filing
+from ..config import Config
+from ..proposal import Proposal
+from ..trust import Rules, Trust
+
+
+@dataclass
+class Ticket:
+    """An approved proposal waiting for the escapement."""
+    id: str
+    decision: dict[str, Any]
+
+
+@dataclass
+class Run:
+    """A tool running in a worker thread; RESULT is set when it ends."""
+    id: str
+    thread: threading.Thread
+    cancel: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+
+
+@dataclass
+class DaemonState:
+    trust: Trust
+    cursor: str | None = None  # the last first-parent commit read
+    queue: dict[str, Ticket] = field(default_factory=dict)
+    runs: dict[str, Run] = field(default_factory=dict)
+    results: list[tuple[Run, Proposal]] = field(default_factory=list)  # awaiting their commit
+    branches: set[str] = field(default_factory=set)  # approval branches offered
+    seen_manual: set[str] = field(default_factory=set)  # decided manual: waiting for a person
+    filed: dict[str, Filing] = field(default_factory=dict)  # id -> as filed, read when needed
+    stopped: bool = False
+    exiting: bool = False
+    activity: str = "starting"
+    last_error: str = ""
+    # the loop sleeps on WAKE (set by runs, signals, the watcher); WRITES is held to commit
+    wake: threading.Event = field(default_factory=threading.Event)
+    writes: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def rules(self) -> Rules:
+        assert self.trust.rules is not None
+        return self.trust.rules
+
+    @property
+    def config(self) -> Config:
+        """The configuration in force: the rules' (trust.py), never the working tree's."""
+        return self.rules.config
+
+    def pending_auto(self) -> int:
+        return sum(1 for t in self.queue.values()
+                   if t.decision.get("rule", "").startswith("auto:"))
+
+
+class CursorFile:
+    """The cursor, kept under .git/janus/ so a restart reads on from where it stopped."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "cursor"
+
+    def load(self) -> str | None:
+        try:
+            return self.path.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def save(self, sha: str | None) -> None:
+        if sha and self.path.parent.is_dir():
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(sha)
+            os.replace(tmp, self.path)
