@@ -98,10 +98,13 @@ def test_the_fixed_prefix_is_reused_through_the_kv_cache(model):
 def test_model_context_loads_lazily_from_config(tiny_gguf, tmp_path):
     from janus_git.config import config_from_text
 
-    config = config_from_text(f"model: {{path: {tiny_gguf.name}, n_ctx: 512}}\n")
-    ctx = llm.ModelContext(config, tiny_gguf.parent)
+    root = tmp_path / "repo"
+    (root / "state").mkdir(parents=True)
+    (root / "state" / tiny_gguf.name).symlink_to(tiny_gguf)  # a model kept under state/
+    config = config_from_text(f"model: {{path: state/{tiny_gguf.name}, n_ctx: 512}}\n")
+    ctx = llm.ModelContext(config, root)
     assert ctx._model is None
-    assert ctx.llm.path == tiny_gguf and ctx.llm is ctx.llm
+    assert ctx.llm.path == root / "state" / tiny_gguf.name and ctx.llm is ctx.llm
 
 
 def test_missing_model_path_is_a_clear_error(tmp_path):

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import AGENT, ALICE, MALLORY, configure, git
+from conftest import AGENT, ALICE, MALLORY, git
 from daemonkit import (DaemonProcess, burst, propose, record, set_status, status,
-                       tool_use_lines, wait_for, wait_status)
+                       tool_use_lines, wait_status)
 
 MANUAL = "maintenance"  # not on the auto-exec whitelist
 BOB = ("Bob Second", "bob@example.com")
@@ -329,58 +328,6 @@ def test_replay_after_restart_runs_nothing(state_dir, forget_cursor):
 
 
 # -- files that would kill or wedge the daemon -------------------------------------------------
-LAUGHS = "a: &a [lol,lol,lol,lol,lol,lol,lol,lol,lol]\n" + "".join(
-    f"{c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n"
-    for p, c in zip("abcdefgh", "bcdefghi"))
-
-
-def _hostile_then_legit(state_dir, hostile: dict[str, str]) -> None:
-    with DaemonProcess(state_dir) as d:
-        commit_as(state_dir, MALLORY, "hostile", hostile)
-        legit = python_proposal(state_dir, "still alive")
-        wait_for(lambda: git(state_dir, "rev-parse", "-q", "--verify",
-                             f"refs/heads/janus/proposal/{legit}", check=False).returncode == 0)
-        set_status(state_dir, legit, "approved")
-        wait_status(state_dir, legit, "succeeded", timeout=30)
-        assert d.alive()
-    assert burst(state_dir) == 0  # and a restart does not crash on it either
-
-
-def test_billion_laughs_does_not_wedge(state_dir):
-    pid = python_proposal(state_dir)
-    text = (state_dir / path_of(pid)).read_text().replace("args:", "lol_args:") + LAUGHS
-    _hostile_then_legit(state_dir, {path_of(pid): text})
-    assert not ran(state_dir, pid)
-
-
-def test_deep_nesting_does_not_crash(state_dir):
-    pid = python_proposal(state_dir)
-    deep = "[" * 900 + "]" * 900
-    text = (state_dir / path_of(pid)).read_text().replace("status: proposed",
-                                                          f"status: approved\nnote: {deep}")
-    _hostile_then_legit(state_dir, {path_of(pid): text})
-    assert not ran(state_dir, pid)
-
-
-def test_deep_nesting_then_git_rm_does_not_crash(state_dir):
-    pid = python_proposal(state_dir)
-    deep = "{a: " * 900 + "1" + "}" * 900
-    commit_as(state_dir, MALLORY, "deep", {path_of(pid): f"args: {deep}\n"})
-    commit_as(state_dir, MALLORY, "gone", {path_of(pid): None})
-    assert burst(state_dir) == 0
-    assert burst(state_dir) == 0
-
-
-def test_bad_decision_type_does_not_crash(state_dir):
-    pid = python_proposal(state_dir)
-    burst(state_dir)
-    commit_as(state_dir, MALLORY, "rule 5", {path_of(pid): edited(
-        state_dir, pid, status="approved", decision={"rule": 5})})
-    for _ in range(2):
-        assert burst(state_dir) == 0
-    assert not ran(state_dir, pid)
-
-
 def test_huge_integer_is_a_named_refusal(state_dir):
     pid = python_proposal(state_dir)
     burst(state_dir)
@@ -409,17 +356,6 @@ def test_file_committed_approved_in_the_agents_name_is_answered(state_dir):
         rec = wait_status(state_dir, pid, "proposed")
         assert "filed this as approved" in rec["note"]
     assert not ran(state_dir, pid)
-
-
-def test_agent_email_with_janus_trailer_is_judged_as_a_person(state_dir):
-    pid = python_proposal(state_dir)
-    burst(state_dir)
-    commit_as(state_dir, AGENT, f"janus: {pid} proposed -> approved", {
-        path_of(pid): edited(state_dir, pid, status="approved")},
-        extra=("-m", f"Janus-Proposal: {pid}\nJanus-Transition: proposed -> approved"))
-    burst(state_dir)
-    assert not ran(state_dir, pid)
-    assert "never approve" in record(state_dir, pid)["note"]
 
 
 def test_agent_email_signed_with_a_stranger_key_is_not_the_agent(state_dir, tmp_path):
@@ -490,26 +426,6 @@ def test_approver_lifts_the_stop(state_dir):
     pid = propose(state_dir, "echo", "after the stop")
     burst(state_dir)
     assert status(state_dir, pid) == "succeeded"
-
-
-def test_stop_kills_a_stubborn_tool_within_a_second(state_dir):
-    script = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-              "print('started', flush=True); time.sleep(120)")
-    with DaemonProcess(state_dir):
-        pid = propose(state_dir, "-c", script, tool="python", type_=MANUAL)
-        wait_for(lambda: git(state_dir, "rev-parse", "-q", "--verify",
-                             f"refs/heads/janus/proposal/{pid}", check=False).returncode == 0)
-        set_status(state_dir, pid, "approved")
-        wait_status(state_dir, pid, "running")
-        time.sleep(0.5)
-        procs = lambda: subprocess.run(["pgrep", "-f", "signal.SIG_IGN"],  # noqa: E731
-                                       capture_output=True, text=True).stdout.split()
-        wait_for(procs, 10, "the tool to start")
-        t0 = time.monotonic()
-        _stop(state_dir)
-        wait_for(lambda: not procs(), 5, "the tool to be killed")
-        assert time.monotonic() - t0 < 1.0 + 0.3  # the stop's own commit is ~0.1-0.3 s
-        wait_status(state_dir, pid, "interrupted")
 
 
 # -- guarded files beyond agent.yaml -----------------------------------------------------------

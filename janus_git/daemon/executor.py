@@ -16,7 +16,7 @@ from typing import Callable
 from .. import lifecycle
 from ..controls import Escapement, Governor
 from ..errors import Conflict, JanusError
-from ..gitrepo import UnsafePath, crashpoint
+from ..gitrepo import UnsafePath, crashpoint, stallpoint
 from ..policy import decide
 from ..proposal import Proposal, Status, utcnow
 from ..state import StateRepo
@@ -109,6 +109,7 @@ class Executor:
         state.runs[p.id] = run
         state.activity = f"running {p.id} ({p.tool})"
         run.thread.start()
+        stallpoint("after-run-start")  # tests: the main loop busy while a tool runs
         self.branches.drop(p.id)  # after the start: it is bookkeeping, not on anyone's clock
 
     def _started(self, pid: str, os_pid: int) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 
 from .. import lifecycle
-from ..approvals import TRAILER_APPROVAL_BRANCH, is_revert_of_result
+from ..approvals import TRAILER_APPROVAL_BRANCH, Filing, is_revert_of_result
 from ..errors import ConfigError
 from ..gitrepo import Commit, crashpoint
 from ..proposal import HUMAN_TRANSITIONS, Proposal, Status, parse_proposal
@@ -81,9 +81,18 @@ class CommitReader:
                 self.state.last_error = str(e)
 
     def _note_filings(self, c: Commit) -> None:
+        """The agent's own filings, kept as they are read (the approval path then needs no
+        `git log` to find them)."""
         for path, change in c.changes.items():
             if change == "A" and is_proposal_path(path):
-                self.state.filed.pop(id_from_path(path), None)  # read again when first needed
+                try:
+                    self._filed(c, parse_proposal(self.repo.read_blob(c.sha, path) or b"",
+                                                  path))
+                except ConfigError:
+                    self.state.filed.pop(id_from_path(path), None)
+
+    def _filed(self, c: Commit, p: Proposal) -> None:
+        self.state.filed[p.id] = Filing(p.recompute_digest(), c.sha, p)
 
     def _process_change(self, c: Commit, path: str, change: str, rules: Rules) -> None:
         pid = id_from_path(path)
@@ -101,6 +110,7 @@ class CommitReader:
             self.answers.unreadable(c, pid, e)
             return
         if change == "A" or not c.parents:
+            self._filed(c, new)
             self.answers.check_filing(c, new)
             return
         old_text = self.repo.read_blob(c.parents[0], path)
