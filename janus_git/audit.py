@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .proposal import RUN_OUTCOMES
+
 LIMIT_NAMES = ["memory", "cpu", "disk", "timeout", "pids", "output", "cancelled"]
 _num = {"type": "number", "minimum": 0}
 
@@ -45,7 +47,7 @@ TOOL_USE_SCHEMA: dict[str, Any] = {
             "cpu_peak_percent": {**_num, "description": "share of the whole machine, 0-100"},
             "peak_rss_mb": {**_num, "description": "sum over the process tree"},
             "bytes_written": _num, "wall_seconds": _num, "peak_processes": _num}},
-        "status": {"enum": ["succeeded", "failed"]},
+        "status": {"enum": sorted(s.value for s in RUN_OUTCOMES)},
         "exit_code": {"type": ["integer", "null"]},
         "limit_hit": {"enum": [*LIMIT_NAMES, None]},
         "error": {"type": "string"},

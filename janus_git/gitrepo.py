@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import Conflict, GitError, JanusError
+from .util import atomic_write
 
 LOCK_RETRY_SECONDS = 10.0
 TRAILER_PROPOSAL = "Janus-Proposal"
@@ -78,21 +79,6 @@ def format_message(subject: str, body: str = "", trailers: dict[str, str] | None
     if trailers:
         parts.append("\n".join(f"{k}: {v}" for k, v in trailers.items()))
     return "\n\n".join(parts) + "\n"
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 # Commits this process signed as the agent: known to be its own without a verify-commit.

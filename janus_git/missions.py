@@ -14,14 +14,13 @@ from typing import Any, Iterable
 from .config import Config, validate
 from .errors import ConfigError
 from .gitrepo import GitRepo, format_message
-from .proposal import load_yaml
+from .proposal import IN_FLIGHT, load_yaml
 
 MISSIONS_DIR = "missions"
 STATUSES = ("queued", "active", "done")
 TRAILER_MISSION = "Janus-Mission"
 TRAILER_MISSION_TRANSITION = "Janus-Mission-Transition"
 TRAILER_MISSION_NEXT = "Janus-Mission-Next"
-IN_FLIGHT = frozenset({"proposed", "approved", "running", "interrupted", "suspended"})
 
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from .proposal import Proposal, Status, new_id, utcnow
+from .proposal import Proposal, Status, new_id
+from .util import atomic_write, utcnow
 
 log = logging.getLogger("janus_git.notify")
 MAX_ATTEMPTS = 20
@@ -52,9 +52,7 @@ class Outbox:
         msg = {"title": title, "body": body, "kind": kind, "created_at": utcnow(),
                "attempts": 0, "next_try": 0.0}
         path = self.dir / f"{new_id()}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(msg))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(msg).encode())
         return path
 
     def pending(self) -> list[Path]:

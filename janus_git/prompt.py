@@ -16,7 +16,7 @@ from typing import Any, Callable
 from . import missions
 from .config import Config
 from .gitrepo import GitRepo
-from .proposal import Proposal
+from .proposal import FINISHED, Proposal
 
 CHUNK_LINES = 5000
 MAX_PER_CYCLE = 3
@@ -108,7 +108,7 @@ def status_section(s: Surface) -> str:
 
 def results_section(repo: GitRepo, s: Surface) -> str:
     mine = [r for r in s.rows if r.get("mission") == s.mission.id
-            and r.get("status") in ("succeeded", "failed", "reverted")]
+            and r.get("status") in FINISHED]
     mine.sort(key=lambda r: r["id"])
     lines = []
     for r in mine[-RECENT_RESULTS:]:

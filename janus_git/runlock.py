@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import JanusError
+from .util import atomic_write
 
 
 class DaemonLock:
@@ -38,10 +39,9 @@ class DaemonLock:
             self._fd = None
 
     def write_status(self, status: dict[str, Any]) -> None:
-        tmp = self.status_path.with_suffix(".tmp")
         try:
-            tmp.write_text(json.dumps(status, indent=1))
-            os.replace(tmp, self.status_path)
+            atomic_write(self.status_path, json.dumps(status, indent=1).encode(),
+                         make_parents=False)
         except FileNotFoundError:  # the repository was removed under us
             pass
 

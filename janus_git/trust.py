@@ -23,7 +23,8 @@ from pathlib import Path
 
 from .config import AGENT_PATH, Config, config_from_text
 from .errors import ConfigError, JanusError
-from .gitrepo import MADE, Commit, GitRepo, atomic_write
+from .gitrepo import MADE, Commit, GitRepo
+from .util import atomic_write
 
 log = logging.getLogger("janus_git.trust")
 GUARDED_DIRS = ("state", "missions")

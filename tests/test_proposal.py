@@ -80,6 +80,16 @@ def test_table_is_closed_and_terminal_states_are_final():
         assert s not in TRANSITIONS[s], "no self-transitions (they would be empty commits)"
 
 
+def test_status_groups_split_every_status_and_follow_the_table():
+    from janus_git.proposal import CLEARED, FINISHED, IN_FLIGHT, LIVE, RUN_OUTCOMES
+    groups = [IN_FLIGHT, FINISHED, CLEARED]
+    assert set().union(*groups) == set(Status) and sum(map(len, groups)) == len(Status)
+    assert LIVE == set(Status) - CLEARED and RUN_OUTCOMES <= FINISHED
+    assert CLEARED <= TRANSITIONS[Status.PROPOSED], "hygiene moves proposed work there"
+    assert TERMINAL <= FINISHED | CLEARED and not TERMINAL & IN_FLIGHT
+    assert "running" in IN_FLIGHT and "archived" not in LIVE  # str-valued, as rows hold them
+
+
 def test_refusal_message_says_what_is_allowed():
     with pytest.raises(TransitionError) as e:
         check_transition(Status.SUCCEEDED, Status.RUNNING)

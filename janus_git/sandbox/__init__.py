@@ -81,7 +81,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import JanusError
-from ..proposal import utcnow
+from ..util import utcnow
 from .cgroups import Cgroups
 from .launch import NOBODY, PATH
 from .prestart import ENV_NAME, kind_for, pool, prestart_off
