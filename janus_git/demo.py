@@ -33,6 +33,6 @@ def run_demo(directory: Path, echo: Callable[[str], None] = print) -> int:
         files = [p for p in (path / folder).rglob("*") if p.is_file() and p.name != ".gitkeep"]
         echo(f"{folder}/: {len(files)} files")
     echo("latest commits:")
-    echo(sr.repo.run("log", "--oneline", "-n", "15").rstrip())
+    echo(sr.repo.log_oneline(15).rstrip())
     echo(f"next: cd {path} && janus-git list && git log --stat")
     return 0

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import importlib.util
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +10,8 @@ from .errors import JanusError
 
 def diagnose(root: Path) -> dict[str, Any]:
     info: dict[str, Any] = {}
-    git = shutil.which("git")
-    info["git"] = subprocess.run(["git", "--version"], capture_output=True, text=True
-                                 ).stdout.strip() if git else "MISSING: install git"
+    from .gitrepo import git_version
+    info["git"] = git_version() or "MISSING: install git"
     from . import tools
     info["sandbox"] = tools.doctor()
     info["llama_cpp"] = ("installed" if importlib.util.find_spec("llama_cpp") else

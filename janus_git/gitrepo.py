@@ -194,6 +194,39 @@ class GitRepo:
     def branch(self) -> str:
         return self.run("symbolic-ref", "--short", "HEAD").strip()
 
+    def branches(self, prefix: str) -> list[str]:
+        """Local branch names under PREFIX (e.g. janus/proposal/)."""
+        return self.run("for-each-ref", "--format=%(refname:short)",
+                        f"refs/heads/{prefix}").split()
+
+    def person(self) -> Identity | None:
+        """Who git says is at the keyboard (user.name/email, GIT_AUTHOR_*), if anyone."""
+        ident = self.run("var", "GIT_AUTHOR_IDENT", check=False).strip()
+        if "<" not in ident:
+            return None
+        name, _, rest = ident.partition(" <")
+        return Identity(name.strip(), rest.split(">", 1)[0])
+
+    def log_oneline(self, n: int) -> str:
+        return self.run("log", "--oneline", "-n", str(n))
+
+    def trailer_values(self, key: str, since: str, until: str) -> list[str]:
+        """The values of trailer KEY on first-parent commits between two dates."""
+        out = self.run("log", "--first-parent", f"--since={since}", f"--until={until}",
+                       f"--format=%(trailers:key={key},valueonly,separator=%x1f)")
+        return [v.strip() for v in out.replace(_US, "\n").splitlines() if v.strip()]
+
+    def write_commit_graph(self) -> None:
+        """An incremental commit-graph with changed-path filters: per-file `git log` is
+        8-20x faster with it.  Safe beside other git commands (git takes its own lock)."""
+        self.run_status("commit-graph", "write", "--reachable", "--changed-paths", "--split")
+
+    def add_all(self) -> None:
+        self.run("add", "-A")
+
+    def set_config(self, key: str, value: str) -> None:
+        self.run("config", key, value)
+
     def read_blob(self, rev: str, path: str) -> bytes | None:
         """Content of PATH at REV, or None when it does not exist there."""
         cmd = self._git
@@ -203,6 +236,15 @@ class GitRepo:
         except (ValueError, GitCommandError):
             return None
         return data if kind in (b"blob", "blob") else None
+
+    def read_object(self, sha: str) -> bytes | None:
+        """An object's raw content by id (a blob, or a commit with its signature header)."""
+        from git.exc import GitCommandError
+        try:
+            _sha, _kind, _size, data = self._git.get_object_data(sha)
+        except (ValueError, GitCommandError):
+            return None
+        return data
 
     def read_blob_once(self, rev: str, path: str) -> bytes | None:
         """One read without GitPython's persistent pipe (whose import alone costs ~0.1 s):
@@ -521,6 +563,13 @@ def check_no_symlink(root: Path, path: str) -> None:
                              "writes through no symlink (remove it with `git rm`)")
 
 
+def git_version() -> str | None:
+    try:
+        return subprocess.run(["git", "--version"], capture_output=True, text=True).stdout.strip()
+    except FileNotFoundError:
+        return None
+
+
 def init_repo(root: Path, branch: str = "main") -> GitRepo:
     root.mkdir(parents=True, exist_ok=True)
     repo = GitRepo(root)
@@ -529,13 +578,6 @@ def init_repo(root: Path, branch: str = "main") -> GitRepo:
     # in place (refused only if it is dirty, which the daemon never leaves it).
     repo.run("config", "receive.denyCurrentBranch", "updateInstead")
     return repo
-
-
-def require_repo(root: Path) -> GitRepo:
-    if not (root / ".git").exists():
-        raise JanusError(f"{root} is not a janus-git state repository "
-                         "(run `janus-git init DIR` to create one)")
-    return GitRepo(root)
 
 
 def read_blobs(repo: GitRepo, shas: list[str]) -> list[bytes]:

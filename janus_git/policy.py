@@ -16,11 +16,6 @@ class Decision:
     reject: bool = False
 
 
-def risk_of(p: Proposal, config: Config) -> str:
-    spec = config.tools.get(p.tool)
-    return spec["risk"] if spec else "high"
-
-
 def decide(p: Proposal, config: Config) -> Decision:
     spec = config.tools.get(p.tool)
     if spec is None:

@@ -49,16 +49,11 @@ class StateRepo:
 
     def human_identity(self) -> Identity:
         """The person at the keyboard: their git identity (approvals depend on it)."""
-        ident = self.repo.run("var", "GIT_AUTHOR_IDENT", check=False).strip()
-        if "<" not in ident:
+        me = self.repo.person()
+        if me is None:
             raise JanusError("git does not know who you are: set `git config user.name` and "
                              "`git config user.email` (approvals are checked against them)")
-        name, _, rest = ident.partition(" <")
-        return Identity(name.strip(), rest.split(">", 1)[0])
-
-    @property
-    def stop_file(self) -> Path:
-        return self.root / STOP_PATH
+        return me
 
     def stopped_at(self, rev: str = "HEAD") -> str | None:
         data = self.repo.read_blob(rev, STOP_PATH)
@@ -84,13 +79,13 @@ def init_state(target: Path) -> tuple[Path, bool]:
         (target / folder / ".gitkeep").touch()
     ident = committer(repo)
     _first_rules(target, repo, ident)
-    repo.run("add", "-A")
+    repo.add_all()
     repo.commit_all_staged(format_message("janus: initialise state repository"), ident)
     # A commit-graph with changed-path Bloom filters makes per-file `git log` ~15x faster.
-    repo.run("config", "core.commitGraph", "true")
-    repo.run("config", "fetch.writeCommitGraph", "true")
+    repo.set_config("core.commitGraph", "true")
+    repo.set_config("fetch.writeCommitGraph", "true")
     # the rules in force are derived from history: a push may add to it, never rewrite it
-    repo.run("config", "receive.denyNonFastForwards", "true")
+    repo.set_config("receive.denyNonFastForwards", "true")
     return target, True
 
 
@@ -103,10 +98,9 @@ def _first_rules(target: Path, repo: GitRepo, person: Identity | None) -> None:
     signers = target / "state" / "allowed_signers"
     old = signers.read_text() if signers.is_file() else ""
     signers.write_text(old + signers_line(agent.email, ensure_key()))
-    if person is None:
-        me = repo.run("var", "GIT_AUTHOR_IDENT", check=False).strip()
-        name, _, rest = me.partition(" <")
-        email = rest.split(">", 1)[0]
+    me = repo.person()
+    if person is None and me is not None:
+        name, email = me.name, me.email
         path = target / AGENT_PATH
         text = path.read_text()
         if email and email.lower() != agent.email.lower() and "\napprovers: []\n" in text:
@@ -116,7 +110,4 @@ def _first_rules(target: Path, repo: GitRepo, person: Identity | None) -> None:
 
 def committer(repo: GitRepo) -> Identity | None:
     """None when git knows the person (their identity is used), else the agent's."""
-    ident = repo.run("var", "GIT_AUTHOR_IDENT", check=False).strip()
-    if "<" in ident:
-        return None
-    return load_config(repo.root).identity
+    return None if repo.person() is not None else load_config(repo.root).identity

@@ -36,9 +36,7 @@ def runs_on(repo: GitRepo, day: dt.date) -> list[dict[str, Any]]:
 def transitions_on(repo: GitRepo, day: dt.date) -> Counter:
     start = f"{day.isoformat()}T00:00:00Z"
     end = f"{(day + dt.timedelta(days=1)).isoformat()}T00:00:00Z"
-    out = repo.run("log", "--first-parent", f"--since={start}", f"--until={end}",
-                   "--format=%(trailers:key=Janus-Transition,valueonly,separator=%x2C)")
-    return Counter(t.strip() for t in out.replace(",", "\n").splitlines() if t.strip())
+    return Counter(repo.trailer_values("Janus-Transition", start, end))
 
 
 def _stat(runs: list[dict[str, Any]], key: str) -> tuple[float, float]:

@@ -18,9 +18,7 @@ class ApprovalBranches:
 
     def load(self) -> None:
         """The branches that exist (at start: offered by an earlier run)."""
-        self.state.branches = set(self.repo.run(
-            "for-each-ref", "--format=%(refname:short)", f"refs/heads/{APPROVAL_BRANCH_PREFIX}"
-        ).split())
+        self.state.branches = set(self.repo.branches(APPROVAL_BRANCH_PREFIX))
 
     def offer(self, p: Proposal) -> None:
         """For a manual proposal, a branch holding its approval: merge it (with a merge

@@ -3,12 +3,12 @@ keeps per-file `git log` fast.  Neither is on anyone's clock."""
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
 import threading
 import time
 from pathlib import Path
 
 from .. import summary
+from ..gitrepo import GitRepo
 from ..notify import Notifier
 from ..proposal import Status
 from ..state import StateRepo
@@ -59,13 +59,9 @@ class CommitGraph:
                 self.thread and self.thread.is_alive()):
             return
         self.written_at = commits_read
-        root = self.root
-
-        def write() -> None:
-            subprocess.run(["git", "commit-graph", "write", "--reachable", "--changed-paths",
-                            "--split"], cwd=root, capture_output=True)
-
-        self.thread = threading.Thread(target=write, name="commit-graph", daemon=True)
+        repo = GitRepo(self.root)  # its own: this runs off the reactor thread
+        self.thread = threading.Thread(target=repo.write_commit_graph, name="commit-graph",
+                                       daemon=True)
         self.thread.start()
 
     def join(self, timeout: float) -> None:
