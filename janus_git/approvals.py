@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 
 from .gitrepo import TRAILER_PROPOSAL, Commit, GitRepo
-from .proposal import Proposal, Status
+from .proposal import RUN_OUTCOMES, Proposal, Status
 from .trust import Rules, Trust, Verdict
 
 APPROVAL_BRANCH_PREFIX = "janus/proposal/"
@@ -111,4 +111,4 @@ def counted(approvals: list[dict], rules: Rules) -> list[str]:
 
 def is_revert_of_result(old: Proposal, new: Proposal) -> bool:
     """A `git revert` of a result commit puts the file back to running."""
-    return old.status in (Status.SUCCEEDED, Status.FAILED) and new.status == Status.RUNNING
+    return old.status in RUN_OUTCOMES and new.status == Status.RUNNING

@@ -6,7 +6,6 @@ from git (the cursor and the rules cache under .git/janus/ only save re-reading 
 """
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from ..approvals import Filing
 from ..config import Config
 from ..proposal import Proposal
 from ..trust import Rules, Trust
+from ..util import atomic_write
 
 
 @dataclass
@@ -81,6 +81,4 @@ class CursorFile:
 
     def save(self, sha: str | None) -> None:
         if sha and self.path.parent.is_dir():
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(sha)
-            os.replace(tmp, self.path)
+            atomic_write(self.path, sha.encode())

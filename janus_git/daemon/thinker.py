@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import JanusError
 from ..gitrepo import GitRepo
+from ..proposal import CLEARED
 from .state import DaemonState
 
 log = logging.getLogger("janus_git.daemon")
@@ -73,7 +74,7 @@ class Thinker:
                 from .. import hygiene
                 with state.writes:  # deduplicate / archive / reject what the cycle left
                     counts = hygiene.hygiene(repo, state.config)
-                if any(counts.get(k) for k in ("duplicate", "archived", "rejected")):
+                if any(counts.get(s.value) for s in CLEARED):
                     log.info("hygiene: %s", counts)
             finally:
                 repo.close()

@@ -70,7 +70,7 @@ def from_sandbox(res: Any, files: dict[str, bytes | None] | None = None) -> RunR
 
 
 def refused(proposal: Any, config: Any, reason: str) -> RunResult:
-    from ..proposal import utcnow
+    from ..util import utcnow
     now = utcnow()
     args = proposal.args if isinstance(proposal.args, list) else []
     return RunResult(status="failed", exit_code=None, limit_hit=None, isolation="none",

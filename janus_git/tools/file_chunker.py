@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..proposal import utcnow
+from ..util import utcnow
 from . import RunResult, ToolRefused, path_problem
 
 CHUNK_LINES = 5000

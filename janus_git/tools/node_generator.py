@@ -17,7 +17,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from ..proposal import utcnow
+from ..util import utcnow
 from . import RunResult, ToolRefused
 
 NODES_DIR = "nodes"

@@ -103,7 +103,7 @@ def _record(proposal: Any, model: Path, s: dict, measured: dict, isolation: str,
 
 def _in_process(proposal: Any, config: Any, model: Path, s: dict, cancel, on_start,
                 why: str) -> RunResult:
-    from ..proposal import utcnow
+    from ..util import utcnow
     from .node_generator import in_process_result
 
     started, t0, c0 = utcnow(), time.monotonic(), time.thread_time()

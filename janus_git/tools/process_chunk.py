@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..proposal import utcnow
+from ..util import utcnow
 from .file_chunker import CHUNK_LINES, check_chunk_file, chunk_args, open_confined, read_chunk
 from .node_generator import in_process_result
 
