@@ -62,7 +62,7 @@ def test_a_reduced_run_reads_the_repo_writes_only_its_scratch(repo, monkeypatch)
 
 def test_python_tools_still_run_confined(repo, monkeypatch):
     # the system's python3: as root the run is uid 65534, which cannot reach an interpreter
-    # under a 0700 home such as this box's /root/.pyenv, Landlock or not
+    # under a 0700 home such as root's /root/.pyenv, Landlock or not
     code = "import json, sys; print(json.dumps({'ok': sys.version_info[0]}))"
     res = reduced(["python3", "-c", code], repo, monkeypatch, landlock=True,
                   ro_binds=sandbox.python_binds())

@@ -217,7 +217,7 @@ def reduced_argv(argv: list[str], lim: dict[int, int], network: bool,
     """Each execs the next, none forks: setpriv sets no_new_privs (and, as root, becomes
     uid 65534 with no capability left to regain), prlimit lowers its own rlimits (lowering
     needs no privilege; setting them from here on a uid-65534 process would need
-    CAP_SYS_RESOURCE, which this box's root lacks), unshare takes the network away.  Where
+    CAP_SYS_RESOURCE, which root in a container often lacks), unshare takes the network away.  Where
     the kernel has Landlock, confine.py goes first (CONFINE + confine_flags)."""
     if not network and unshare:
         argv = [shutil.which("unshare") or "unshare", "--user", "--net", "--", *argv]

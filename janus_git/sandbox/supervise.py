@@ -181,8 +181,9 @@ def over_limit(meter: Meter, limits: dict, deadline: float,
 def supervise(proc: subprocess.Popen, meter: Meter, killer: Killer, limits: dict,
               deadline: float, cancel: threading.Event | None) -> tuple[int, object, Output]:
     """One thread does it all: poll() on the output pipe and a pidfd (readable when the
-    process exits), sampling every POLL_S in between.  Threads cost ~1 ms each to start on
-    this VM and a fixed poll interval would delay every exit; this costs neither."""
+    process exits), sampling every POLL_S in between.  A thread costs up to ~1 ms to start
+    on a small virtual machine and a fixed poll interval would delay every exit; this costs
+    neither."""
     out = Output(limits["output_kb"] * 1024)
     hard = out.keep * OUTPUT_HARD_FACTOR
     fd = proc.stdout.fileno()
