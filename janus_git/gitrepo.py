@@ -246,6 +246,13 @@ class GitRepo:
             return None
         return data
 
+    def read_object_once(self, sha: str) -> bytes | None:
+        """A commit's raw content through a process of its own (safe off the main thread,
+        which owns the persistent cat-file pipe)."""
+        proc = subprocess.run(["git", "cat-file", "commit", sha], cwd=self.root,
+                              capture_output=True)
+        return proc.stdout if proc.returncode == 0 else None
+
     def read_blob_once(self, rev: str, path: str) -> bytes | None:
         """One read without GitPython's persistent pipe (whose import alone costs ~0.1 s):
         for one-shot commands such as `show`."""

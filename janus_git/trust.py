@@ -18,6 +18,7 @@ import logging
 import re
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,7 +81,9 @@ class Trust:
     repo: GitRepo
     rules: Rules | None = None
     refusals: list[Refusal] = field(default_factory=list)
-    _verified: dict[tuple[str, str], tuple[str | None, str]] = field(default_factory=dict)
+    _verified: dict[tuple[str, str, str], tuple[bool, str]] = field(default_factory=dict)
+    # early checks under way (prefetch), by (commit, signers digest): the judge waits for one
+    _early_started: dict[tuple[str, str], threading.Thread] = field(default_factory=dict)
     _root_author: str | None = None
     _saved_files: dict | None = None  # the files whose ids _ids holds (hashed once per change)
     _ids: dict[str, str] = field(default_factory=dict)
@@ -89,19 +92,52 @@ class Trust:
     def signed_by(self, sha: str, principal: str, rules: Rules) -> tuple[bool, str]:
         """Does SHA carry a good signature by PRINCIPAL's key, per the allowed_signers in
         RULES?  And why not."""
-        signers = rules.signers()
-        digest = hashlib.sha256(signers).hexdigest()
-        key = (sha, principal.lower(), digest)
+        key = (sha, principal.lower(), hashlib.sha256(rules.signers()).hexdigest())
+        early = self._early_started.pop((sha, key[2]), None)
+        if early is not None:
+            early.join()  # checked ahead (prefetch): its answer may be in the cache
         if key not in self._verified:
-            self._verified[key] = self._verify(sha, principal.lower(), signers, digest)
+            self._verified[key] = self._verify(sha, principal.lower(), rules.signers(),
+                                               key[2])
         return self._verified[key]
 
-    def _verify(self, sha: str, principal: str, signers: bytes,
-                digest: str) -> tuple[bool, str]:
+    def prefetch(self, sha: str) -> None:
+        """Where approvals must be signed, start checking the signature of SHA (a new HEAD)
+        by its author's principal in a thread of its own, while the catch-up reads the log:
+        the judge then finds the answer waiting.  It only fills the cache, keyed by commit,
+        principal and signers, so it can never change a verdict."""
+        rules = self.rules
+        if rules is None or not rules.config["require_signed_approvals"]:
+            return
+        thread = threading.Thread(target=self._check_early, args=(sha, rules),
+                                  name="verify-early", daemon=True)
+        raw_key = (sha, hashlib.sha256(rules.signers()).hexdigest())
+        self._early_started[raw_key] = thread
+        thread.start()
+
+    def _check_early(self, sha: str, rules: Rules) -> None:
+        try:
+            raw = self.repo.read_object_once(sha)
+            author = _author_email(raw)
+            entry = rules.config.approver_for(author) if author else None
+            if entry is None:
+                return
+            principal = entry.get("principal", entry["email"]).lower()
+            signers = rules.signers()
+            key = (sha, principal, hashlib.sha256(signers).hexdigest())
+            if key not in self._verified:
+                self._verified[key] = self._verify(sha, principal, signers, key[2], raw)
+        except Exception:  # a guess that failed costs nothing: the judge checks itself
+            log.debug("early signature check of %s failed", sha, exc_info=True)
+
+    def _verify(self, sha: str, principal: str, signers: bytes, digest: str,
+                raw: bytes | None = None) -> tuple[bool, str]:
         where = self.repo.git_dir / "janus" / "signers" / digest
         if not where.is_file():
             atomic_write(where, signers)
-        payload, signature = _split_signature(self.repo.read_object(sha) or b"")
+        if raw is None:
+            raw = self.repo.read_object(sha)
+        payload, signature = _split_signature(raw or b"")
         if signature is None:
             return False, "the commit is not signed"
         bad = (False, "its signature does not verify against the allowed_signers in force "
@@ -281,6 +317,14 @@ class Trust:
 
 def _blob_id(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _author_email(raw: bytes) -> str | None:
+    head = raw.partition(b"\n\n")[0]
+    for line in head.split(b"\n"):
+        if line.startswith(b"author "):
+            return line.partition(b"<")[2].partition(b">")[0].decode(errors="replace").lower()
+    return None
 
 
 def _split_signature(raw: bytes) -> tuple[bytes, bytes | None]:

@@ -300,3 +300,45 @@ def test_identity_of_a_commit_is_not_its_email(state_dir, repo, trust):
     c = person_commits(state_dir, AGENT, {"notes/g": "7"})
     assert c.author_email == AGENT[1] and not trust.is_agent(c)
     assert Identity(*AGENT).email == trust.rules.config.identity.email
+
+
+def test_an_early_signature_check_fills_the_cache_and_never_changes_a_verdict(tmp_path):
+    """Trust.prefetch checks a new HEAD's signature in a thread while the catch-up reads
+    the log; the judge then finds the same answer it would have computed."""
+    import subprocess as sp
+
+    from janus_git.gitrepo import GitRepo
+    from janus_git.trust import Trust
+
+    root = tmp_path / "r"
+    root.mkdir()
+    key = tmp_path / "k"
+    sp.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    pub = " ".join(Path(f"{key}.pub").read_text().split()[:2])
+    (root / "state").mkdir()
+    (root / "state/agent.yaml").write_text(
+        "approvers: [{email: a@x.org}]\nrequire_signed_approvals: true\n")
+    (root / "state/allowed_signers").write_text(f"a@x.org {pub}\n")
+    env = {"GIT_AUTHOR_NAME": "A", "GIT_AUTHOR_EMAIL": "a@x.org",
+           "GIT_COMMITTER_NAME": "A", "GIT_COMMITTER_EMAIL": "a@x.org"}
+    run = lambda *a: sp.run(["git", *a], cwd=root, check=True,  # noqa: E731
+                            env={**__import__("os").environ, **env})
+    run("init", "-q", "-b", "main")
+    run("add", "-A")
+    run("commit", "-qm", "root")
+    (root / "f").write_text("x\n")
+    run("add", "f")
+    run("-c", "gpg.format=ssh", "-c", f"user.signingkey={key}", "commit", "-q", "-S", "-m", "signed")
+    repo = GitRepo(root)
+    sha = repo.head()
+    early = Trust(repo)
+    early.load(sha)
+    early.prefetch(sha)
+    thread = next(iter(early._early_started.values()))
+    thread.join(10)
+    assert any(k[0] == sha for k in early._verified)
+    cold = Trust(repo)
+    cold.load(sha)
+    commit = repo.commit_info(sha)
+    assert early.authorize(commit, early.rules) == cold.authorize(commit, cold.rules)
+    assert early.authorize(commit, early.rules).ok

@@ -305,6 +305,7 @@ class Daemon:
         else:
             head = s.cursor
         if head != s.cursor:
+            s.trust.prefetch(head)  # its signature is checked while the log is read
             with s.writes:
                 self.reader.catch_up(head)
         was_stopped = s.stopped
