@@ -125,8 +125,7 @@ def main(n: int = 100_000) -> dict:
         print(f"{n} proposals generated in {t_gen:.1f}s, imported in {t_imp:.1f}s: {kinds}")
 
         def floor():
-            out = repo.run("ls-tree", "-r", "-z", "HEAD", "--", "proposals")
-            shas = [e.split("\t")[0].split()[2] for e in out.split("\0") if e]
+            shas = list(repo.ls_tree_blobs("HEAD", ["proposals"]).values())
             return len(read_blobs(repo, shas))
         t_floor, _ = timed(floor, "floor")
         t_reindex, count = timed(lambda: novelty.reindex(repo), "reindex")

@@ -7,19 +7,16 @@ in batches.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from . import fastrow, lifecycle
+from . import lifecycle
 from .config import Config
-from .errors import ConfigError, Conflict
-from .gitrepo import GitRepo, Identity, crashpoint, format_message, read_blobs
+from .errors import ConfigError
+from .gitrepo import GitRepo, read_blobs
 from .novelty import (BLOB, CREATED, ID, MISSION, NOV, STATUS, TOOL, NoveltyIndex,
                       parse_timestamp, timestamp)
-from .proposal import LIVE, Proposal, Status, check_transition, parse_proposal
+from .proposal import LIVE, Proposal, Status, parse_proposal
 from .store import PROPOSALS_DIR
 
 # more actions than this go into batch commits instead of one commit per transition
@@ -29,12 +26,7 @@ TRAILER_HYGIENE = "Janus-Hygiene"
 
 
 @dataclass
-class Action:
-    id: str
-    path: str
-    new: Status
-    reason: str
-    duplicate_of: str | None = None
+class Action(lifecycle.Move):
     blob: str = ""  # the file's blob at the indexed HEAD
 
 
@@ -142,108 +134,33 @@ def _apply_each(repo: GitRepo, config: Config, actions: list[Action]) -> int:
 
 
 def _apply_batched(repo: GitRepo, config: Config, actions: list[Action]) -> int:
-    """Bulk cleansing (thousands of legacy proposals): one commit per BATCH_SIZE transitions,
-    each still checked against the transition table, listed one per line in the body, with a
-    Janus-Hygiene trailer instead of the per-proposal trailers."""
+    """Bulk cleansing (thousands of legacy proposals): one commit per BATCH_SIZE transitions
+    through lifecycle.transition_many, with a Janus-Hygiene trailer instead of the
+    per-proposal trailers."""
     commits = 0
     texts = dict(zip([a.path for a in actions],
                      read_blobs(repo, [a.blob for a in actions]) if all(a.blob for a in actions)
                      else _read_head_blobs(repo, [a.path for a in actions])))
     for start in range(0, len(actions), BATCH_SIZE):
-        files, guard, lines = {}, {}, []
-        for a in actions[start:start + BATCH_SIZE]:
-            text = texts.get(a.path)
-            new_text = edited(text, a) if text else None
-            if new_text is None:
-                continue
-            files[a.path], guard[a.path] = new_text, text
-            lines.append(f"{a.id}: proposed -> {a.new.value} ({a.reason})")
-        if not files:
-            continue
-        subject = f"janus: hygiene: {len(files)} proposals cleansed"
-        commit_many(repo, files, guard, format_message(subject, "\n".join(lines), {
-            TRAILER_HYGIENE: f"batch of {len(files)}"}), config.identity)
-        commits += 1
+        batch = actions[start:start + BATCH_SIZE]
+        sha, _ = lifecycle.transition_many(
+            repo, [(a, texts.get(a.path) or b"") for a in batch], config.identity,
+            subject="janus: hygiene: {n} proposals cleansed",
+            trailers={TRAILER_HYGIENE: "batch of {n}"})
+        commits += sha is not None
     return commits
 
 
 def edited(text: bytes, a: Action) -> bytes | None:
-    """TEXT moved by A (None when it is no longer a readable proposed proposal).  A file the
-    fast reader reads (what janus-git writes) has its status, note and duplicate_of lines
-    replaced in place (~20 us instead of ~1 ms for a YAML load and dump); anything else goes
-    through the full parse and dump."""
-    check_transition(Status.PROPOSED, a.new)
-    data = fastrow.load(text)
-    if data is not None and data.get("id") == a.id and data.get("status") == Status.PROPOSED \
-            and data.get("duplicate_of") is None:
-        values = {"status": a.new.value, "note": json.dumps(a.reason)}
-        if a.duplicate_of:
-            values["duplicate_of"] = json.dumps(a.duplicate_of)
-        return fastrow.replace_top(text, values)
-    try:
-        p = parse_proposal(text, a.path)
-    except ConfigError:
-        return None
-    if p.status != Status.PROPOSED:
-        return None
-    p.status, p.note = a.new, a.reason
-    _mark(a)(p)
-    return p.to_yaml()
-
-
-def commit_many(repo: GitRepo, files: dict[str, bytes], guard: dict[str, bytes],
-                message: str, identity: Identity) -> str:
-    """One commit changing thousands of files, in time linear in their number.
-
-    `git commit --only -- <paths>` matches every pathspec against every index entry: 60 s for
-    4,800 paths in a 100,000-file repository.  Here the blobs go in through one
-    `git fast-import`, the commit is built in a temporary index (read-tree, update-index
-    --index-info, write-tree, commit-tree) and the branch moves with compare-and-swap; only
-    then do the real index and the working tree follow (update-index, checkout-index), so a
-    failure leaves nothing half-done.  Like commit_files it refuses to overwrite a person's
-    uncommitted edit (GUARD: the content last read from HEAD)."""
-    for path, expected in guard.items():
-        try:
-            current = (repo.root / path).read_bytes()
-        except FileNotFoundError:
-            current = None
-        if current != expected:
-            raise Conflict(f"{path} has uncommitted changes in the working tree; commit or "
-                           "discard them and run hygiene again")
-    head, branch = repo.head(), repo.branch()
-    paths = list(files)
-    with tempfile.TemporaryDirectory(dir=repo.git_dir) as tmp:
-        marks = Path(tmp) / "marks"
-        stream = "".join(f"blob\nmark :{i + 1}\ndata {len(data)}\n{data.decode()}\n"
-                         for i, data in enumerate(files.values()))
-        repo.run("fast-import", "--quiet", f"--export-marks={marks}", stdin=stream)
-        shas = dict(line.split() for line in marks.read_text().splitlines())
-        info = "".join(f"100644 {shas[f':{i + 1}']}\t{path}\n" for i, path in enumerate(paths))
-        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index"), **identity.env()}
-        repo.run("read-tree", head, env=env)
-        repo.run("update-index", "--index-info", env=env, stdin=info)
-        tree = repo.run("write-tree", env=env).strip()
-        sha = repo.commit_tree(tree, [head], message, identity, env)
-    # a crash after the branch moved but before the tree followed is put right at the next
-    # daemon start (GitRepo.recover_intents), not mistaken for a person's edit
-    journal = repo.write_intent(dict(files), dict(guard))
-    repo.run("update-ref", "-m", "janus hygiene", f"refs/heads/{branch}", sha, head)
-    crashpoint("hygiene-after-ref")
-    repo.run_retrying("update-index", "--index-info", stdin=info)
-    repo.run_retrying("checkout-index", "-f", "-u", "--stdin", stdin="\n".join(paths) + "\n")
-    journal.unlink(missing_ok=True)
-    return sha
+    """TEXT moved by A (None when it is no longer a readable proposed proposal)."""
+    return lifecycle.moved_text(text, a)
 
 
 def _read_head_blobs(repo: GitRepo, paths: list[str]) -> list[bytes]:
     if not paths:
         return []
-    out = repo.run("ls-tree", "-z", "HEAD", "--", *paths) if len(paths) < 500 else \
-        repo.run("ls-tree", "-r", "-z", "HEAD", "--", PROPOSALS_DIR)
-    blobs = {}
-    for item in filter(None, out.split("\0")):
-        meta, path = item.split("\t", 1)
-        blobs[path] = meta.split()[2]
+    blobs = repo.ls_tree_blobs("HEAD", paths, recursive=False) if len(paths) < 500 else \
+        repo.ls_tree_blobs("HEAD", [PROPOSALS_DIR])
     wanted = [blobs.get(p) for p in paths]
     found = read_blobs(repo, [b for b in wanted if b])
     it = iter(found)

@@ -207,7 +207,7 @@ CREATE TABLE IF NOT EXISTS forgotten (novelty TEXT PRIMARY KEY, id TEXT);
         seen = self._meta(db, "head")
         if head is None or seen == head:
             return db
-        if seen and self.repo.run("cat-file", "-t", seen, check=False).strip() == "commit":
+        if seen and self.repo.object_type(seen) == "commit":
             self._apply_diff(db, seen, head)
         else:
             self._rebuild(db, head)
@@ -245,14 +245,9 @@ CREATE TABLE IF NOT EXISTS forgotten (novelty TEXT PRIMARY KEY, id TEXT);
             db.close()
 
     def _rebuild(self, db: sqlite3.Connection, head: str) -> None:
-        out = self.repo.run("ls-tree", "-r", "-z", head, "--", PROPOSALS_DIR)
-        entries = []
-        for item in out.split("\0"):
-            if not item:
-                continue
-            meta, path = item.split("\t", 1)
-            if is_proposal_path(path):
-                entries.append((path, meta.split()[2]))
+        entries = [(path, blob) for path, blob
+                   in self.repo.ls_tree_blobs(head, [PROPOSALS_DIR]).items()
+                   if is_proposal_path(path)]
         rows = _rows_in_two(self.repo, entries)
         db.execute("BEGIN")
         db.execute("DELETE FROM proposals")
@@ -271,15 +266,10 @@ CREATE TABLE IF NOT EXISTS forgotten (novelty TEXT PRIMARY KEY, id TEXT);
         (self.path.parent / "novelty.marshal").unlink(missing_ok=True)
 
     def _apply_diff(self, db: sqlite3.Connection, old: str, new: str) -> None:
-        out = self.repo.run("diff-tree", "-r", "-z", "--no-renames", old, new, "--",
-                            PROPOSALS_DIR)
-        fields = [f for f in out.split("\0") if f]
         changed, deleted = [], []
-        for i in range(0, len(fields) - 1, 2):
-            meta, path = fields[i].split(), fields[i + 1]
-            if not is_proposal_path(path):
-                continue
-            (deleted if meta[4] == "D" else changed).append((path, meta[3]))
+        for letter, path, blob in self.repo.diff_tree(old, new, PROPOSALS_DIR):
+            if is_proposal_path(path):
+                (deleted if letter == "D" else changed).append((path, blob))
         if len(changed) > 20:
             texts = read_blobs(self.repo, [b for _, b in changed])
         else:  # a few files: the persistent cat-file process beats starting a new one
@@ -295,10 +285,7 @@ CREATE TABLE IF NOT EXISTS forgotten (novelty TEXT PRIMARY KEY, id TEXT);
         db.execute("COMMIT")
 
     def _blob(self, sha: str) -> bytes:
-        try:
-            return self.repo._git.get_object_data(sha)[3]
-        except (ValueError, OSError):
-            return b""
+        return self.repo.read_object(sha) or b""
 
     # -- the deleted proposals (for novelty.py) ------------------------------------------
     def forget(self, db: sqlite3.Connection, digest: str, pid: str) -> None:
@@ -318,20 +305,14 @@ CREATE TABLE IF NOT EXISTS forgotten (novelty TEXT PRIMARY KEY, id TEXT);
     def _deleted(self, db: sqlite3.Connection, head: str) -> list[tuple[str, str]]:
         """(novelty digest, id) of each proposal file deleted in HEAD's history and not there
         now, the latest deletion first."""
-        out = self.repo.run("log", "--diff-filter=D", "--no-renames", "--name-only",
-                            "--format=%x1e%H %P", head, "--", PROPOSALS_DIR)
         found = []
-        for record in filter(None, out.split("\x1e")):
-            lines = [ln for ln in record.splitlines() if ln.strip()]
-            shas = lines[0].split()
-            if len(shas) < 2:
-                continue
-            for path in lines[1:]:
+        for parent, paths in self.repo.deletions(head, PROPOSALS_DIR):
+            for path in paths:
                 if not is_proposal_path(path):
                     continue
                 if db.execute("SELECT 1 FROM proposals WHERE path=?", (path,)).fetchone():
                     continue  # deleted once, restored since
-                text = self.repo.read_blob(shas[1], path)
+                text = self.repo.read_blob(parent, path)
                 row = row_for(path, "", text) if text else None
                 if row and row[-2]:
                     found.append((row[-2], row[2]))  # (novelty, id)

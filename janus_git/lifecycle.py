@@ -1,11 +1,18 @@
-"""The only place that changes a proposal's status: one transition, one commit, with trailers."""
+"""The only place that writes a proposal's status: one transition, one commit, with trailers;
+or, for bulk cleansing, many transitions in one batch commit (transition_many); and the
+approved copy the agent offers on an approval branch (offer_approval)."""
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
+from . import fastrow
+from .errors import ConfigError
 from .gitrepo import TRAILER_PROPOSAL, TRAILER_TRANSITION, GitRepo, Identity, format_message
-from .proposal import Proposal, Status, check_transition, compute_digest, new_id, utcnow
+from .proposal import (Proposal, Status, check_transition, compute_digest, new_id,
+                       parse_proposal, utcnow)
 
 Listener = Callable[[Proposal, Status | None, Status, str], None]
 _listeners: list[Listener] = []
@@ -102,3 +109,82 @@ def correct(repo: GitRepo, p: Proposal, identity: Identity, *, reason: str,
     sha = repo.commit_files({q.path: q.to_yaml()}, msg, identity, guard=guard)
     p.__dict__.update(q.__dict__)
     return sha
+
+
+@dataclass
+class Move:
+    """One proposed proposal's transition in a batch (transition_many)."""
+    id: str
+    path: str
+    new: Status
+    reason: str
+    duplicate_of: str | None = None
+
+
+def moved_text(text: bytes, m: Move) -> bytes | None:
+    """TEXT (a proposed proposal's file) moved by M, or None when it is no longer a readable
+    proposed proposal.  A file the fast reader reads (what janus-git writes) has its status,
+    note and duplicate_of lines replaced in place (~20 us instead of ~1 ms for a YAML load and
+    dump); anything else goes through the full parse and dump."""
+    check_transition(Status.PROPOSED, m.new)
+    data = fastrow.load(text)
+    if data is not None and data.get("id") == m.id and data.get("status") == Status.PROPOSED \
+            and data.get("duplicate_of") is None:
+        values = {"status": m.new.value, "note": json.dumps(m.reason)}
+        if m.duplicate_of:
+            values["duplicate_of"] = json.dumps(m.duplicate_of)
+        return fastrow.replace_top(text, values)
+    try:
+        p = parse_proposal(text, m.path)
+    except ConfigError:
+        return None
+    if p.status != Status.PROPOSED:
+        return None
+    p.status, p.note = m.new, m.reason
+    if m.duplicate_of:
+        p.duplicate_of = m.duplicate_of
+    return p.to_yaml()
+
+
+def transition_many(repo: GitRepo, items: Iterable[tuple[Move, bytes]], identity: Identity,
+                    *, subject: str, trailers: dict[str, str]) -> tuple[str | None, int]:
+    """Move many proposed proposals in one commit (git layer's commit_many): ITEMS pairs
+    each Move with its file as last read from HEAD (a person's uncommitted edit there stops
+    the batch with Conflict).  Each move is checked against the transition table and listed
+    one per line in the body; SUBJECT and the TRAILERS' values may say `{n}`, the number
+    moved.  Each is published once the commit exists.  Returns (commit, number moved);
+    (None, 0) when none was still a readable proposed proposal."""
+    files, guard, moved, lines = {}, {}, [], []
+    for m, text in items:
+        new_text = moved_text(text, m) if text else None
+        if new_text is None:
+            continue
+        files[m.path], guard[m.path] = new_text, text
+        moved.append(m)
+        lines.append(f"{m.id}: proposed -> {m.new.value} ({m.reason})")
+    if not files:
+        return None, 0
+    n = len(files)
+    msg = format_message(subject.format(n=n), "\n".join(lines),
+                         {k: v.format(n=n) for k, v in trailers.items()})
+    sha = repo.commit_many(files, msg, identity, guard)
+    if _listeners:  # parsed only for someone who listens: a batch can hold 100,000
+        for m in moved:
+            p = fastrow.fast_proposal(m.path, files[m.path]) or \
+                parse_proposal(files[m.path], m.path)
+            _publish(p, Status.PROPOSED, m.new, sha)
+    return sha, n
+
+
+def offer_approval(repo: GitRepo, p: Proposal, identity: Identity, branch: str) -> str:
+    """A commit on top of HEAD, for BRANCH only (no ref moves, nothing is published: it is
+    no transition on the watched branch), that sets P to approved: merged with a merge
+    commit, it is a person's approval (approvals.branch_approval)."""
+    from .approvals import TRAILER_APPROVAL_BRANCH
+    shown = copy.deepcopy(p)
+    shown.status = Status.APPROVED
+    shown.note = f"approved by merging {branch}"
+    msg = format_message(f"janus: approve {p.id} ({p.tool}: {p.type})",
+                         "Merge this branch with a merge commit to approve the proposal.",
+                         {TRAILER_PROPOSAL: p.id, TRAILER_APPROVAL_BRANCH: branch})
+    return repo.create_commit_on(repo.head(), {p.path: shown.to_yaml()}, msg, identity)

@@ -58,7 +58,7 @@ def test_message_trailers_parse(sr):
 
 def test_git_error_carries_command_and_output(sr):
     with pytest.raises(GitError) as e:
-        sr.repo.run("rev-parse", "--verify", "no-such-branch")
+        sr.repo._run("rev-parse", "--verify", "no-such-branch")
     assert e.value.argv == ["rev-parse", "--verify", "no-such-branch"]
     assert e.value.returncode != 0
     assert "rev-parse" in str(e.value) and "\n" not in str(e.value)
@@ -167,7 +167,7 @@ def _interleave(monkeypatch, repo: GitRepo, when: str, action) -> list[str]:
     """Run ACTION once, just before (or just after) the agent's first `git commit`-like
     command: the worst moment for a person to commit in the shared working tree."""
     fired: list[str] = []
-    orig = repo.run
+    orig = repo._run
 
     def run(*args, **kw):
         is_commit = any(a in ("commit", "update-ref") for a in args[:8])  # after -c options
@@ -178,7 +178,7 @@ def _interleave(monkeypatch, repo: GitRepo, when: str, action) -> list[str]:
             fired.append(action())
         return out
 
-    monkeypatch.setattr(repo, "run", run)
+    monkeypatch.setattr(repo, "_run", run)
     return fired
 
 

@@ -6,7 +6,7 @@ import pytest
 from conftest import AGENT, ALICE, git
 from janus_git import lifecycle
 from janus_git.errors import Conflict, TransitionError
-from janus_git.gitrepo import Identity
+from janus_git.gitrepo import MADE, Identity
 from janus_git.proposal import Status, parse_proposal
 
 S = Status
@@ -159,3 +159,52 @@ def test_restore_is_a_correction_not_a_transition(sr):
     assert info.trailers() == {"Janus-Proposal": p.id, "Janus-Correction": "succeeded -> proposed"}
     assert "Janus-Transition" not in info.body
     assert sr.store.read(p.id).status is S.PROPOSED
+
+
+def test_transition_many_is_one_commit_checked_and_published(sr):
+    ps = [_new(sr) for _ in range(3)]
+    heard = []
+
+    def listen(p, old, new, sha):
+        heard.append((p.id, old, new, p.duplicate_of, sha))
+    lifecycle.subscribe(listen)
+    try:
+        head = sr.repo.head()
+        moves = [(lifecycle.Move(p.id, p.path, S.DUPLICATE, "same", duplicate_of=ps[0].id),
+                  (sr.root / p.path).read_bytes()) for p in ps[1:]]
+        gone = lifecycle.Move("x", "proposals/none.yaml", S.ARCHIVED, "old")
+        sha, n = lifecycle.transition_many(sr.repo, [*moves, (gone, b"")], AGENT_ID,
+                                           subject="janus: test: {n} moved",
+                                           trailers={"Janus-Batch": "{n}"})
+    finally:
+        lifecycle.unsubscribe(listen)
+    c = sr.repo.commit_info("HEAD")
+    assert n == 2 and c.sha == sha and c.parents == [head] and c.author_name == AGENT[0]
+    assert sr.repo.agent_key() is None or sha in MADE  # signed as the agent
+    assert c.subject == "janus: test: 2 moved" and c.trailers()["Janus-Batch"] == "2"
+    assert heard == [(p.id, S.PROPOSED, S.DUPLICATE, ps[0].id, sha) for p in ps[1:]]
+    assert parse_proposal((sr.root / ps[2].path).read_bytes(), ps[2].path).status == S.DUPLICATE
+    assert git(sr.root, "status", "--porcelain").stdout == ""
+    with pytest.raises(TransitionError):  # only a proposed proposal moves in a batch
+        lifecycle.transition_many(sr.repo, [(lifecycle.Move(ps[0].id, ps[0].path, S.SUCCEEDED,
+                                                            "no"), b"x")], AGENT_ID,
+                                  subject="s", trailers={})
+    assert sr.repo.head() == sha
+
+
+def test_offer_approval_writes_approved_on_a_side_commit_only(sr):
+    p = _new(sr)
+    head, heard = sr.repo.head(), []
+
+    def listen(q, old, new, sha):
+        heard.append(q.id)
+    lifecycle.subscribe(listen)
+    try:
+        sha = lifecycle.offer_approval(sr.repo, p, AGENT_ID, f"janus/proposal/{p.id}")
+    finally:
+        lifecycle.unsubscribe(listen)
+    assert heard == [] and sr.repo.head() == head and p.status == S.PROPOSED
+    shown = parse_proposal(sr.repo.read_blob(sha, p.path), p.path)
+    assert shown.status == S.APPROVED and sr.repo.commit_info(sha).parents == [head]
+    assert sr.repo.commit_info(sha).trailers()["Janus-Approval-Branch"] == \
+        f"janus/proposal/{p.id}"

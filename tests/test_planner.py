@@ -39,8 +39,8 @@ def repo_config(root):
 
 def prompt_log(repo: GitRepo, rev: str | None = None) -> tuple[str, dict]:
     """The prompt log committed by REV (default: the latest one)."""
-    rev = rev or repo.run("log", "-1", "--format=%H", "--", "logs/prompts").strip()
-    files = repo.run("show", "--name-only", "--format=", rev).split()
+    rev = rev or repo._run("log", "-1", "--format=%H", "--", "logs/prompts").strip()
+    files = repo._run("show", "--name-only", "--format=", rev).split()
     path = next(f for f in files if f.startswith("logs/prompts/"))
     return path, json.loads(repo.read_blob(rev, path))
 
@@ -63,7 +63,7 @@ def test_a_full_cycle_with_the_tiny_model(tiny_state):
     before = repo.head()
     filed = planner.think(repo, config, seed=7)
     assert 1 <= len(filed) <= planner.MAX_PER_CYCLE
-    commits = repo.run("rev-list", f"{before}..HEAD").split()
+    commits = repo._run("rev-list", f"{before}..HEAD").split()
     assert len(commits) == len(filed)  # one creation commit each, the log rides on the first
     log_path, record = prompt_log(repo, commits[-1])
     assert record["filed"] == [p.id for p in filed]
@@ -130,7 +130,7 @@ def test_a_hostile_document_yields_at_most_a_manual_proposal(state_dir):
     assert (stored.tool, stored.status, stored.risk) == ("curl", Status.PROPOSED, "high")
     assert not stored.decision
     assert not decide(stored, config).auto  # the policy leaves it to a human
-    log = repo.run("log", "--format=%B")
+    log = repo._run("log", "--format=%B")
     assert "-> approved" not in log
 
 

@@ -41,7 +41,7 @@ def _proposal(status: Status) -> Proposal:
 
 
 def _log(repo: GitRepo, fmt: str, rng: str) -> list[str]:
-    out = repo.run("log", f"--format={fmt}%x00", rng)
+    out = repo._run("log", f"--format={fmt}%x00", rng)
     return [r.strip("\n") for r in out.split("\0") if r.strip("\n")]
 
 
@@ -56,10 +56,10 @@ def test_every_transition_allowed_or_refused(shared_repo: GitRepo, old: Status, 
         sha = lifecycle.transition(repo, p, new, AGENT_ID, base_text=base_text)
         assert repo.head() == sha
         assert _log(repo, "%H", f"{base}..HEAD") == [sha], "exactly one commit"
-        trailers = repo.run("log", "-1", "--format=%(trailers:only,unfold)", sha)
+        trailers = repo._run("log", "-1", "--format=%(trailers:only,unfold)", sha)
         assert trailers.strip().splitlines() == [f"Janus-Proposal: {p.id}",
                                                  f"Janus-Transition: {old.value} -> {new.value}"]
-        changed = repo.run("diff-tree", "--no-commit-id", "--name-only", "-r", sha).split()
+        changed = repo._run("diff-tree", "--no-commit-id", "--name-only", "-r", sha).split()
         assert changed == [p.path]
         stored = parse_proposal(repo.read_blob("HEAD", p.path), p.path)
         assert stored.status is new
@@ -68,7 +68,7 @@ def test_every_transition_allowed_or_refused(shared_repo: GitRepo, old: Status, 
             lifecycle.transition(repo, p, new, AGENT_ID, base_text=base_text)
         assert repo.head() == base, "a refused transition commits nothing"
         assert (repo.root / p.path).read_bytes() == base_text, "and writes nothing"
-        assert repo.run("status", "--porcelain") == ""
+        assert repo._run("status", "--porcelain") == ""
 
 
 def test_table_is_closed_and_terminal_states_are_final():

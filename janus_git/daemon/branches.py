@@ -5,9 +5,9 @@ own commit, which is refused.  A branch goes once its proposal is decided or sta
 from __future__ import annotations
 
 from .. import lifecycle
-from ..approvals import APPROVAL_BRANCH_PREFIX, TRAILER_APPROVAL_BRANCH
-from ..gitrepo import GitRepo, format_message
-from ..proposal import Proposal, Status
+from ..approvals import APPROVAL_BRANCH_PREFIX
+from ..gitrepo import GitRepo
+from ..proposal import Proposal
 from .state import DaemonState
 
 
@@ -26,15 +26,7 @@ class ApprovalBranches:
         branch = f"{APPROVAL_BRANCH_PREFIX}{p.id}"
         if branch in self.state.branches:
             return
-        head = self.repo.head()
-        shown = Proposal(**{**p.__dict__})
-        shown.status = Status.APPROVED
-        shown.note = f"approved by merging {branch}"
-        msg = format_message(f"janus: approve {p.id} ({p.tool}: {p.type})",
-                             "Merge this branch with a merge commit to approve the proposal.",
-                             {lifecycle.TRAILER_PROPOSAL: p.id, TRAILER_APPROVAL_BRANCH: branch})
-        sha = self.repo.create_commit_on(head, {p.path: shown.to_yaml()}, msg,
-                                         self.state.config.identity)
+        sha = lifecycle.offer_approval(self.repo, p, self.state.config.identity, branch)
         self.repo.update_branch_ref(branch, sha, None)
         self.state.branches.add(branch)
 
