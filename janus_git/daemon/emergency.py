@@ -66,7 +66,8 @@ class EmergencyStop:
 
 class StopWatch:
     """The stop reaches running tools within a second even while the main loop is busy
-    (a long catch-up, a slow commit): its own thread reads HEAD and cancels every run."""
+    (a long catch-up, a slow commit): its own thread, woken by the watcher whenever a ref
+    moves (and once a second regardless), reads HEAD and cancels every run."""
 
     def __init__(self, root: Path, state: DaemonState) -> None:
         self.root = root
@@ -80,6 +81,7 @@ class StopWatch:
 
     def close(self) -> None:
         self.done.set()
+        self.state.refs_moved.set()
         if self.thread is not None:
             self.thread.join()
 
@@ -99,6 +101,8 @@ class StopWatch:
                         for run in list(state.runs.values()):
                             run.cancel.set()
                         state.wake.set()
-                self.done.wait(0.1)
+                # woken by the watcher when a ref moves; the 1 s poll is only a safety net
+                state.refs_moved.wait(1.0)
+                state.refs_moved.clear()
         finally:
             repo.close()

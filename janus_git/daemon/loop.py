@@ -221,6 +221,7 @@ class Daemon:
                 if "refs" in path or "HEAD" in path or "packed-refs" in path:
                     daemon.dirty = True
                     daemon.state.wake.set()
+                    daemon.state.refs_moved.set()
 
         observer = Observer()
         observer.schedule(Handler(), str(self.repo.git_dir / "refs" / "heads"), recursive=True)

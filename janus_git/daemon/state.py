@@ -50,6 +50,8 @@ class DaemonState:
     last_error: str = ""
     # the loop sleeps on WAKE (set by runs, signals, the watcher); WRITES is held to commit
     wake: threading.Event = field(default_factory=threading.Event)
+    # set by the watcher when a ref moves: the stop-watch's cue (the main loop may be busy)
+    refs_moved: threading.Event = field(default_factory=threading.Event)
     writes: threading.RLock = field(default_factory=threading.RLock)
 
     @property
