@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -247,8 +248,16 @@ class GitRepo:
         return data
 
     def read_object_once(self, sha: str) -> bytes | None:
-        """A commit's raw content through a process of its own (safe off the main thread,
-        which owns the persistent cat-file pipe)."""
+        """A commit's raw content without the persistent cat-file pipe (safe off the main
+        thread, which owns it): a loose object is read and inflated here, checked against
+        its id (a fresh commit is loose); anything else through `git cat-file`."""
+        try:
+            data = zlib.decompress((self.git_dir / "objects" / sha[:2] / sha[2:]).read_bytes())
+        except (OSError, zlib.error, ValueError):
+            data = b""
+        head, _, body = data.partition(b"\0")
+        if head.startswith(b"commit ") and hashlib.sha1(data).hexdigest() == sha:
+            return body
         proc = subprocess.run(["git", "cat-file", "commit", sha], cwd=self.root,
                               capture_output=True)
         return proc.stdout if proc.returncode == 0 else None

@@ -346,3 +346,14 @@ def test_concurrent_agents_in_two_processes(sr, tmp_path):
         assert len(git(sr.root, "log", f"--author={who}@", "--format=%H").stdout.split()) == 10
     assert git(sr.root, "status", "--porcelain").stdout == ""
     assert git(sr.root, "fsck", "--no-dangling", check=False).returncode == 0
+
+
+def test_read_object_once_reads_loose_and_packed_commits_alike(sr):
+    """Off the main thread a commit is read without the cat-file pipe: inflated from its
+    loose object (checked against its id) or, once packed, through git."""
+    sha = sr.repo.head()
+    want = git(sr.root, "cat-file", "commit", sha).stdout.encode()
+    assert sr.repo.read_object_once(sha) == want
+    git(sr.root, "gc", "-q")  # now in a pack: no loose object to read
+    assert sr.repo.read_object_once(sha) == want
+    assert sr.repo.read_object_once("0" * 40) is None
