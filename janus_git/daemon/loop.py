@@ -110,7 +110,7 @@ class Daemon:
                 observer = self._watch()
                 self.stop_watch.start()
             while not state.exiting:
-                head = self.repo.fast_head()
+                head = self.repo.fast_head() if burst else None  # (no ref read per tick)
                 self.step()
                 if burst and self.idle():
                     break
