@@ -4,6 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# ssh-keygen signs the agent's commits and checks approvers' SSH signatures
+if ! command -v ssh-keygen >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq openssh-client
+  else
+    echo "install openssh-client (ssh-keygen): the agent signs its commits with it" >&2
+  fi
+fi
+
 if ! command -v bwrap >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq && apt-get install -y -qq bubblewrap
