@@ -129,14 +129,19 @@ def mission_paths(repo: GitRepo, rev: str = "HEAD") -> list[str]:
                   if p.count("/") == 1 and p.endswith((".yaml", ".yml")))
 
 
-def load_missions(repo: GitRepo, rev: str = "HEAD",
-                  on_error: Any = None) -> list[Mission]:
-    """All missions at REV, sorted by (order, id).  A broken file raises ConfigError, or,
-    with ON_ERROR (a callable taking the error), is reported and skipped."""
+def load_missions(repo: GitRepo, rev: str = "HEAD", on_error: Any = None,
+                  texts: dict[str, bytes] | None = None) -> list[Mission]:
+    """All missions at REV (or in TEXTS, path -> content: the rules in force), sorted by
+    (order, id).  A broken file raises ConfigError, or, with ON_ERROR (a callable taking the
+    error), is reported and skipped."""
     missions = []
-    for path in mission_paths(repo, rev):
+    paths = mission_paths(repo, rev) if texts is None else sorted(
+        p for p in texts if p.startswith(MISSIONS_DIR + "/") and p.count("/") == 1
+        and p.endswith((".yaml", ".yml")))
+    for path in paths:
         try:
-            missions.append(parse_mission(repo.read_blob(rev, path) or b"", path))
+            text = repo.read_blob(rev, path) if texts is None else texts[path]
+            missions.append(parse_mission(text or b"", path))
         except ConfigError as e:
             if on_error is None:
                 raise
@@ -205,20 +210,25 @@ def with_status(text: bytes, path: str, new: str) -> bytes:
     return out.encode()
 
 
-def advance(repo: GitRepo, config: Config, proposals: Iterable[Any],
-            rev: str = "HEAD") -> list[tuple[str, str, str]]:
+def advance(repo: GitRepo, config: Config, proposals: Iterable[Any], rev: str = "HEAD",
+            texts: dict[str, bytes] | None = None) -> list[tuple[str, str, str]]:
     """Commit the due mission transitions (active -> done, next queued -> active) as one
-    agent commit; returns them as (mission id, old, new).  Nothing due: no commit."""
-    missions = load_missions(repo, rev, on_error=lambda e: None)
+    agent commit; returns them as (mission id, old, new).  Nothing due: no commit.
+
+    TEXTS (path -> content) are the missions in force (trust.py): the agent's signed commit
+    is built on them, never on a HEAD that may hold a change no approver made (that change
+    would otherwise pass into force under the agent's signature)."""
+    missions = load_missions(repo, rev, on_error=lambda e: None, texts=texts)
     changes = next_transitions(missions, proposals)
     if not changes:
         return []
     files: dict[str, bytes | None] = {}
     guard: dict[str, bytes | None] = {}
     for m, _old, new in changes:
-        text = repo.read_blob(rev, m.path) or b""
-        guard[m.path] = text
-        files[m.path] = with_status(text, m.path, new)
+        head = repo.read_blob(rev, m.path)
+        guard[m.path] = head
+        files[m.path] = with_status((head if texts is None else texts[m.path]) or b"",
+                                    m.path, new)
     repo.commit_files(files, _message(changes), config.identity, guard=guard)
     return [(m.id, old, new) for m, old, new in changes]
 

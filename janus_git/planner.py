@@ -154,20 +154,22 @@ def validate_items(data: Any, schema: dict[str, Any]) -> tuple[list[dict], list[
 
 def think(repo: GitRepo, config: Config, *, llm: Any = None,
           proposals: list[Any] | None = None, seed: int | None = None,
-          commit_lock: Any = None) -> list[Proposal]:
+          commit_lock: Any = None, in_force: dict[str, bytes] | None = None) -> list[Proposal]:
     """One thinking cycle: advance the missions, then file up to MAX_PER_CYCLE proposals for
     the active one.  PROPOSALS: the derived list of proposals (rows or Proposal objects); by
     default read from the novelty index.  LLM: a Model, a ModelContext or None (load).
     COMMIT_LOCK: held only while committing, not while the model thinks (a minute on a
-    small CPU)."""
+    small CPU).  IN_FORCE: the guarded files in force (trust.py), from which the missions
+    and the constitution are read, never from a HEAD that may hold a refused change."""
     lock = commit_lock if commit_lock is not None else contextlib.nullcontext()
     index = NoveltyIndex(repo).sync()
     rows = proposals if proposals is not None else index_rows(index)
     rows = [r if isinstance(r, dict) else {**r.to_dict(), "status": str(r.status)}
             for r in rows]
     with lock:
-        missions.advance(repo, config, rows)
-    mission = missions.active_mission(missions.load_missions(repo, on_error=_warn))
+        missions.advance(repo, config, rows, texts=in_force)
+    mission = missions.active_mission(missions.load_missions(repo, on_error=_warn,
+                                                             texts=in_force))
     if mission is None:
         return []
     pr = missions.progress(mission, rows)
@@ -176,7 +178,8 @@ def think(repo: GitRepo, config: Config, *, llm: Any = None,
     surface = Surface(config, mission, pr, rows, repo.root,
                       _taken_args(repo, mission, rows) if mission.documents else [])
     model = as_model(llm, config, repo.root)
-    constitution = (repo.read_blob("HEAD", CONSTITUTION_PATH) or b"").decode()
+    constitution = ((repo.read_blob("HEAD", CONSTITUTION_PATH) if in_force is None
+                     else in_force.get(CONSTITUTION_PATH)) or b"").decode()
     messages, trim = build_messages(repo, surface, model.count_tokens, constitution)
     schema = output_schema(surface, min(MAX_PER_CYCLE, pr.room))
     mc = config["model"]

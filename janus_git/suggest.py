@@ -22,7 +22,8 @@ log = logging.getLogger("janus_git.suggest")
 BRANCH_PREFIX = "janus/policy/"
 
 
-def maybe_offer(repo: GitRepo, config: Config, index, type_: str, tool: str) -> str | None:
+def maybe_offer(repo: GitRepo, config: Config, index, type_: str, tool: str,
+                in_force: bytes | None = None) -> str | None:
     """Offer the branch if the count is reached and none is offered yet; returns its name."""
     threshold = int(config["policy"].get("suggest_after", 0))
     spec = config.tools.get(tool)
@@ -37,7 +38,8 @@ def maybe_offer(repo: GitRepo, config: Config, index, type_: str, tool: str) -> 
         return None
     rows = index.query()
     head = repo.head()
-    text = repo.read_blob(head, AGENT_PATH) or b""
+    # built on the agent.yaml in force, never on a HEAD that may hold a refused change
+    text = in_force if in_force is not None else repo.read_blob(head, AGENT_PATH) or b""
     data = load_yaml(text, AGENT_PATH) or {}  # bounded: agent.yaml is anyone's text
     new = copy.deepcopy(data)
     new.setdefault("tools", {}).setdefault(tool, dict(spec))["auto_exec"] = True

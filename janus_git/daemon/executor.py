@@ -195,7 +195,8 @@ class Executor:
     def _suggest(self, p: Proposal) -> None:
         from .. import suggest
         try:
-            suggest.maybe_offer(self.repo, self.state.config, self.sr.index, p.type, p.tool)
+            suggest.maybe_offer(self.repo, self.state.config, self.sr.index, p.type, p.tool,
+                                in_force=self.state.rules.files.get("state/agent.yaml"))
         except JanusError as e:  # an offer is a courtesy: it never holds up a result
             log.warning("could not offer a policy change for %s: %s", p.tool, e)
 

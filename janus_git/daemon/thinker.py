@@ -70,7 +70,7 @@ class Thinker:
             repo = GitRepo(self.root)
             try:
                 planner.think(repo, state.config, llm=self.model.get(),
-                              commit_lock=state.writes)
+                              commit_lock=state.writes, in_force=state.rules.files)
                 from .. import hygiene
                 with state.writes:  # deduplicate / archive / reject what the cycle left
                     counts = hygiene.hygiene(repo, state.config)
