@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from conftest import AGENT
+from mutate import edit
 from janus_git import fastrow, index, lifecycle, proposal, safeyaml
 from janus_git.errors import ConfigError
 from janus_git.gitrepo import Identity
@@ -103,27 +104,9 @@ def test_load_never_reads_an_edited_file_otherwise_than_pyyaml():
     reader accepts one, PyYAML (within safeyaml's bounds) reads the same values."""
     rng = random.Random(17)
     base = _documents(60, seed=5) + _variants()[:60]
-    specials = list(" -:#'\"\n\t{}[]&*!|>%@`?,~=<") + ["  ", "- ", ": ", "\n  ", "\n- ",
-                                                        "- - ", "<<: ", "yes", "1_0"]
     accepted = 0
     for _ in range(4000):
-        s = rng.choice(base)[1].decode()
-        pos = rng.randrange(len(s) + 1)
-        op = rng.randrange(5)
-        if op == 0:
-            s = s[:pos] + rng.choice(specials) + s[pos:]
-        elif op == 1:
-            s = s[:pos] + s[pos + 1:]
-        else:
-            lines = s.split("\n")
-            i = rng.randrange(len(lines))
-            if op == 2:
-                lines.insert(i, lines[rng.randrange(len(lines))])
-            elif op == 3:
-                lines[i] = "  " + lines[i]
-            else:
-                lines[i] = lines[i][2:] if lines[i].startswith("  ") else lines[i].lstrip("- ")
-            s = "\n".join(lines)
+        s = edit(rng, rng.choice(base)[1].decode())
         text = s.encode()
         if fastrow.load(text) is not None:
             accepted += 1

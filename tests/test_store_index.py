@@ -314,29 +314,13 @@ def test_fast_reader_never_accepts_what_pyyaml_reads_differently():
     reader gives a row, PyYAML plus the validator give the same row."""
     import random as _random
     from janus_git.fastrow import fast_columns
+    from mutate import edit
     rng = _random.Random(11)
     base = _variants()
-    specials = list(" -:#'\"\n\t{}[]&*!|>%@`?,~") + ["  ", "- ", ": ", "\n  ", "\n- "]
     checked = 0
     for _ in range(3000):
         path, text = rng.choice(base)
-        s = text.decode()
-        op = rng.randrange(5)
-        pos = rng.randrange(len(s) + 1)
-        if op == 0:
-            s = s[:pos] + rng.choice(specials) + s[pos:]
-        elif op == 1:
-            s = s[:pos] + s[pos + 1:]
-        else:
-            lines = s.split("\n")
-            i = rng.randrange(len(lines))
-            if op == 2:
-                lines.insert(i, lines[rng.randrange(len(lines))])
-            elif op == 3:
-                lines[i] = "  " + lines[i]
-            else:
-                lines[i] = lines[i].lstrip(" ")
-            s = "\n".join(lines)
+        s = edit(rng, text.decode())
         mutated = s.encode()
         row = fast_columns(path, mutated)
         if row is not None:
