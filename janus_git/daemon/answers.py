@@ -62,9 +62,7 @@ class Answers:
         def as_filed(q: Proposal) -> None:
             q.type, q.tool, q.args = filed.proposal.type, filed.proposal.tool, filed.proposal.args
             q.digest = filed.digest
-            q.approvals = []
-            if q.status == S.APPROVED:
-                q.status = S.PROPOSED
+            void_approvals(q)
         self.correct(p, text, f"{c.author_email} changed what was filed in {c.sha[:10]} ("
                      f"{describe_change(filed.proposal, new)}); put back as filed, and every "
                      "approval is void: file a new proposal for the new version", as_filed)
@@ -86,13 +84,9 @@ class Answers:
             if good is None:
                 break
 
-            def as_was(q: Proposal) -> None:
-                q.approvals = []
-                if q.status == S.APPROVED:
-                    q.status = S.PROPOSED
             self.correct(good, text, f"{c.author_email} left this file unreadable in "
                          f"{c.sha[:10]} ({error.problem}); the last readable version is put "
-                         "back and approvals before it are void", as_was)
+                         "back and approvals before it are void", void_approvals)
             return
         log.error("%s: no readable version to put back (%s)", path, error)
 
@@ -131,3 +125,11 @@ class Answers:
             self.repo.commit_files(files, msg, self.state.config.identity, guard={
                 p: self.repo.read_blob("HEAD", p) for p in files})
         self.notifier.post("janus-git: refused a change to the rules", reasons, kind="alert")
+
+
+def void_approvals(q: Proposal) -> None:
+    """Every approval so far counts for nothing: the list empties, approved goes back to
+    proposed."""
+    q.approvals = []
+    if q.status == S.APPROVED:
+        q.status = S.PROPOSED
