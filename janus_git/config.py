@@ -29,13 +29,19 @@ DEFAULTS: dict[str, Any] = {
     "tools": {},
     "limits": DEFAULT_LIMITS,
     "controls": {"tick_hz": 10, "mission_poll_interval": 300, "max_starts_per_second": 10,
+                 "max_parallel_runs": 2, "reserved_for_people": 1,
                  "governor": {"target_cpu_percent": 80, "kp": 0.5, "ki": 0.1},
-                 "relief_valve": {"max_pending_auto": 50}},
+                 "relief_valve": {"max_pending_auto": 50, "max_memory_percent": 90,
+                                  "max_recent_failures": 5, "close_at": 0.8}},
     "notifications": {"urls": [], "daily_summary_at": "18:00"},
     "model": {"path": None, "n_ctx": 2048, "max_tokens": 384, "temperature": 0.7,
               "seed": None, "threads": None, "prompt_token_budget": 1024},
     "hygiene": {"novelty_window_days": 14, "archive_after_days": 30},
+    # a shared remote (#10): absent, the daemon works on its own clone only
+    "remote": None,
 }
+REMOTE_DEFAULTS: dict[str, Any] = {"name": "origin", "branch": None, "poll_seconds": 10,
+                                   "lease_seconds": 30, "webhook": None}
 
 _limits_schema = {
     "type": "object", "additionalProperties": False,
@@ -80,17 +86,24 @@ SCHEMA: dict[str, Any] = {
                 "runner": {"type": "string"},
                 "command": {"type": "array", "items": {"type": "string"}},
                 "approvals_required": _quorum,
+                # measuring tools run alone: nothing else starts while one runs
+                "exclusive": {"type": "boolean"},
                 "limits": _limits_schema}}},
         "limits": _limits_schema,
         "controls": {"type": "object", "additionalProperties": False, "properties": {
             "tick_hz": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000},
             "mission_poll_interval": {"type": "number", "minimum": 0},
             "max_starts_per_second": {"type": "number", "exclusiveMinimum": 0},
+            "max_parallel_runs": {"type": "integer", "minimum": 1, "maximum": 64},
+            "reserved_for_people": {"type": "integer", "minimum": 0, "maximum": 64},
             "governor": {"type": "object", "additionalProperties": False, "properties": {
                 "target_cpu_percent": {"type": "number", "minimum": 1, "maximum": 100},
-                "kp": {"type": "number"}, "ki": {"type": "number"}}},
+                "kp": {"type": "number", "minimum": 0}, "ki": {"type": "number", "minimum": 0}}},
             "relief_valve": {"type": "object", "additionalProperties": False, "properties": {
-                "max_pending_auto": {"type": "integer", "minimum": 1}}}}},
+                "max_pending_auto": {"type": "integer", "minimum": 1},
+                "max_memory_percent": {"type": "number", "minimum": 1, "maximum": 100},
+                "max_recent_failures": {"type": "integer", "minimum": 1},
+                "close_at": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}}}}},
         "notifications": {"type": "object", "additionalProperties": False, "properties": {
             "urls": {"type": "array", "items": {"type": "string"}},
             "daily_summary_at": {"type": "string", "pattern": r"^\d{2}:\d{2}$"}}},
@@ -105,6 +118,16 @@ SCHEMA: dict[str, Any] = {
         "hygiene": {"type": "object", "additionalProperties": False, "properties": {
             "novelty_window_days": {"type": "number", "minimum": 0},
             "archive_after_days": {"type": "number", "minimum": 0}}},
+        "remote": {"type": ["object", "null"], "additionalProperties": False, "properties": {
+            "name": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"},
+            "branch": {"type": ["string", "null"], "pattern": r"^[A-Za-z0-9][A-Za-z0-9_./-]*$"},
+            "poll_seconds": {"type": "number", "minimum": 0.1},
+            "lease_seconds": {"type": "number", "minimum": 1},
+            "webhook": {"type": ["object", "null"], "additionalProperties": False,
+                        "required": ["listen", "secret_env"], "properties": {
+                "listen": {"type": "string", "pattern": r"^[^\s:]*:\d{1,5}$"},
+                # the NAME of the environment variable holding the secret: never the secret
+                "secret_env": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"}}}}},
     },
 }
 
@@ -193,6 +216,9 @@ def config_from_text(text: bytes | str | None, path: str = AGENT_PATH) -> Config
         raise ConfigError(path, None, "agent.yaml must be a mapping")
     validate(raw, SCHEMA, path)
     data = _merge(DEFAULTS, raw)
+    if data["remote"] is not None:
+        data["remote"] = _merge(REMOTE_DEFAULTS, data["remote"])
+        data["remote"]["branch"] = data["remote"]["branch"] or data["branch"]
     agent_email = data["agent"]["email"].lower()
     if agent_email in {a["email"].lower() for a in data["approvers"]}:
         raise ConfigError(path, "approvers", "the agent's own identity can never approve",
