@@ -33,7 +33,9 @@ DEFAULTS: dict[str, Any] = {
                  "governor": {"target_cpu_percent": 80, "kp": 0.5, "ki": 0.1},
                  "relief_valve": {"max_pending_auto": 50, "max_memory_percent": 90,
                                   "max_recent_failures": 5, "close_at": 0.8}},
-    "notifications": {"urls": [], "daily_summary_at": "18:00"},
+    # urls: strings, or {url|env|config, tags}; times in `timezone`; seconds for windows
+    "notifications": {"urls": [], "daily_summary_at": "08:00", "timezone": "UTC",
+                      "batch_seconds": 60, "remind_after": 86400},
     "model": {"path": None, "n_ctx": 2048, "max_tokens": 384, "temperature": 0.7,
               "seed": None, "threads": None, "prompt_token_budget": 1024},
     "hygiene": {"novelty_window_days": 14, "archive_after_days": 30},
@@ -105,8 +107,26 @@ SCHEMA: dict[str, Any] = {
                 "max_recent_failures": {"type": "integer", "minimum": 1},
                 "close_at": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}}}}},
         "notifications": {"type": "object", "additionalProperties": False, "properties": {
-            "urls": {"type": "array", "items": {"type": "string"}},
-            "daily_summary_at": {"type": "string", "pattern": r"^\d{2}:\d{2}$"}}},
+            "urls": {"type": "array", "items": {"oneOf": [
+                {"type": "string", "minLength": 1},
+                # a target: the URL itself, the NAME of an environment variable holding it,
+                # or an apprise config file outside the repository (secrets never committed)
+                {"type": "object", "additionalProperties": False, "minProperties": 1,
+                 "maxProperties": 2, "oneOf": [{"required": [k]} for k in
+                                               ("url", "env", "config")], "properties": {
+                    "url": {"type": "string", "minLength": 1},
+                    "env": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"},
+                    "config": {"type": "string", "pattern": r"^(/|~)"},
+                    "tags": {"type": "array", "items": {
+                        "enum": ["approval", "reminder", "alert", "stop", "summary",
+                                 "test", "always"]}}}}]}},
+            "daily_summary_at": {"type": "string",
+                                 "pattern": r"^([01]\d|2[0-3]):[0-5]\d$"},
+            # an IANA name (Europe/Paris); one zoneinfo does not know falls back to UTC
+            "timezone": {"type": "string", "maxLength": 64,
+                         "pattern": r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"},
+            "batch_seconds": {"type": "number", "minimum": 0, "maximum": 86400},
+            "remind_after": {"type": "number", "minimum": 60}}},
         "model": {"type": "object", "additionalProperties": False, "properties": {
             "path": {"type": ["string", "null"]},
             "n_ctx": {"type": "integer", "minimum": 128},
