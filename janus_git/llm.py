@@ -103,10 +103,92 @@ def get_llama(path: Path, n_ctx: int = 2048, threads: int | None = None) -> Any:
         return llama
 
 
+# -- the grammar guard ------------------------------------------------------------------------
+# llama-cpp-python 0.3.36 does not check that llama.cpp parsed a grammar: a rule with an empty
+# body (what the converter writes for `anyOf: []` or `enum: []`) fails to parse, the sampler is
+# NULL, and the first sampled token segfaults the process (issue 13).  Nothing that can end up
+# empty reaches the converter, and what it writes is checked twice before it is used.
+_ALTERNATIVES = ("anyOf", "oneOf", "allOf", "enum", "type")
+_BOUNDS = (("minItems", "maxItems"), ("minLength", "maxLength"), ("minimum", "maximum"),
+           ("minProperties", "maxProperties"))
+
+
+class GrammarRefused(JanusError):
+    """A schema or grammar that would hand llama.cpp an empty alternative (or one it cannot
+    parse): refused before sampling."""
+
+
+def check_schema(schema: Any, where: str = "schema") -> None:
+    """Refuse a JSON schema with an empty alternative or an impossible bound, naming where."""
+    if isinstance(schema, list):
+        for i, item in enumerate(schema):
+            check_schema(item, f"{where}[{i}]")
+        return
+    if not isinstance(schema, dict):
+        return
+    for key in _ALTERNATIVES:
+        if isinstance(schema.get(key), list) and not schema[key]:
+            raise GrammarRefused(f"{where}.{key} is empty: no output could match it, and "
+                                 "llama.cpp would crash on the empty grammar rule")
+    for lo, hi in _BOUNDS:
+        if isinstance(schema.get(lo), (int, float)) and isinstance(schema.get(hi), (int, float)) \
+                and schema[lo] > schema[hi]:
+            raise GrammarRefused(f"{where}: {lo} {schema[lo]} > {hi} {schema[hi]}: no output "
+                                 "could match it")
+    for key, value in schema.items():
+        if isinstance(value, (dict, list)) and key not in ("enum", "const", "required"):
+            check_schema(value, f"{where}.{key}")
+
+
+def _alternatives_ok(body: str) -> bool:
+    """No empty alternative in one GBNF rule body: no `|` next to `(`, `)`, `|` or either
+    end, and no `()`; quoted strings and character classes are skipped."""
+    out, i = [], 0
+    while i < len(body):
+        c = body[i]
+        if c in "\"[":
+            close = "\"" if c == "\"" else "]"
+            i += 1
+            while i < len(body) and body[i] != close:
+                i += 2 if body[i] == "\\" else 1
+            out.append("x")
+        elif not c.isspace():
+            out.append(c)
+        i += 1
+    skel = "".join(out)
+    return bool(skel) and not (skel[0] == "|" or skel[-1] == "|" or
+                               any(p in skel for p in ("||", "(|", "|)", "()")))
+
+
+def check_gbnf(gbnf: str) -> None:
+    for line in gbnf.splitlines():
+        if "::=" not in line:
+            continue
+        name, body = line.split("::=", 1)
+        if not _alternatives_ok(body.strip()):
+            raise GrammarRefused(f"grammar rule {name.strip()!r} has an empty alternative: "
+                                 "refused before it reaches llama.cpp")
+
+
 @functools.lru_cache(maxsize=32)
 def _grammar(schema_json: str) -> Any:
     llama_cpp = _import_llama()
-    return llama_cpp.LlamaGrammar.from_json_schema(schema_json, verbose=False)
+    check_schema(json.loads(schema_json))
+    grammar = llama_cpp.LlamaGrammar.from_json_schema(schema_json, verbose=False)
+    check_gbnf(grammar._grammar)
+    return grammar
+
+
+def check_parses(llama: Any, grammar: Any) -> None:
+    """Let llama.cpp parse the grammar once: a NULL sampler here is the segfault later."""
+    import llama_cpp
+
+    sampler = llama_cpp.llama_sampler_init_grammar(
+        llama._model.vocab, grammar._grammar.encode(), grammar._root.encode())
+    if not sampler:
+        raise GrammarRefused("llama.cpp cannot parse the output grammar (see its message on "
+                             "stderr); refused before sampling")
+    llama_cpp.llama_sampler_free(sampler)
 
 
 @dataclass
@@ -140,6 +222,7 @@ class Model:
         self.path = Path(path)
         self.llama = get_llama(self.path, n_ctx, threads)
         self.lock = threading.Lock()
+        self._parsed: set[str] = set()  # grammars llama.cpp has parsed for this model
 
     @classmethod
     def from_config(cls, model_cfg: dict[str, Any], root: Path | None = None) -> "Model":
@@ -164,6 +247,12 @@ class Model:
         grammar = _grammar(json.dumps(schema)) if schema else None
         with self.lock:
             import llama_cpp
+
+            if grammar is not None and grammar._grammar not in self._parsed:
+                check_parses(self.llama, grammar)  # ~1 ms, once per grammar
+                if len(self._parsed) > 64:
+                    self._parsed.clear()
+                self._parsed.add(grammar._grammar)
 
             ctx = self.llama._ctx.ctx
             llama_cpp.llama_perf_context_reset(ctx)
@@ -195,20 +284,33 @@ class Model:
 
 
 class ModelContext:
-    """What the daemon hands to tools and the planner: the model, loaded on first use."""
+    """What the daemon hands to tools and the planner: the model, loaded on first use.
+    ISOLATED: in its own process (modelproc.py), so that a crash in llama.cpp kills only it."""
 
-    def __init__(self, config: Any, root: Path | None = None) -> None:
+    def __init__(self, config: Any, root: Path | None = None, *, isolated: bool = False) -> None:
         self.config = config
         self.root = Path(root) if root is not None else None
-        self._model: Model | None = None
+        self.isolated = isolated
+        self._model: Any = None
         self._lock = threading.Lock()
 
     @property
-    def llm(self) -> Model:
+    def llm(self) -> Any:
         with self._lock:
             if self._model is None:
-                self._model = Model.from_config(self.config["model"], self.root)
+                if self.isolated:
+                    from .modelproc import ModelProcess
+                    self._model = ModelProcess.from_config(self.config["model"], self.root)
+                else:
+                    self._model = Model.from_config(self.config["model"], self.root)
             return self._model
+
+    def close(self) -> None:
+        """End the model's process, if it has one (an in-process Llama stays cached)."""
+        with self._lock:
+            model, self._model = self._model, None
+        if model is not None and hasattr(model, "close"):
+            model.close()
 
 
 def as_model(llm: Any, config: Any, root: Path | None = None) -> Any:
