@@ -241,6 +241,10 @@ class _Server(ThreadingHTTPServer):
             return
         super().process_request(request, client_address)
 
+    def handle_error(self, request, client_address) -> None:
+        # a sender cut off or gone mid-reply: worth a debug line, not a traceback on stderr
+        log.debug("webhook: connection from %s ended badly", client_address[0], exc_info=True)
+
     def process_request_thread(self, request, client_address) -> None:
         try:
             super().process_request_thread(request, client_address)
@@ -285,7 +289,7 @@ class WebhookServer:
             raise JanusError(f"webhook: cannot listen on {self.listen}: {exc.strerror or exc}; "
                              f"pick another address in remote.webhook.listen") from exc
         self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.2},
+                                        kwargs={"poll_interval": 0.05},
                                         name="janus-webhook", daemon=True)
         self._thread.start()
         log.info("webhook: listening on %s:%d", *self.address)
