@@ -30,6 +30,7 @@ def propose(sr: StateRepo, *, mission: str, type_: str, tool: str, args: Any,
                                rationale=rationale, created_by=f"{me.name} <{me.email}>")
     p.risk = decide(p, sr.config).risk
     lifecycle.create(sr.repo, p, None, reason=rationale)
+    share(sr)
     return p
 
 
@@ -53,6 +54,7 @@ def approve(sr: StateRepo, pid: str) -> Proposal:
     lifecycle.transition(sr.repo, p, S.APPROVED, None, base_text=text,
                          reason=f"approved by {me.email}")
     _nudge(sr)
+    share(sr)
     return p
 
 
@@ -61,6 +63,7 @@ def reject(sr: StateRepo, pid: str, reason: str) -> Proposal:
     p, text = _load_for_change(sr, pid)
     lifecycle.transition(sr.repo, p, S.REJECTED, None, base_text=text,
                          reason=reason or f"rejected by {me.email}")
+    share(sr)
     return p
 
 
@@ -88,6 +91,7 @@ def stop(sr: StateRepo, *, reason: str, dry_run: bool) -> StopPlan:
         {STOP_PATH: body.encode()},
         format_message("janus: EMERGENCY STOP", reason, {"Janus-Stop": "on"}))
     _nudge(sr)
+    share(sr)
     return plan
 
 
@@ -102,6 +106,7 @@ def resume(sr: StateRepo, *, reason: str) -> str:
                                format_message("janus: resume after emergency stop", reason,
                                               {"Janus-Stop": "off"}))
     _nudge(sr)
+    share(sr)
     return sha
 
 
@@ -109,6 +114,27 @@ def rules_in_force(sr: StateRepo):
     """The rules as history makes them (the daemon's view), not the working tree's file."""
     from .trust import Trust
     return Trust(sr.repo).load(sr.repo.head() or "HEAD")
+
+
+def share(sr: StateRepo) -> None:
+    """In a clone whose rules name a remote, a person's commit made here goes up at once, so
+    every daemon sees it (the stop within one poll, at once through a webhook).  When someone
+    pushed first, it is rebased onto theirs and pushed again."""
+    remote = sr.config["remote"]  # this clone's own file: it only says where to push
+    if not remote or sr.repo.remote_url(remote["name"]) is None:
+        return
+    name, branch = remote["name"], remote["branch"]
+    tracking = f"refs/remotes/{name}/{branch}"
+    for _ in range(5):
+        ok, words = sr.repo.push(name, [f"HEAD:refs/heads/{branch}"])
+        if ok:
+            return
+        if "rejected" not in words and "fetch first" not in words:
+            break
+        sr.repo.fetch(name, [f"+refs/heads/{branch}:{tracking}"])
+        sr.repo.rebase_onto(tracking)
+    raise JanusError(f"committed here, but the push to {name} failed: {words[-300:]}; push "
+                     "it with `git push` so the daemons see it")
 
 
 def _nudge(sr: StateRepo) -> None:

@@ -60,12 +60,27 @@ def daemon(directory: Path = typer.Argument(Path("."), help="The state repositor
                                      "(one thinking cycle included), then exit."),
            think: bool = typer.Option(True, "--think/--no-think",
                                       help="Run the planner's thinking cycle."),
+           instance: Optional[str] = typer.Option(
+               None, "--instance", help="This daemon's name on a shared remote (its claims "
+               "and lease carry it); default: the host name."),
            verbose: bool = typer.Option(False, "--verbose", "-v")):
     """Watch the state repository: decide, run, commit results."""
     from .daemon import run_daemon
     from .logsetup import setup_logging
     setup_logging(directory, verbose)
-    raise typer.Exit(run_daemon(directory, once=once, think=think))
+    raise typer.Exit(run_daemon(directory, once=once, think=think, instance=instance))
+
+
+@app.command()
+def poke(directory: Path = typer.Argument(Path("."), help="The daemon's clone.")):
+    """Tell the daemon to fetch from its remote now (as a webhook delivery does)."""
+    import signal
+
+    from .runlock import read_status
+    info = read_status(directory.resolve())
+    if not info.get("running"):
+        raise JanusError(f"no daemon runs on {directory}; start one with `janus-git daemon`")
+    os.kill(int(info["pid"]), signal.SIGUSR1)
 
 
 @app.command()
@@ -321,30 +336,20 @@ def hygiene(dry_run: bool = typer.Option(False, "--dry-run"),
 
 
 @app.command()
-def summary(day: Optional[str] = typer.Option(None, "--date", help="YYYY-MM-DD (UTC), "
-                                              "default today."),
-            commit: bool = typer.Option(False, "--commit", help="Commit it under "
-                                        "logs/summaries/."),
-            send: bool = typer.Option(False, "--send", help="Send it to notifications.urls."),
+def summary(day: Optional[str] = typer.Option(None, "--date", help="YYYY-MM-DD, a day in "
+                                              "notifications.timezone; default: the last "
+                                              "day that ended."),
+            send: bool = typer.Option(False, "--send", help="Send it to the notification "
+                                      "targets (chart attached where they take one)."),
             repo: str = RepoOpt, as_json: bool = JsonOpt):
-    """The daily summary: success rate, resource metrics, proposals executed."""
-    import datetime as dt
-
-    from . import notify
-    from . import summary as sm
-    sr = _sr(repo)
-    try:
-        when = dt.date.fromisoformat(day) if day else dt.datetime.now(dt.timezone.utc).date()
-    except ValueError:
-        raise JanusError(f"--date {day!r} is not a date: use YYYY-MM-DD") from None
-    data = sm.build(sr.repo, when, len(sr.index.query(status=["proposed"])))
-    _out(json.dumps(data, indent=1) if as_json else sm.render(data))
-    if commit:
-        sm.commit_summary(sr.repo, sr.config.identity, data)
-    if send:
-        ok, total = notify.send(sr.config["notifications"]["urls"],
-                                f"janus-git daily summary {when}", sm.render(data))
-        sys.stderr.write(f"delivered to {ok} of {total} notification URLs\n")
+    """The daily summary, as the daemon makes it: runs, success rate, what waits for you,
+    missions, failures, resources and the previous 7 days."""
+    from .report import summary_on_demand
+    out, delivered = summary_on_demand(_sr(repo), day, send=send, as_json=as_json)
+    _out(out)
+    if delivered is not None:
+        ok, total = delivered
+        sys.stderr.write(f"delivered to {ok} of {total} notification targets\n")
         if ok < total:
             raise typer.Exit(1)
 
@@ -394,7 +399,7 @@ def notify_test(repo: str = RepoOpt):
     """Send a test message to every URL in notifications.urls."""
     from .notify import send_test
     ok, total = send_test(_sr(repo))
-    _out(f"delivered to {ok} of {total} notification URLs")
+    _out(f"delivered to {ok} of {total} notification URLs")  # unset variables count as not
     if ok < total:
         raise typer.Exit(1)
 

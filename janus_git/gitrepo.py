@@ -84,6 +84,24 @@ def format_message(subject: str, body: str = "", trailers: dict[str, str] | None
 
 # Commits this process signed as the agent: known to be its own without a verify-commit.
 MADE: set[str] = set()
+# Remote mode (daemon/remote.py): a repository whose commits must land on a shared remote
+# first.  Its publisher pushes each new commit before the local branch moves (git's refusal of
+# a non-fast-forward push is the compare-and-swap); every GitRepo on that root, in any thread,
+# goes through it.
+PUBLISHERS: dict[Path, "Publisher"] = {}
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+
+
+class Publisher:
+    """What remote mode plugs in (daemon/remote.py implements it)."""
+
+    def publish(self, sha: str, old: str | None) -> None:
+        """Land SHA (a child of OLD) on the remote, or raise Conflict: it moved on."""
+        raise NotImplementedError
+
+    def publish_ref(self, ref: str, sha: str | None) -> None:
+        """Best effort: make REF on the remote point at SHA (None: delete it)."""
+        raise NotImplementedError
 
 
 class GitRepo:
@@ -451,6 +469,9 @@ class GitRepo:
                     pass
             else:
                 atomic_write(target, data)
+        publisher = PUBLISHERS.get(self.root)
+        if publisher is not None:
+            return self._commit_published(files, message, identity, publisher)
         paths = sorted(files)
         # only new paths need an index entry; a tracked one is read from the tree by --only
         present = [p for p in paths if files[p] is not None and self.read_blob("HEAD", p) is None]
@@ -475,6 +496,39 @@ class GitRepo:
                     raise
         m = _COMMITTED.search(out)
         return self._made(m.group(1) if m else self._run("rev-parse", "HEAD").strip(), identity)
+
+    def _commit_published(self, files: dict[str, bytes | None], message: str,
+                          identity: Identity | None, publisher: Publisher) -> str:
+        """Remote mode: the commit is built beside the index (a temporary one), pushed, and
+        only then does the local branch move and the index follow.  A refused push raises
+        Conflict with the branch untouched (the caller puts the working tree back)."""
+        head = self.head()
+        paths = sorted(files)
+        present = [p for p in paths if files[p] is not None]
+        blobs = self._run("hash-object", "-w", "--no-filters", "--stdin-paths",
+                          stdin="".join(f"{p}\n" for p in present)).split() if present else []
+        blob = dict(zip(present, blobs))
+        info = "".join(f"100644 {blob[p]}\t{p}\n" if p in blob else f"0 {'0' * 40}\t{p}\n"
+                       for p in paths)
+        sha = self._tree_commit(head, info, message, identity)
+        crashpoint("mid-commit")
+        publisher.publish(sha, head)
+        self._run("update-ref", "-m", "janus", f"refs/heads/{self.branch()}", sha, head or "")
+        self._run_retrying("update-index", "--index-info", stdin=info)
+        return sha
+
+    def _tree_commit(self, head: str | None, info: str, message: str,
+                     identity: Identity | None) -> str:
+        """A commit of HEAD's tree changed by INFO (`update-index --index-info` lines), built
+        in a temporary index: neither the index nor the working tree is touched."""
+        with tempfile.TemporaryDirectory(dir=self.git_dir) as tmp:
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index"),
+                   **(identity.env() if identity else {})}
+            if head:
+                self._run("read-tree", head, env=env)
+            self._run("update-index", "--index-info", env=env, stdin=info)
+            tree = self._run("write-tree", env=env).strip()
+            return self.commit_tree(tree, [head] if head else [], message, identity, env)
 
     def _sign_flag(self, identity: Identity | None) -> list[str]:
         return ["-S"] if self.sign_args(identity) else []
@@ -547,13 +601,11 @@ class GitRepo:
                              for i, data in enumerate(files.values()))
             self._run("fast-import", "--quiet", f"--export-marks={marks}", stdin=stream)
             shas = dict(line.split() for line in marks.read_text().splitlines())
-            info = "".join(f"100644 {shas[f':{i + 1}']}\t{path}\n"
-                           for i, path in enumerate(paths))
-            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index"), **identity.env()}
-            self._run("read-tree", head, env=env)
-            self._run("update-index", "--index-info", env=env, stdin=info)
-            tree = self._run("write-tree", env=env).strip()
-            sha = self.commit_tree(tree, [head], message, identity, env)
+        info = "".join(f"100644 {shas[f':{i + 1}']}\t{path}\n" for i, path in enumerate(paths))
+        sha = self._tree_commit(head, info, message, identity)
+        publisher = PUBLISHERS.get(self.root)
+        if publisher is not None:
+            publisher.publish(sha, head)
         # a crash after the branch moved but before the tree followed is put right at the
         # next daemon start (recover_intents), not mistaken for a person's edit
         journal = self.write_intent(dict(files), dict(guard))
@@ -570,25 +622,27 @@ class GitRepo:
 
     def delete_branch(self, branch: str) -> None:
         self._run("update-ref", "-d", f"refs/heads/{branch}", check=False)
+        if self.root in PUBLISHERS:
+            PUBLISHERS[self.root].publish_ref(f"refs/heads/{branch}", None)
 
     def update_branch_ref(self, branch: str, new: str, old: str | None) -> None:
         args = ["update-ref", f"refs/heads/{branch}", new]
         if old:
             args.append(old)
         self._run(*args)
+        if self.root in PUBLISHERS:
+            PUBLISHERS[self.root].publish_ref(f"refs/heads/{branch}", new)
 
     def create_commit_on(self, parent: str, files: dict[str, bytes], message: str,
                          identity: Identity) -> str:
         """Build a commit on PARENT with FILES changed, without touching the working tree or
         the index (a temporary index is used).  Returns the new commit's sha."""
-        with tempfile.TemporaryDirectory() as tmp:
-            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index"), **identity.env()}
-            self._run("read-tree", parent, env=env)
-            for path, data in files.items():
-                blob = self._run("hash-object", "-w", "--stdin", stdin=data.decode()).strip()
-                self._run("update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env)
-            tree = self._run("write-tree", env=env).strip()
-            return self.commit_tree(tree, [parent], message, identity, env)
+        info = "".join(f"100644 {self._hash_blob(data)}\t{path}\n"
+                       for path, data in files.items())
+        return self._tree_commit(parent, info, message, identity)
+
+    def _hash_blob(self, data: bytes) -> str:
+        return self._run("hash-object", "-w", "--stdin", stdin=data.decode()).strip()
 
     def commit_tree(self, tree: str, parents: list[str], message: str,
                     identity: Identity | None, env: dict[str, str] | None = None) -> str:
@@ -598,6 +652,73 @@ class GitRepo:
                        *[a for p in parents for a in ("-p", p)], *self._sign_flag(identity),
                        "-F", "-", env=env, stdin=message).strip()
         return self._made(sha, identity)
+
+
+    # -- a shared remote (remote mode: daemon/remote.py) -----------------------------------
+    def remote_url(self, name: str) -> str | None:
+        out = self._run("remote", "get-url", name, check=False).strip()
+        return out or None
+
+    def fetch(self, remote: str, refspecs: list[str], timeout: float = 60.0) -> None:
+        """Fetch REFSPECS (forced updates of our own tracking refs: the remote is the
+        truth), pruning what it deleted."""
+        self._run_timed(timeout, "fetch", "-q", "--no-tags", "--prune", "--no-write-fetch-head",
+                        remote, *refspecs)
+
+    def push(self, remote: str, refspecs: list[str], timeout: float = 60.0) -> tuple[bool, str]:
+        """(landed, git's words).  A non-fast-forward is refused by the remote: the
+        compare-and-swap every daemon's claim goes through."""
+        status, out, err = self._run_status_timed(timeout, "push", "--porcelain", "-q",
+                                                  remote, *refspecs)
+        return status == 0, (out + err).strip()
+
+    def fast_forward(self, sha: str) -> None:
+        """Move the checked-out branch forward to SHA, index and working tree with it."""
+        with self._commit_lock():
+            self._run_retrying("merge", "--ff-only", "-q", sha)
+
+    def rebase_onto(self, upstream: str) -> None:
+        """A person's local commits replayed onto UPSTREAM (their CLI's push was refused);
+        a conflict is left to them, with the clone as it was."""
+        status, out, err = self._run_status("rebase", "-q", upstream)
+        if status != 0:
+            self._run("rebase", "--abort", check=False)
+            raise JanusError(f"your commits do not rebase cleanly onto {upstream}: "
+                             f"{(out + err).strip()[-300:]}; pull, resolve and push by hand")
+
+    def rev_count(self, since: str, until: str) -> int:
+        return int(self._run("rev-list", "--count", f"{since}..{until}").strip() or 0)
+
+    def refs(self, prefix: str) -> dict[str, str]:
+        """Refs under PREFIX (full names) and the objects they name."""
+        out = self._run("for-each-ref", "--format=%(refname) %(objectname)", prefix)
+        return dict(line.split() for line in out.splitlines() if line)
+
+    def set_ref(self, ref: str, sha: str | None) -> None:
+        self._run("update-ref", *(["-d", ref] if sha is None else [ref, sha]), check=False)
+
+    def empty_commit(self, parents: list[str], message: str, identity: Identity) -> str:
+        """A commit of the empty tree: a lease's heartbeat (daemon/remote.py).  The tree is
+        written once (git knows it without storing it, but fsck and a push want it)."""
+        if not parents:
+            self._run("mktree", stdin="")
+        return self.commit_tree(EMPTY_TREE, parents, message, identity)
+
+    def _run_timed(self, timeout: float, *args: str) -> str:
+        status, out, err = self._run_status_timed(timeout, *args)
+        if status != 0:
+            raise GitError([str(a) for a in args], status, out, err)
+        return out
+
+    def _run_status_timed(self, timeout: float, *args: str) -> tuple[int, str, str]:
+        """A network command: a dead remote must not wedge the daemon."""
+        env = {**os.environ, "LANGUAGE": "C", "LC_ALL": "C", "GIT_TERMINAL_PROMPT": "0"}
+        try:
+            proc = subprocess.run(["git", *args], cwd=self.root, env=env, capture_output=True,
+                                  text=True, errors="replace", timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return 124, "", f"git {args[0]} took more than {timeout:.0f} s"
+        return proc.returncode, proc.stdout, proc.stderr
 
 
 def crashpoint(name: str) -> None:

@@ -97,8 +97,9 @@ def get_llama(path: Path, n_ctx: int = 2048, threads: int | None = None) -> Any:
                 llama = llama_cpp.Llama(model_path=key, n_ctx=n_ctx, n_threads=threads,
                                         verbose=False)
             except ValueError as e:
-                raise JanusError(f"cannot load the model {key}: {e} (is it a GGUF file?)") \
-                    from None
+                hint = ("too little memory for this n_ctx? lower model.n_ctx" if "context" in
+                        str(e) else "is it a GGUF file?")
+                raise JanusError(f"cannot load the model {key}: {e} ({hint})") from None
             _models[key] = llama
         return llama
 

@@ -80,14 +80,17 @@ class ModelProcess:
     """llm.Model's interface, answered by a child process; calls are serialised."""
 
     def __init__(self, path: Path, *, n_ctx: int = 2048, threads: int | None = None,
-                 fault: str | None = None, grace: float = GRACE_SECONDS,
-                 rate: float = MIN_TOKENS_PER_S, load_seconds: float = LOAD_SECONDS,
-                 as_bytes: int | None = None) -> None:
+                 fault: str | None = None, grace: float | None = None,
+                 rate: float | None = None, load_seconds: float | None = None,
+                 deadline_s: float | None = None, as_bytes: int | None = None) -> None:
         self.path = Path(path)
         self.asked_ctx = n_ctx
         self.threads = threads
         self.fault = fault  # None: the daemon's environment says (read at each start)
-        self.grace, self.rate, self.load_seconds = grace, rate, load_seconds
+        self.grace = grace if grace is not None else GRACE_SECONDS
+        self.rate = rate if rate is not None else MIN_TOKENS_PER_S
+        self.load_seconds = load_seconds if load_seconds is not None else LOAD_SECONDS
+        self.deadline_s = deadline_s  # a fixed deadline for every call, instead of the derived
         self.as_bytes = as_bytes if as_bytes is not None else address_space_limit(path, n_ctx)
         self.starts = 0            # children started so far
         self.last_kill_late = 0.0  # how long after its deadline the last hung child was gone
@@ -100,7 +103,7 @@ class ModelProcess:
     @classmethod
     def from_config(cls, model_cfg: dict[str, Any], root: Path | None = None) -> "ModelProcess":
         return cls(find_model(model_cfg, root), n_ctx=model_cfg.get("n_ctx", 2048),
-                   threads=model_cfg.get("threads"))
+                   threads=model_cfg.get("threads"), deadline_s=model_cfg.get("deadline_s"))
 
     # -- llm.Model's interface ---------------------------------------------------------------
     @property
@@ -118,13 +121,14 @@ class ModelProcess:
         return self._proc.pid if self._proc is not None else None
 
     def count_tokens(self, text: str) -> int:
-        return int(self._call({"op": "count", "text": text}, self.grace)["n"])
+        return int(self._call({"op": "count", "text": text}, self.deadline_s or self.grace)["n"])
 
     def chat(self, messages: list[dict[str, str]], *, schema: dict[str, Any] | None = None,
              max_tokens: int = 256, temperature: float = 0.7, seed: int | None = None) -> Reply:
         if schema is not None:
             check_schema(schema)  # refused here, without a round trip (the child checks too)
-        seconds = chat_deadline(messages, max_tokens, grace=self.grace, rate=self.rate)
+        seconds = self.deadline_s or chat_deadline(messages, max_tokens, grace=self.grace,
+                                                   rate=self.rate)
         out = self._call({"op": "chat", "messages": messages, "schema": schema,
                           "max_tokens": max_tokens, "temperature": temperature, "seed": seed},
                          seconds)

@@ -18,7 +18,8 @@ from . import lifecycle, missions
 from .config import Config
 from .gitrepo import GitRepo, format_message
 from .novelty import NoveltyIndex
-from .llm import as_model
+from .errors import JanusError
+from .llm import as_model, check_schema
 from .prompt import MAX_PER_CYCLE, NEXT_CHUNKS, Surface, build_messages, read_proposal
 from .proposal import Proposal, new_id, utcnow
 
@@ -34,6 +35,11 @@ RUNNER_TYPES = {"process_chunk": ["process_chunk"], "node_generator": ["generate
                 "file_chunker": ["analysis"], "shell": ["analysis"]}
 BENCH_CHOICES = {"threads": [1, 2, 4, 8], "batch": [32, 64, 128, 256, 512],
                  "n_ctx": [256, 512, 1024, 2048], "n_tokens": [32, 64, 128]}
+
+
+class CycleSkipped(JanusError):
+    """Nothing the planner may propose (no tool or type on offer): the cycle is skipped
+    before the model is asked, and the message says why."""
 
 
 def _s(lo: int, hi: int) -> dict[str, Any]:
@@ -81,7 +87,18 @@ def offered_tools(surface: Surface) -> list[str]:
     return named or sorted(registry)
 
 
+def why_nothing_to_offer(surface: Surface) -> str:
+    """Why no proposal could match the output schema ("" when one can): an empty `anyOf`
+    or `enum` is an empty grammar rule, on which llama.cpp 0.3.36 segfaults."""
+    if not offered_tools(surface):  # the mission's own tools, else the whole registry
+        return ("the tool registry (tools: in state/agent.yaml) is empty: there is no tool "
+                "to propose; an approver can register one")
+    return ""
+
+
 def output_schema(surface: Surface, max_items: int) -> dict[str, Any]:
+    """The answer's schema; every `enum` and `anyOf` in it has at least one member (the
+    caller checks `why_nothing_to_offer` first, and `llm.check_schema` refuses the rest)."""
     variants = []
     for name in offered_tools(surface):
         spec = surface.config.tools[name]
@@ -177,11 +194,15 @@ def think(repo: GitRepo, config: Config, *, llm: Any = None,
         return []
     surface = Surface(config, mission, pr, rows, repo.root,
                       _taken_args(repo, mission, rows) if mission.documents else [])
+    why = why_nothing_to_offer(surface)
+    if why:
+        raise CycleSkipped(f"thinking cycle skipped for {mission.id}: {why}")
     model = as_model(llm, config, repo.root)
     constitution = ((repo.read_blob("HEAD", CONSTITUTION_PATH) if in_force is None
                      else in_force.get(CONSTITUTION_PATH)) or b"").decode()
     messages, trim = build_messages(repo, surface, model.count_tokens, constitution)
     schema = output_schema(surface, min(MAX_PER_CYCLE, pr.room))
+    check_schema(schema)  # before the model: a bug here is an error, not a native crash
     mc = config["model"]
     reply = model.chat(messages, schema=schema, max_tokens=mc["max_tokens"],
                        temperature=mc["temperature"],

@@ -71,6 +71,30 @@ def test_the_grammar_fix_excludes_control_characters():
     assert r'[^"\\\x7F\x00-\x1F]' in gbnf
 
 
+@pytest.mark.parametrize("schema,where", [
+    ({"type": "object", "properties": {"a": {"anyOf": []}}}, "properties.a.anyOf is empty"),
+    ({"type": "array", "items": {"enum": []}}, "items.enum is empty"),
+    ({"oneOf": [{"type": []}]}, r"oneOf\[0\].type is empty"),
+    ({"type": "array", "minItems": 3, "maxItems": 1}, "minItems 3 > maxItems 1"),
+    ({"type": "string", "minLength": 9, "maxLength": 2}, "minLength 9 > maxLength 2")])
+def test_the_grammar_guard_refuses_a_schema_nothing_could_match(model, schema, where):
+    with pytest.raises(llm.GrammarRefused, match=where):
+        model.chat([{"role": "user", "content": "hi"}], schema=schema, max_tokens=4)
+
+
+def test_the_grammar_guard_refuses_empty_alternatives_and_what_llama_cpp_cannot_parse(model):
+    import llama_cpp
+
+    llm.check_gbnf('root ::= "a|" | [|(] ( "b" | "c" )?\nx ::= "\\"|"')  # quoted: fine
+    llm.check_gbnf(llm._grammar(json.dumps(SCHEMA))._grammar)
+    for bad in ("root ::= ", 'root ::= "a" |', 'root ::= ( | "a")', 'root ::= "a" || "b"',
+                "root ::= ()"):
+        with pytest.raises(llm.GrammarRefused, match="empty alternative"):
+            llm.check_gbnf(bad)
+    with pytest.raises(llm.GrammarRefused, match="cannot parse"):
+        llm.check_parses(model.llama, llama_cpp.LlamaGrammar.from_string('root ::= "a" @@'))
+
+
 def test_schema_constrained_output_parses_for_every_seed(model):
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Go."}]
     parsed = 0

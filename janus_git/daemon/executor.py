@@ -85,7 +85,7 @@ class Executor:
 
         def mark(q: Proposal) -> None:
             q.decision = ticket.decision
-            q.execution = {"started_at": started}
+            q.execution = {"started_at": started, **state.claim}
             q.approvals = []  # used: an approval counts once, for this run
 
         with state.writes:

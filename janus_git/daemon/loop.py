@@ -32,6 +32,7 @@ from .emergency import EmergencyStop, StopWatch
 from .executor import Executor
 from .judge import ApprovalJudge
 from .reader import CommitReader
+from .remote import Remote, claimed_by, default_instance
 from .state import CursorFile, DaemonState
 from .thinker import ModelSlot, Thinker
 
@@ -42,7 +43,8 @@ S = Status
 
 class Daemon:
     def __init__(self, root: str | Path, *, once: bool = False, think: bool = True,
-                 on_start: Callable[[str, int], None] | None = None) -> None:
+                 on_start: Callable[[str, int], None] | None = None,
+                 instance: str | None = None) -> None:
         self.sr = StateRepo(root)
         self.repo = self.sr.repo
         self.root = self.sr.root
@@ -79,6 +81,12 @@ class Daemon:
         self.stop_watch = StopWatch(self.root, state)
         self.thinker = Thinker(self.root, state, model, enabled=think, once=once)
         self.summary = DailySummary(self.sr, state, self.notifier)
+        self.instance = instance or default_instance()
+        # a shared remote (remote: in agent.yaml): fetch, integrate, push, keep a lease
+        self.remote = (Remote(self.repo, state, self.instance, self.notifier)
+                       if state.config["remote"] else None)
+        if self.remote is not None:
+            state.claim = {"instance": self.instance}
         self.graph = CommitGraph(self.root)
         self.started = utcnow()
         self.fatal = False
@@ -136,6 +144,8 @@ class Daemon:
         try:
             self.notifier.start()
             lifecycle.subscribe(self.notifier.on_transition)
+            if self.remote is not None:
+                self.remote.open()  # the remote's news first: start-up reads it
             self._start_up()
         except BaseException:
             self.close()
@@ -152,6 +162,8 @@ class Daemon:
         if not self._opened:
             return
         self._opened = False
+        if self.remote is not None:
+            self.remote.close()
         lifecycle.unsubscribe(self.notifier.on_transition)
         self.notifier.close()
         self.state.activity = "exited"
@@ -195,6 +207,8 @@ class Daemon:
 
     def _nudged(self, *_: Any) -> None:
         self.dirty = True
+        if self.remote is not None:
+            self.remote.poke()  # `janus-git poke`: fetch now
         self.state.wake.set()
 
     def _on_term(self, *_: Any) -> None:
@@ -252,6 +266,8 @@ class Daemon:
         self.answers.refusals(live=False)  # HEAD must show the rules in force
         s.stopped = s.rules.stopped
         for row in self.sr.index.query(status=[S.RUNNING.value]):
+            if not self._mine(row["id"]):
+                continue  # another daemon's claim: its lease says when it is orphaned
             self.executor.interrupt(row["id"], "the daemon stopped while this ran; it is not "
                                     "re-run by itself: set status to approved and commit to "
                                     "run it again")
@@ -260,6 +276,27 @@ class Daemon:
         s.activity = "idle"
         log.info("daemon started on %s at %s (%s mode%s)", self.root, head[:10],
                  s.config.mode, ", STOPPED" if s.stopped else "")
+
+    def _mine(self, pid: str) -> bool:
+        """Whether this daemon made the claim on running proposal PID (a local daemon makes
+        them all; on a remote, each claim names its daemon's instance)."""
+        if self.remote is None:
+            return True
+        current = self.sr.store.head(pid)
+        owner = claimed_by(current[0].execution) if current else None
+        return owner in (None, self.instance)
+
+    def _reap_orphans(self) -> None:
+        """The leader's duty: claims of a daemon whose lease expired become interrupted (the
+        run may have happened in part; a person decides whether to run it again)."""
+        for row in self.sr.index.query(status=[S.RUNNING.value]):
+            current = self.sr.store.head(row["id"])
+            owner = claimed_by(current[0].execution) if current else None
+            if current and self.remote.orphaned(owner):
+                self.executor.interrupt(row["id"], f"the daemon {owner!r} that ran this "
+                                        "stopped renewing its lease; it is not re-run by "
+                                        "itself: set status to approved and commit to run it "
+                                        "again")
 
     def _check_agent_key(self) -> None:
         """The agent signs its commits; say so plainly when its key is not one the rules in
@@ -296,6 +333,9 @@ class Daemon:
             s.exiting, self.fatal = True, True
             raise JanusError(f"{self.root} is no longer a git repository; stopping")
         self.executor.collect()
+        if self.remote is not None and self.remote.due():
+            self.remote.sync()  # others' pushes come in; the reader below judges them
+            self.dirty = True
         now = time.monotonic()
         if (self.dirty or not self.watching or now - self._polled > POLL_SECONDS or s.runs
                 or s.exiting):
@@ -320,6 +360,10 @@ class Daemon:
         if s.exiting:
             return
         self.executor.start_runs()  # approved work first: it is what a person is waiting for
+        if self.remote is not None and not self.remote.leader():
+            return  # deciding, thinking and the chores are the leader's (remote.py)
+        if self.remote is not None:
+            self._reap_orphans()
         self.summary.maybe()
         self.graph.maybe_write(self.reader.commits_read)
         if head != self._decided_for:
@@ -334,7 +378,8 @@ class Daemon:
         status = {"pid": os.getpid(), "started_at": self.started, "activity": s.activity,
                   "head": s.cursor, "stopped": s.stopped, "queued": sorted(s.queue),
                   "running_ids": sorted(s.runs), "mode": s.config.mode,
-                  "last_error": s.last_error}
+                  "last_error": s.last_error, "instance": self.instance,
+                  "remote": self.remote.status() if self.remote is not None else None}
         now = time.monotonic()
         if not force and status == self._last_status and now < self._status_due:
             return
@@ -343,5 +388,6 @@ class Daemon:
         self.lock.write_status({**status, "updated_at": utcnow()})
 
 
-def run_daemon(root: str | Path, *, once: bool = False, think: bool = True) -> int:
-    return Daemon(root, once=once, think=think).run()
+def run_daemon(root: str | Path, *, once: bool = False, think: bool = True,
+               instance: str | None = None) -> int:
+    return Daemon(root, once=once, think=think, instance=instance).run()

@@ -17,14 +17,14 @@ import logging
 from .. import lifecycle
 from ..approvals import TRAILER_APPROVAL_BRANCH, Filing, is_revert_of_result
 from ..errors import ConfigError
-from ..gitrepo import Commit, crashpoint
+from ..gitrepo import MADE, Commit, crashpoint
 from ..proposal import HUMAN_TRANSITIONS, Proposal, Status, parse_proposal
 from ..state import StateRepo
 from ..store import check_placement, id_from_path, is_proposal_path
 from ..trust import Rules
 from .answers import Answers
 from .judge import ApprovalJudge
-from .state import CursorFile, DaemonState
+from .state import CursorFile, DaemonState, Ticket
 
 log = logging.getLogger("janus_git.daemon")
 S = Status
@@ -70,6 +70,8 @@ class CommitReader:
         self.trust.apply(c)  # the state's config is now the rules' after C
         if own:
             self._note_filings(c)
+            if c.sha not in MADE:
+                self._others_decisions(c)
             return
         for path, change in c.changes.items():
             if not is_proposal_path(path):
@@ -90,6 +92,24 @@ class CommitReader:
                                                   path))
                 except ConfigError:
                     self.state.filed.pop(id_from_path(path), None)
+
+    def _others_decisions(self, c: Commit) -> None:
+        """Another daemon's commit (several share a remote): the work its policy approved
+        is queued here too (the claim that lands runs it), and what left `approved` there
+        leaves this queue."""
+        for path, change in c.changes.items():
+            if change != "M" or not is_proposal_path(path):
+                continue
+            try:
+                p = parse_proposal(self.repo.read_blob(c.sha, path) or b"", path)
+            except ConfigError:
+                continue
+            if p.status != S.APPROVED:
+                self.state.queue.pop(p.id, None)
+            elif str(p.decision.get("rule", "")).startswith("auto:"):
+                digest = self.judge.filing(p.id).digest
+                self.state.queue.setdefault(p.id, Ticket(p.id, {**p.decision,
+                                                                "digest": digest}))
 
     def _filed(self, c: Commit, p: Proposal) -> None:
         self.state.filed[p.id] = Filing(p.recompute_digest(), c.sha, p)

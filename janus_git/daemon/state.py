@@ -38,6 +38,8 @@ class Run:
 class DaemonState:
     trust: Trust
     cursor: str | None = None  # the last first-parent commit read
+    # what a claim records of the daemon that made it ({"instance": ...} on a remote)
+    claim: dict[str, str] = field(default_factory=dict)
     queue: dict[str, Ticket] = field(default_factory=dict)
     runs: dict[str, Run] = field(default_factory=dict)
     results: list[tuple[Run, Proposal]] = field(default_factory=list)  # awaiting their commit
