@@ -235,6 +235,10 @@ class _Server(ThreadingHTTPServer):
                 request.settimeout(1.0)
                 request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n"
                                 b"Connection: close\r\n\r\n")
+                # closing over unread bytes sends a reset that can eat the 503: take what has
+                # already arrived (one bounded, non-blocking read) before closing
+                request.setblocking(False)
+                request.recv(65536)
             except OSError:
                 pass
             self.shutdown_request(request)
