@@ -170,11 +170,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding"):
             raise _Refused(411, "length_required", "chunked bodies are refused; send a length")
-        length = self.headers.get("Content-Length")
-        if length is None:
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths:
             raise _Refused(411, "length_required", "Content-Length is required")
-        if not length.strip().isdigit():
-            raise _Refused(400, "bad_request", "Content-Length is not a number")
+        length = lengths[0].strip()
+        # one plain ASCII number: "²".isdigit() is true, and two lengths invite smuggling
+        if len(lengths) > 1 or not re.fullmatch(r"[0-9]{1,16}", length):
+            raise _Refused(400, "bad_request", "Content-Length is not one plain number")
         if int(length) > MAX_BODY:  # refused before a byte of it is read
             raise _Refused(413, "too_large", f"body over {MAX_BODY} bytes")
         try:

@@ -175,7 +175,9 @@ def test_exactly_one_megabyte_is_accepted(hook, pokes):
     (b"", b"411"),                                   # no Content-Length at all
     (b"Content-Length: lots\r\n", b"400"),
     (b"Content-Length: -1\r\n", b"400"),
-], ids=["chunked", "no-length", "not-a-number", "negative"])
+    (b"Content-Length: \xb2\r\n", b"400"),          # latin-1 superscript two: isdigit()
+    (b"Content-Length: 5\r\nContent-Length: 5\r\n", b"400"),
+], ids=["chunked", "no-length", "not-a-number", "negative", "superscript", "twice"])
 def test_a_body_without_a_plain_length_is_refused(hook, pokes, head, status):
     body = b"5\r\nhello\r\n0\r\n\r\n" if b"chunked" in head else b""
     sig = "".join(f"{k}: {v}\r\n" for k, v in github(b"hello", "c-1").items()).encode()
