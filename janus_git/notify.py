@@ -1,8 +1,11 @@
-"""apprise delivery: alerts and the daily summary reach people through notifications.urls.
+"""apprise delivery: alerts, approval requests, reminders and the daily summary reach people
+through the `notifications` targets of the rules in force.
 
-Messages go through an outbox under .git/janus/outbox/ (one JSON file each), so an alert
-survives a crash and a receiver that is down gets it later.  Delivery runs off the daemon's
-reactor thread: a slow webhook never delays an approval.
+Posts go to a crash-safe outbox under .git/janus/outbox/ (outbox.py); a thread digests them
+(digest.py: a burst of approval requests, or of identical alerts, is one message) and delivers
+them, off the daemon's reactor thread: a slow webhook never delays an approval.  The
+notifications section is read again at every post and every delivery, so a committed change
+(URLs, tags, windows) applies with no restart.
 """
 from __future__ import annotations
 
@@ -11,78 +14,38 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from .proposal import Proposal, Status, new_id
-from .util import atomic_write, utcnow
+from .config import DEFAULTS
+from .outbox import Outbox
+from .proposal import Proposal, Status
+from .targets import Target, deliver, redact, resolve
 
 log = logging.getLogger("janus_git.notify")
-MAX_ATTEMPTS = 20
 S = Status
+__all__ = ["Notifier", "Outbox", "alert_for", "needs_human", "send", "send_test", "redact"]
 
 
-def send(urls: list[str], title: str, body: str) -> tuple[int, int]:
-    """Deliver to each URL with a fresh apprise instance (its mail plugin otherwise waits
-    5.5 s between sends on one instance); returns (delivered, total).  apprise never raises:
-    its result is truthy only on success."""
-    import apprise
-
-    ok = 0
-    for url in urls:
-        ap = apprise.Apprise()
-        if not ap.add(url):
-            log.error("notification URL not understood by apprise: %s", _redact(url))
-            continue
-        if ap.notify(title=title, body=body):
-            ok += 1
-    return ok, len(urls)
+def settings(source: Any) -> dict[str, Any]:
+    """The notifications section with its defaults, from a list of URLs (older callers),
+    the section itself, or a whole configuration (Config or dict)."""
+    if isinstance(source, (list, tuple)):
+        source = {"urls": list(source)}
+    data = getattr(source, "data", source) or {}
+    section = data.get("notifications", data) if isinstance(data, dict) else {}
+    return {**DEFAULTS["notifications"], **section}
 
 
-def _redact(url: str) -> str:
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://…{rest[-12:]}" if rest else url
-
-
-class Outbox:
-    def __init__(self, root: Path) -> None:
-        self.dir = Path(root) / ".git" / "janus" / "outbox"
-        self.dir.mkdir(parents=True, exist_ok=True)
-
-    def put(self, title: str, body: str, kind: str) -> Path:
-        msg = {"title": title, "body": body, "kind": kind, "created_at": utcnow(),
-               "attempts": 0, "next_try": 0.0}
-        path = self.dir / f"{new_id()}.json"
-        atomic_write(path, json.dumps(msg).encode())
-        return path
-
-    def pending(self) -> list[Path]:
-        return sorted(self.dir.glob("*.json"))
-
-    def flush(self, urls: list[str]) -> int:
-        """Try every due message; returns how many were delivered everywhere."""
-        done = 0
-        for path in self.pending():
-            try:
-                msg = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                path.unlink(missing_ok=True)
-                continue
-            if msg["next_try"] > time.time():
-                continue
-            ok, total = send(urls, msg["title"], msg["body"])
-            if ok == total:
-                path.unlink(missing_ok=True)
-                done += 1
-                continue
-            msg["attempts"] += 1
-            if msg["attempts"] >= MAX_ATTEMPTS:
-                log.error("giving up on notification %r after %d attempts", msg["title"],
-                          msg["attempts"])
-                path.rename(path.with_suffix(".failed"))
-                continue
-            msg["next_try"] = time.time() + min(600, 2 ** msg["attempts"])
-            path.write_text(json.dumps(msg))
-        return done
+def send(urls: list[Any], title: str, body: str, kind: str = "test",
+         root: Path | None = None, attach: str | None = None) -> tuple[int, int]:
+    """Deliver now, with no outbox; returns (delivered, total), an unresolvable entry (an
+    unset variable) counting as not delivered."""
+    found, problems = resolve(urls, root)
+    for line in problems:
+        log.error("notification target skipped: %s", line)
+    wanted = [t for t in found if t.wants(kind)]
+    ok = sum(1 for t in wanted if deliver(t, title, body, kind, attach))
+    return ok, len(wanted) + len(problems)
 
 
 def alert_for(p: Proposal, old: Status | None, new: Status) -> tuple[str, str] | None:
@@ -101,54 +64,96 @@ def alert_for(p: Proposal, old: Status | None, new: Status) -> tuple[str, str] |
     return None
 
 
-def needs_human(p: Proposal, rule: str) -> tuple[str, str]:
+def shorten(value: Any, width: int = 120) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def needs_human(p: Proposal, rule: str, risk: str | None = None) -> tuple[str, str]:
+    """An approval request: one entry of the approvals digest, with what to run."""
+    risk = risk or (p.risk if p.risk != "unknown" else "see the tool registry")
     return (f"janus-git: approval needed: {p.id}",
-            f"{p.id} wants {p.tool} {json.dumps(p.args)[:300]} for mission {p.mission} "
-            f"({rule}). Rationale: {p.rationale[:500]}\n"
-            f"Approve: set status: approved in {p.path} and commit, merge the branch "
-            f"janus/proposal/{p.id} with a merge commit, or `janus-git approve {p.id}`.")
+            f"• {p.id}: {p.tool} {shorten(p.args)} (risk {risk}, mission {p.mission}; "
+            f"{rule})\n  why: {shorten(p.rationale, 200)}\n"
+            f"  approve: `janus-git approve {p.id}` (or set status: approved in {p.path} "
+            f"and commit, or merge janus/proposal/{p.id})\n"
+            f"  reject:  `janus-git reject {p.id} --reason ...`")
 
 
 class Notifier:
-    """The daemon's side: alerts go to the outbox, a thread delivers them."""
+    """The daemon's side: posts go to the outbox, a thread digests and delivers them.
 
-    def __init__(self, root: Path, urls: list[str]) -> None:
+    SOURCE is a list of URLs, or a zero-argument callable returning the notifications
+    section (or the whole configuration) in force: then a committed change applies to the
+    next message."""
+
+    def __init__(self, root: Path, source: list[Any] | Callable[[], Any]) -> None:
+        self.root = Path(root)
+        self.source = source
         self.outbox = Outbox(root)
-        self.urls = urls
         self.wake = threading.Event()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="notify", daemon=True)
 
+    def settings(self) -> dict[str, Any]:
+        return settings(self.source() if callable(self.source) else self.source)
+
+    def targets(self) -> list[Target]:
+        found, problems = resolve(self.settings()["urls"], self.root)
+        for line in problems:
+            log.error("notification target skipped: %s", line)
+        return found
+
+    def enabled(self) -> bool:
+        return bool(self.settings()["urls"])
+
     def start(self) -> "Notifier":
-        if self.urls:
+        # with live settings the thread runs even with no URL yet: one may be committed
+        if callable(self.source) or self.enabled():
             self.thread.start()
         return self
 
     def post(self, title: str, body: str, kind: str = "alert") -> None:
-        if not self.urls:
-            return
-        self.outbox.put(title, body, kind)
+        if not self.enabled():
+            return  # nobody to tell: nothing piles up in the outbox
+        self.outbox.add(title, body, kind)
         self.wake.set()
+
+    def post_message(self, title: str, body: str, kind: str, **kw: Any) -> bool:
+        """A whole message, past the digests (the daily summary); False with no target."""
+        if not self.enabled():
+            return False
+        self.outbox.put(title, body, kind, **kw)
+        self.wake.set()
+        return True
 
     def on_transition(self, p: Proposal, old: Status | None, new: Status, _sha: str) -> None:
         alert = alert_for(p, old, new)
         if alert:
             self.post(*alert)
 
+    def cycle(self, force: bool = False) -> float:
+        """Digest what is due, deliver what can go; returns the seconds to wait."""
+        upcoming = self.outbox.digest(float(self.settings()["batch_seconds"]), force)
+        self.outbox.flush(self.targets)
+        return 5.0 if upcoming is None else max(0.05, min(5.0, upcoming - time.time()))
+
     def _run(self) -> None:
+        self.outbox.recover()
         while not self.stop.is_set():
+            wait = 5.0
             try:
-                self.outbox.flush(self.urls)
+                wait = self.cycle()
             except Exception:  # delivery must never take the daemon down
                 log.exception("notification delivery failed")
-            self.wake.wait(5.0)
+            self.wake.wait(wait)
             self.wake.clear()
-        try:  # one last try on the way out (`daemon --once` posts and exits at once)
-            self.outbox.flush(self.urls)
+        try:  # what waits goes on the way out (`daemon --once` posts and exits at once)
+            self.cycle(force=True)
         except Exception:
             log.exception("notification delivery failed")
 
-    def close(self, timeout: float = 5.0) -> None:
+    def close(self, timeout: float = 10.0) -> None:
         self.stop.set()
         self.wake.set()
         if self.thread.is_alive():
@@ -156,6 +161,5 @@ class Notifier:
 
 
 def send_test(sr: Any) -> tuple[int, int]:
-    urls = sr.config["notifications"]["urls"]
-    return send(urls, "janus-git: test",
-                f"Test notification from the state repository {sr.root}.")
+    return send(sr.config["notifications"]["urls"], "janus-git: test",
+                f"Test notification from the state repository {sr.root}.", "test", sr.root)

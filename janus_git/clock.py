@@ -1,0 +1,49 @@
+"""The wall clock the daily summary and reminders are scheduled by.
+
+Tests move it with JANUS_GIT_NOW (an ISO time; the clock then runs on from it), so a daemon
+can be killed at 23:58 and restarted at 00:30 without waiting a night.  It is an environment
+variable of the process, set by whoever starts the daemon: nothing committed can move it.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+log = logging.getLogger("janus_git.clock")
+UTC = dt.timezone.utc
+_START = time.monotonic()
+
+
+def now() -> dt.datetime:
+    """Now, timezone-aware (UTC)."""
+    fixed = os.environ.get("JANUS_GIT_NOW")
+    if fixed:
+        start = parse_time(fixed)
+        return start + dt.timedelta(seconds=time.monotonic() - _START)
+    return dt.datetime.now(UTC)
+
+
+def parse_time(text: str) -> dt.datetime:
+    """An ISO timestamp as janus-git writes them (trailing Z), aware; naive means UTC."""
+    value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def zone(name: str | None) -> dt.tzinfo:
+    """The IANA zone NAME; UTC (and a logged error) for one this machine does not know, so a
+    typo committed to agent.yaml delays nobody's summary."""
+    if not name or name.upper() == "UTC":
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        log.error("notifications.timezone %r is not a known IANA zone; using UTC", name)
+        return UTC
+
+
+def iso(moment: dt.datetime) -> str:
+    """MOMENT in UTC as janus-git's records spell it, so strings compare as times."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
