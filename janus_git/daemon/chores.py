@@ -1,48 +1,143 @@
-"""The daemon's housekeeping between decisions: the daily summary, and a commit-graph that
-keeps per-file `git log` fast.  Neither is on anyone's clock."""
+"""The daemon's housekeeping between decisions: the daily summary, reminders of what still
+waits for a person, and a commit-graph that keeps per-file `git log` fast.  None of them is
+on anyone's clock."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+import logging
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-from .. import summary
-from ..gitrepo import GitRepo
-from ..notify import Notifier
+from .. import clock, report, summary
+from ..gitrepo import GitRepo, crashpoint
+from ..notify import Notifier, settings
 from ..proposal import Status
 from ..state import StateRepo
+from ..summary_text import age
+from ..util import atomic_write
 from .state import DaemonState
 
+log = logging.getLogger("janus_git.daemon")
 GRAPH_EVERY = 200  # new commits between commit-graph writes
+CHECK_EVERY = 30.0  # seconds between looks at the clock: a summary is at most this late
+HELD = "summary-"
 
 
 class DailySummary:
+    """At `daily_summary_at` (in `notifications.timezone`) the day that ended is summarised,
+    committed and sent; days missed while the daemon was down are made at the next look.
+
+    Made once, sent once, across a kill -9: the message waits in the outbox, held, while
+    the summary is committed, and is released after; at start a held one is released when
+    HEAD has its day's summary (the commit happened) and dropped when not (it is made
+    again).  Reminders are looked at on the same beat."""
+
     def __init__(self, sr: StateRepo, state: DaemonState, notifier: Notifier) -> None:
         self.sr = sr
         self.state = state
         self.notifier = notifier
-        self.checked = 0.0
+        self.reminders = Reminders(sr, notifier)
+        self.checked: float | None = None
+        self.recovered = False
 
     def maybe(self) -> None:
-        """Once a day, after `daily_summary_at`: commit the summary and send it."""
         now = time.monotonic()
-        if now - self.checked < 60:
+        if self.checked is not None and now - self.checked < CHECK_EVERY:
             return
         self.checked = now
-        config = self.state.config
-        at = config["notifications"]["daily_summary_at"]
-        if time.strftime("%H:%M") < at:
-            return
-        day = dt.datetime.now(dt.timezone.utc).date()
-        repo = self.sr.repo
-        if repo.read_blob("HEAD", summary.summary_path(day)) is not None:
-            return
-        pending = len(self.sr.index.query(status=[Status.PROPOSED.value]))
-        data = summary.build(repo, day, pending)
+        conf = settings(self.state.config)
+        if not self.recovered:
+            self._recover()
+            self.recovered = True
+        for day in report.due_days(self.sr.repo, conf, clock.now()):
+            self.make(day, conf)
+        self.reminders.maybe(conf)
+
+    def make(self, day: dt.date, conf: dict[str, Any]) -> None:
+        made = report.make(self.sr, day, conf)
+        name = f"{HELD}{day.isoformat()}"
+        posted = self.notifier.post_message(made.title, made.message, "summary",
+                                            attach=made.png, held=True, name=name)
         with self.state.writes:
-            summary.commit_summary(repo, config.identity, data)
-        self.notifier.post(f"janus-git daily summary {day}", summary.render(data), "summary")
+            summary.commit_summary(self.sr.repo, self.state.config.identity, made.data,
+                                   made.markdown, made.png)
+        crashpoint("after-summary-commit")
+        if posted:
+            self.notifier.outbox.release(name)
+            self.notifier.wake.set()
+        log.info("daily summary %s committed%s", day, " and sent" if posted else "")
+
+    def _recover(self) -> None:
+        made = report.made_days(self.sr.repo)
+        for name in self.notifier.outbox.held():
+            if not name.startswith(HELD):
+                continue
+            try:
+                day = dt.date.fromisoformat(name[len(HELD):])
+            except ValueError:
+                continue
+            if day in made:
+                self.notifier.outbox.release(name)
+            else:
+                self.notifier.outbox.drop(name)
+
+
+class Reminders:
+    """A proposal waiting longer than `remind_after` is named again in a "still waiting"
+    digest, once per interval.  The rounds sent are kept in .git/janus/reminders.json and
+    saved before the post: a kill -9 between them skips a reminder, never repeats one."""
+
+    def __init__(self, sr: StateRepo, notifier: Notifier) -> None:
+        self.sr = sr
+        self.notifier = notifier
+        self.path = sr.repo.git_dir / "janus" / "reminders.json"
+
+    def maybe(self, conf: dict[str, Any]) -> list[str]:
+        every = float(conf["remind_after"])
+        now = clock.now()
+        rows = self.sr.index.query(status=[Status.PROPOSED.value])
+        sent = self._load()
+        due = []
+        for row in rows:
+            try:
+                waited = (now - clock.parse_time(str(row["created_at"]))).total_seconds()
+            except ValueError:
+                continue
+            rounds = int(waited // every)
+            if rounds >= 1 and sent.get(row["id"], 0) < rounds:
+                due.append((waited, row))
+                sent[row["id"]] = rounds
+        waiting = {r["id"] for r in rows}
+        kept = {k: v for k, v in sent.items() if k in waiting}
+        if kept != self._load():  # an idle daemon writes nothing
+            self._save(kept)
+        if due:
+            due.sort(key=lambda d: (-d[0], d[1]["id"]))
+            self.notifier.post(*still_waiting(due, every), kind="reminder")
+        return [r["id"] for _, r in due]
+
+    def _load(self) -> dict[str, int]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _save(self, data: dict[str, int]) -> None:
+        atomic_write(self.path, json.dumps(data, sort_keys=True).encode())
+
+
+def still_waiting(due: list[tuple[float, dict[str, Any]]], every: float) -> tuple[str, str]:
+    lines = [f"{len(due)} proposal{'s' * (len(due) != 1)} still wait for a person "
+             f"(longer than {every / 3600:g} h, oldest first):"]
+    for waited, row in due:
+        lines.append(f"• {row['id']}: {row.get('tool')} ({row.get('type')}, mission "
+                     f"{row.get('mission')}) waiting {age(waited / 3600)}: "
+                     f"`janus-git approve {row['id']}` / `janus-git reject {row['id']}`")
+    return f"janus-git: {len(due)} still waiting for approval", "\n".join(lines)
 
 
 class CommitGraph:
