@@ -237,13 +237,11 @@ def run(argv: list[str], limits: dict, root: Path, *, network: bool = False,
     status, usage, out = supervise(proc, meter, killer, limits,
                                    t0 + limits["timeout_s"], cancel)
     wall = time.monotonic() - t0
-    meter.cpu_seconds = max(meter.cpu_seconds, cg.cpu_seconds() or 0.0,
-                            usage.ru_utime + usage.ru_stime)
-    meter.peak_rss = max(meter.peak_rss, usage.ru_maxrss / 1024)
     meter.bytes_written = max(meter.bytes_written, dir_bytes(scratch))
+    res = meter.resources(usage, wall)  # before the cleanup: it reads the cgroups
+    meter.cpu_seconds = res["cpu_seconds"]  # the post-mortem judges the final figures
     exit_code, sig, limit = _post_mortem(status, iso, killer, meter, cg, limits, out)
     _cleanup(cg, scratch if owned else None)
-    res = meter.resources(wall)
     return SandboxResult(list(argv), iso, limits, exit_code, sig, limit, res, out.text(),
                          out.total, started, utcnow(), _error(exit_code, sig, limit, limits, res),
                          sorted(cg.dirs), _reachable(iso, network), bool(waiter), landlock,

@@ -175,6 +175,7 @@ def start_bwrap(argv: list[str], cwd: Path, env: dict, stdin, cg: Cgroups,
             cg.attach(pid)
         for pid in [proc.pid, *inner]:
             set_rlimits(pid, lim)
+        cg.start_counting()
         os.write(block_w, b"x")
     except OSError as e:
         abort(proc, e)  # never run the command outside its limits
@@ -208,6 +209,7 @@ def start_warm(pre: Prestarted, argv: list[str], cwd: Path, env: dict,
     uid); the reduced chain lowers its own with prlimit(1) instead."""
     if lim:
         set_rlimits(pre.pid, lim)
+    pre.cg.start_counting()
     pre.release(argv, str(cwd), env)
     return pre.proc
 
@@ -257,15 +259,16 @@ def start_reduced(argv: list[str], cwd: Path, env: dict, stdin,
                   cg: Cgroups) -> subprocess.Popen:
     """The reduced chain (reduced_argv); with cgroups a /bin/sh in front waits on stdin until
     we have attached its pid, then execs it, so nothing escapes the cgroups."""
-    if cg.dirs:
+    if cg.joined:
         argv = ["/bin/sh", "-c", _WRAPPER, "janus-sandbox", *argv]
         stdin = subprocess.PIPE
     proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, cwd=cwd, env=env,
                             start_new_session=True)
-    if cg.dirs:
+    if cg.joined:
         try:
             cg.attach(proc.pid)
+            cg.start_counting()
             os.write(proc.stdin.fileno(), b"\n")  # the wrapper's `read` returns: exec
         except OSError as e:
             abort(proc, e)

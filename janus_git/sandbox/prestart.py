@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from . import cgroups
 from .cgroups import Cgroups
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -149,8 +150,8 @@ def spawn(kind: str) -> Prestarted | None:
     to 65534: setpriv, under bwrap or in the reduced chain), or None where no cgroup can be
     made."""
     bare = kind.endswith("-bare")
-    cg = Cgroups(f"run-{os.getpid()}-{time.monotonic_ns()}", enabled=not bare)
-    if not cg.dirs and not bare:
+    cg = cgroups.make(cgroups.run_name(), enabled=not bare)
+    if not cg.joined and not bare:
         return None
     read_end, write_end = os.pipe()
     try:
@@ -183,8 +184,8 @@ def spawn_sandbox(kind: str, root: Path, network: bool, hide_git: bool, binds: l
     could be written to, through /proc/<pid>/fd/0, by any other process of that uid.  Its
     scratch dir sits in a 0700 directory of ours for the same reason."""
     from .launch import NOBODY, PATH, bwrap_argv, drop_to_nobody, start_bwrap
-    cg = Cgroups(f"run-{os.getpid()}-{time.monotonic_ns()}")
-    if not cg.dirs:
+    cg = cgroups.make(cgroups.run_name())
+    if not cg.joined:
         return None
     private = Path(tempfile.mkdtemp(prefix=f"janus-git-run-{os.getpid()}-"))
     scratch = private / "tmp"

@@ -9,11 +9,11 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from . import cgroups
 from .cgroups import Cgroups
 from .launch import (CONFINE, NOBODY, PATH, bwrap_argv, confine_flags, drop_to_nobody,
                      reduced_argv, rlimits, setpriv_argv, start_bwrap, start_reduced,
@@ -101,7 +101,7 @@ class Launch:
             except (OSError, ValueError) as e:
                 log.warning("warm start failed (%s); starting cold", e)
                 pre.discard()
-        cg = Cgroups(f"run-{os.getpid()}-{time.monotonic_ns()}", self.use_cg)
+        cg = cgroups.make(cgroups.run_name(), self.use_cg)
         try:
             return self._start(None, cg), cg, ""
         except OSError:
@@ -121,6 +121,7 @@ class Launch:
         lim = rlimits(self.limits, pre.cg, self.overhead, not drop_to_nobody())
         # no `cd`: bwrap made /repo the working directory (and a 0700 repository could not
         # be entered again by uid 65534); the shell is still root: setpriv drops it last
+        pre.cg.start_counting()
         pre.release(setpriv_argv() + self.argv, None, self.env(), ulimit_lines(lim))
         # the waiter's scratch is the run's from now on: the run removes it
         pre.scratch, self.owned = None, True

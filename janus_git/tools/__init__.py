@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..audit import TOOL_USE_SCHEMA, tool_use_line, tool_use_schema
+from .. import audit
+from ..audit import TOOL_USE_SCHEMA, tool_use_schema
 from ..errors import JanusError
 
 __all__ = ["RUNNERS", "RunResult", "TOOL_USE_SCHEMA", "ToolRefused", "check", "doctor",
@@ -67,6 +68,17 @@ def from_sandbox(res: Any, files: dict[str, bytes | None] | None = None) -> RunR
                      output_bytes=res.output_bytes, network=res.network,
                      confinement={"cgroups": list(res.cgroups), "landlock": res.landlock,
                                   "warm_start": res.warm})
+
+
+def tool_use_line(proposal: Any, result: Any) -> dict[str, Any]:
+    """The logs/tool_use.jsonl line.  How each figure was measured (``resources["measured"]``,
+    see sandbox.measure) rides in ``extra.measured``: the line's schema keeps ``resources``
+    to numbers, and the summary reads them as they are."""
+    line = audit.tool_use_line(proposal, result)
+    measured = (result.resources or {}).get("measured")
+    if isinstance(measured, dict) and measured:
+        line["extra"] = {**line.get("extra", {}), "measured": dict(measured)}
+    return line
 
 
 def refused(proposal: Any, config: Any, reason: str) -> RunResult:
