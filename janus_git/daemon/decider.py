@@ -2,15 +2,18 @@
 automatic approval, a refusal, or an approval branch offered to a person.
 
 Only the policy in force (the rules' configuration, never the working tree's agent.yaml)
-approves by itself, and only in `beta` mode for the whitelisted types and tools; the relief
-valve archives auto work past `max_pending_auto` so a runaway planner cannot flood the queue.
+approves by itself, and only in `beta` mode for the whitelisted types and tools.  While the
+relief valve is open (controls.py: too much auto work queued, host memory, automatic runs
+failing) automatic work is deferred: it stays `proposed`, nothing is committed, and it is
+decided again once the valve closes (`due()`), so a runaway planner cannot flood the queue
+and nothing is lost.  The valve's opening is alerted once; a person's work is never deferred.
 """
 from __future__ import annotations
 
 import logging
 
 from .. import lifecycle
-from ..controls import ReliefValve
+from ..controls import Controls
 from ..errors import JanusError
 from ..gitrepo import crashpoint
 from ..notify import Notifier, needs_human
@@ -26,24 +29,50 @@ S = Status
 
 class Decider:
     def __init__(self, sr: StateRepo, state: DaemonState, branches: ApprovalBranches,
-                 valve: ReliefValve, notifier: Notifier) -> None:
+                 controls: Controls, notifier: Notifier) -> None:
         self.sr = sr  # its index lists the proposals to decide
         self.repo = sr.repo
         self.store = sr.store
         self.state = state
         self.branches = branches
-        self.valve = valve
+        self.controls = controls
+        self.valve = controls.valve
         self.notifier = notifier
+        self.deferred: set[str] = set()  # auto work the open valve holds back
+        self._redecide = False
+        controls.on_valve = self._valve_moved
+
+    def due(self) -> bool:
+        """Whether deferred work is to be decided again (the valve closed since)."""
+        return self._redecide
+
+    def _valve_moved(self, change: str) -> None:
+        if change == "opened":
+            why = self.valve.describe()
+            log.warning("relief valve open: %s; automatic work is deferred", why)
+            self.notifier.post("janus-git: relief valve open, automatic work deferred",
+                               f"{why}.\nAutomatic proposals stay proposed and are decided "
+                               "again when the pressure falls; people's approvals still run.",
+                               kind="alert")
+        else:
+            log.info("relief valve closed; %d deferred proposal(s) decided again",
+                     len(self.deferred))
+            self._redecide = bool(self.deferred)
 
     def decide_new(self) -> None:
         from .. import tools
 
         state = self.state
-        pending_auto = state.pending_auto()
-        for row in self.sr.index.query(status=[S.PROPOSED.value]):
+        self._redecide = False
+        self.controls.configure(state.config["controls"])
+        rows = self.sr.index.query(status=[S.PROPOSED.value])
+        self.deferred &= {row["id"] for row in rows}
+        for row in rows:
             pid = row["id"]
             if pid in state.seen_manual or pid in state.queue:
                 continue
+            if pid in self.deferred and self.controls.defers_auto(state.pending_auto()):
+                continue  # still held back: not read again until the valve closes
             current = self.store.head(pid)
             if current is None:
                 continue
@@ -66,14 +95,11 @@ class Decider:
                 state.seen_manual.add(pid)
                 self.notifier.post(*needs_human(p, decision.reason), kind="approval")
                 continue
-            if self.valve.should_vent(pending_auto):
-                with state.writes:
-                    lifecycle.transition(self.repo, p, S.ARCHIVED, state.config.identity,
-                                         base_text=text, reason="relief valve: "
-                                         f"{pending_auto} auto proposals already queued")
+            if self.controls.defers_auto(state.pending_auto()):
+                self.deferred.add(pid)  # stays proposed: decided again when it closes
                 continue
+            self.deferred.discard(pid)
             self._approve(p, text, decision)
-            pending_auto += 1
 
     def _approve(self, p: Proposal, text: bytes, decision) -> None:
         """The policy's approval: committed (with the rule that made it), then queued."""

@@ -1,20 +1,36 @@
-"""How the daemon runs approved proposals: the escapement lets one start, its tool runs in a
-worker thread, and the daemon's own thread commits the result.
+"""How the daemon runs approved proposals: run slots in two lanes, the escapement lets each
+start, its tool runs in a worker thread, and the daemon's own thread commits the result.
+
+Run slots (controls.max_parallel_runs) in two lanes.  The people's lane (work a person
+approved, decision rule "human") is looked at first, may use any free slot and is paced only
+by its own escapement at the base rate.  Automatic work starts only while, after it starts,
+`reserved_for_people` slots would still be free (so an approval arriving then finds a slot),
+and only within the governor's auto slots and rate; while the relief valve is open for memory
+or failures it starts none.  reserved_for_people is capped at max_parallel_runs - 1, so 1 run
+slot is today's one run at a time, people first.
+
+Exclusive tools (`exclusive: true`, e.g. llama_bench measure the host): an exclusive run first
+*waits*: no automatic run and no thinking cycle starts, and it starts once no other run and
+no thinking cycle is left; while it runs nothing else starts.  A person's approval never
+waits for a queue: one that arrives while the exclusive run is waiting starts first (the
+exclusive run waits for it too), and one that arrives while it runs waits for that one run
+only, and then goes before any other exclusive run queued.
 
 Crash safety: `running` is committed before the tool starts, and a proposal found `running`
 at start-up is moved to `interrupted`, never re-run silently.  The result, its output, its
 audit line and every file the tool changed are one commit, so `git revert` of that commit
-undoes all of it.  An approval is used by the run: it never counts again.
+undoes all of it; concurrent runs' results are committed one by one as they finish, each
+under the write lock.  An approval is used by the run: it never counts again.
 """
 from __future__ import annotations
 
 import json
 import logging
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 from .. import lifecycle
-from ..controls import Escapement, Governor
+from ..controls import Controls
 from ..errors import Conflict, JanusError
 from ..gitrepo import UnsafePath, crashpoint, stallpoint
 from ..policy import decide
@@ -29,30 +45,119 @@ S = Status
 
 class Executor:
     def __init__(self, sr: StateRepo, state: DaemonState, branches: ApprovalBranches,
-                 escapement: Escapement, governor: Governor, context: Callable[[], object],
-                 on_start: Callable[[str, int], None] | None = None) -> None:
+                 controls: Controls, context: Callable[[], object],
+                 on_start: Callable[[str, int], None] | None = None,
+                 thinking: Callable[[], bool] = lambda: False) -> None:
         self.sr = sr
         self.repo = sr.repo
         self.store = sr.store
         self.state = state
         self.branches = branches
-        self.escapement = escapement
-        self.governor = governor
+        self.controls = controls
         self.context = context  # the model context tools may use (loaded on first use)
         self.on_start = on_start
+        self.thinking = thinking  # whether a thinking cycle is under way
+        self.exclusive_waiting: str | None = None
+        self._tools: dict[str, str | None] = {}  # queued id -> its tool (read once)
 
+    # -- which ticket starts next -----------------------------------------------------------
     def start_runs(self) -> None:
         state = self.state
-        while state.queue and not state.runs and not state.exiting:
-            self.governor.update(_cpu_percent(), 1.0 / state.config["controls"]["tick_hz"])
-            if self.escapement.wait_time(self.governor.throttle) > 0:
+        self.controls.configure(state.config["controls"])
+        self.controls.sample(state.pending_auto())
+        while state.queue and not state.exiting:
+            ticket = self._next()
+            if ticket is None:
                 return
-            ticket = state.queue.pop(next(iter(state.queue)))
+            del state.queue[ticket.id]
             try:
                 self.start(ticket)
             except Conflict:
                 state.queue[ticket.id] = ticket  # a person is editing it: try again later
                 raise
+
+    def _next(self) -> Ticket | None:
+        """The ticket that may start now, or None; sets exclusive_waiting."""
+        state, c = self.state, self.controls
+        self.exclusive_waiting = None
+        if any(r.exclusive for r in state.runs.values()):
+            return None  # an exclusive run has the host to itself
+        if state.running() >= c.max_runs:
+            return None
+        first = {}
+        for t in state.queue.values():
+            first.setdefault(t.lane, t)
+        for lane in ("people", "auto"):
+            t = first.get(lane)
+            if t is None:
+                continue
+            if self._exclusive(t) and (state.runs or self.thinking()):
+                self.exclusive_waiting = t.id
+                if lane == "people":
+                    # a later approval may go first: people never wait for a queue
+                    t = next((u for u in state.queue.values() if u.lane == "people"
+                              and not self._exclusive(u)), None)
+                    if t is not None and self._may_start(t):
+                        return t
+                return None  # no automatic work starts while it waits
+            if self._may_start(t):
+                return t
+        return None
+
+    def _may_start(self, t: Ticket) -> bool:
+        state, c = self.state, self.controls
+        if t.lane == "people":
+            return c.people.wait_time() == 0
+        if c.valve.is_open and any(k != "queue" for k in c.valve.why):
+            return False  # memory or failures: hold automatic runs as well as decisions
+        if state.running() + 1 > c.max_runs - c.reserved:
+            return False
+        if state.running("auto") + 1 > c.governor.slots:
+            return False
+        return c.auto.wait_time(c.governor.scale) == 0
+
+    def _exclusive(self, t: Ticket) -> bool:
+        if t.id not in self._tools:
+            if len(self._tools) > 4096:
+                self._tools.clear()
+            current = self.store.head(t.id)
+            tool = current[0].tool if current else None
+            self._tools[t.id] = tool if isinstance(tool, str) else None
+        tool = self._tools[t.id]
+        spec = self.state.config.tools.get(tool) if tool else None
+        return bool(spec and spec.get("exclusive"))
+
+    def holds_thinking(self) -> bool:
+        """Whether a thinking cycle must not start (an exclusive run waits or runs)."""
+        return self.exclusive_waiting is not None or any(
+            r.exclusive for r in self.state.runs.values())
+
+    def status(self) -> dict[str, Any]:
+        """The controls and the run slots, for `janus-git status` (daemon.json "controls")."""
+        state, c = self.state, self.controls
+        out = c.status()
+        out["slots"] = {"max": c.max_runs, "reserved_for_people": c.reserved,
+                        "auto_limit": min(c.auto_slots_max, c.governor.slots),
+                        "in_use": {"people": state.running("people"),
+                                   "auto": state.running("auto")},
+                        "queued": {"people": len(state.queue) - state.pending_auto(),
+                                   "auto": state.pending_auto()}}
+        running = next((r.id for r in state.runs.values() if r.exclusive), None)
+        out["exclusive"] = ({"id": running, "state": "running"} if running else
+                            {"id": self.exclusive_waiting, "state": "waiting"}
+                            if self.exclusive_waiting else None)
+        return out
+
+    def next_start_in(self, tick: float) -> float:
+        """Seconds the loop may sleep before a queued ticket could start (at most TICK)."""
+        state, c = self.state, self.controls
+        if not state.queue or state.stopped or state.running() >= c.max_runs:
+            return tick
+        lanes = {t.lane for t in state.queue.values()}
+        waits = [c.people.wait_time()] if "people" in lanes else []
+        if "auto" in lanes:
+            waits.append(c.auto.wait_time(c.governor.scale))
+        return min(tick, max(0.0, min(waits)))
 
     def start(self, ticket: Ticket) -> None:
         from .. import tools
@@ -92,8 +197,12 @@ class Executor:
             lifecycle.transition(self.repo, p, S.RUNNING, state.config.identity,
                                  base_text=text, update=mark)
         crashpoint("after-running-commit")
-        self.escapement.take()
-        run = Run(p.id, thread=None)  # type: ignore[arg-type]
+        (self.controls.people if ticket.lane == "people" else self.controls.auto).take()
+        run = Run(p.id, thread=None, lane=ticket.lane,  # type: ignore[arg-type]
+                  exclusive=self._exclusive(ticket))
+        self._tools.pop(p.id, None)
+        if run.exclusive:
+            run.host_before = self.controls.host.load()
 
         def work() -> None:
             try:
@@ -107,7 +216,8 @@ class Executor:
 
         run.thread = threading.Thread(target=work, name=f"run-{p.id}", daemon=True)
         state.runs[p.id] = run
-        state.activity = f"running {p.id} ({p.tool})"
+        self.exclusive_waiting = None
+        state.activity = "running " + ", ".join(sorted(state.runs))
         run.thread.start()
         stallpoint("after-run-start")  # tests: the main loop busy while a tool runs
         self.branches.drop(p.id)  # after the start: it is bookkeeping, not on anyone's clock
@@ -142,6 +252,8 @@ class Executor:
                 log.info("result of %s waits: %s", item[1].id, e)
         if not state.runs:
             state.activity = "stopped" if state.stopped else "idle"
+        else:
+            state.activity = "running " + ", ".join(sorted(state.runs))
 
     def join(self) -> None:
         """Wait for every running tool to end (the first SIGTERM lets the step in hand
@@ -158,6 +270,10 @@ class Executor:
             log.warning("%s is %s, not running; result dropped", p.id, p.status.value)
             return
         result = run.result
+        host = {"before": run.host_before, "after": self.controls.host.load()} \
+            if run.exclusive else None
+        self.controls.run_ended(run.lane, not isinstance(result, Exception) and (
+            result.status == "succeeded" or result.limit_hit == "cancelled"))
         if isinstance(result, Exception):
             p.execution.update(ended_at=utcnow(), error=f"tool crashed: {result}")
             lifecycle.transition(self.repo, p, S.FAILED, identity, base_text=text,
@@ -176,7 +292,10 @@ class Executor:
             q.execution = {**q.execution, "ended_at": result.ended_at,
                            "exit_code": result.exit_code, "limit_hit": result.limit_hit,
                            "isolation": result.isolation, "resources": result.resources,
-                           "output": out_path, "files": sorted(result.files)}
+                           "output": out_path, "files": sorted(result.files),
+                           "lane": run.lane}
+            if host is not None:  # an exclusive run: was the host as quiet as it claims?
+                q.execution.update(exclusive=True, host_load=host)
 
         reason = result.error or ("stopped by the emergency stop" if cancelled else "")
         try:
@@ -211,6 +330,3 @@ class Executor:
         crashpoint("after-interrupt")
 
 
-def _cpu_percent() -> float:
-    import psutil
-    return psutil.cpu_percent(interval=None)

@@ -20,18 +20,28 @@ from ..util import atomic_write
 
 @dataclass
 class Ticket:
-    """An approved proposal waiting for the escapement."""
+    """An approved proposal waiting for a run slot and the escapement."""
     id: str
     decision: dict[str, Any]
+
+    @property
+    def lane(self) -> str:
+        """"people" for work a person approved (it starts first), else "auto"."""
+        return "people" if self.decision.get("rule") == "human" else "auto"
 
 
 @dataclass
 class Run:
-    """A tool running in a worker thread; RESULT is set when it ends."""
+    """A tool running in a worker thread; RESULT is set when it ends.  LANE is "people" (a
+    person approved it) or "auto"; an EXCLUSIVE run has the host to itself, and records the
+    host's load before (HOST_BEFORE) and after it."""
     id: str
     thread: threading.Thread
     cancel: threading.Event = field(default_factory=threading.Event)
     result: Any = None
+    lane: str = "auto"
+    exclusive: bool = False
+    host_before: dict[str, Any] | None = None
 
 
 @dataclass
@@ -67,8 +77,10 @@ class DaemonState:
         return self.rules.config
 
     def pending_auto(self) -> int:
-        return sum(1 for t in self.queue.values()
-                   if t.decision.get("rule", "").startswith("auto:"))
+        return sum(1 for t in self.queue.values() if t.lane == "auto")
+
+    def running(self, lane: str | None = None) -> int:
+        return sum(1 for r in self.runs.values() if lane is None or r.lane == lane)
 
 
 class CursorFile:
