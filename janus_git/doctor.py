@@ -62,14 +62,27 @@ def _trust(root: Path) -> str:
     return f"{signed}; {agent}"
 
 
+def _cgroups(sb: dict[str, Any]) -> str:
+    """Which cgroup version and controllers runs get, and what to change when not all."""
+    version = sb.get("cgroup_version", 1)
+    names = [n for n, ok in sb["cgroups"].items() if ok and n != "tree"]
+    if names:
+        line = f"v{version}: {', '.join(names)}"
+    elif sb["cgroups"].get("tree"):
+        line = (f"v{version}: a cgroup per run (exact CPU time, every process counted), no "
+                "controller: memory and processes capped by rlimits")
+    else:
+        line = "none writable: memory and processes capped by rlimits"
+    advice = sb.get("cgroup_advice", "")
+    return f"{line}; TO FIX: {advice}" if advice else line
+
+
 def render(info: dict[str, Any]) -> list[str]:
     """The report for people: one line per finding, the sandbox spelled out."""
     out = [f"git:        {info['git']}"]
     sb = info["sandbox"]
     out.append(f"isolation:  {sb['isolation']}; {sb['why']}")
-    cg = [name for name, ok in sb["cgroups"].items() if ok]
-    out.append("cgroups:    " + (", ".join(cg) if cg else
-                                 "none writable: memory and processes capped by rlimits"))
+    out.append(f"cgroups:    {_cgroups(sb)}")
     out.append(f"guards:     fork bombs: {sb['fork_bomb_guard']}; network "
                f"{'isolated' if sb['network_isolation'] else 'REACHABLE by every tool'}; "
                f"runs as uid {sb['run_as_uid']}; warm starts "

@@ -9,7 +9,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from . import cgroups, confine
+from . import cgroup2, cgroups, confine
 from .launch import NOBODY, bwrap_argv, drop_to_nobody
 from .prestart import prestart_off
 
@@ -69,6 +69,7 @@ def probes() -> dict:
             sweep_scratch()
             ok, why = bwrap_probe()
             _probe = {"bwrap_usable": ok, "bwrap_why": why, "cgroups": cgroups.probe(),
+                      "cgroup_version": cgroups.version(),
                       "unshare_net": unshare_probe(), "landlock": confine.abi()}
         return _probe
 
@@ -99,7 +100,8 @@ def doctor() -> dict:
     cg = {k: (v and not cgroups_off()) for k, v in p["cgroups"].items()}
     return {"bwrap": shutil.which("bwrap") is not None, "bwrap_path": shutil.which("bwrap"),
             "bwrap_usable": p["bwrap_usable"], "isolation": isolation, "why": why,
-            "forced_reduced": forced, "cgroups": cg,
+            "forced_reduced": forced, "cgroups": cg, "cgroup_version": p["cgroup_version"],
+            "cgroup_advice": cgroup_advice(cg, p["cgroup_version"]),
             "fork_bomb_guard": "pids cgroup" if cg.get("pids") else
             "RLIMIT_NPROC as uid 65534" if drop_to_nobody() else
             "RLIMIT_NPROC in the run's own user namespace" if isolation == "bwrap" or
@@ -108,6 +110,20 @@ def doctor() -> dict:
             "network_isolation": isolation == "bwrap" or p["unshare_net"],
             "warm_starts": any(cg.values()) and not prestart_off(),
             "landlock": landlock}
+
+
+def cgroup_advice(cg: dict, version: int) -> str:
+    """What to change so that runs get every controller; "" when they do."""
+    if cgroups_off():
+        return "JANUS_GIT_NO_CGROUPS is set: runs get no cgroup"
+    controllers = {k: v for k, v in cg.items() if k != "tree"}
+    if controllers and all(controllers.values()):
+        return ""
+    if version == 2 or cgroup2.mount_point() is not None and not any(cg.values()):
+        return cgroup2.delegation_advice()
+    missing = ", ".join(k for k, v in controllers.items() if not v)
+    return (f"cgroup v1 {missing} not writable under the daemon's cgroup: run the daemon as "
+            "root, or on a cgroup v2 host under systemd with Delegate=yes")
 
 
 def python_binds() -> list[str]:
