@@ -54,12 +54,19 @@ def last_due(settings: dict[str, Any], now: dt.datetime) -> dt.date:
     return local.date() - dt.timedelta(days=1 if passed else 2)
 
 
-def due_days(repo: GitRepo, settings: dict[str, Any], now: dt.datetime) -> list[dt.date]:
+def due_days(repo: GitRepo, settings: dict[str, Any], now: dt.datetime,
+             since: dt.datetime | None = None) -> list[dt.date]:
     """Days whose summary is due and not in HEAD, oldest first.  A repository with none yet
-    starts with the day that just ended."""
+    starts with the first day whose summary time came after SINCE (when this daemon first
+    looked): a first start sends nothing (and the day that just ended without SINCE)."""
     end = last_due(settings, now)
     made = made_days(repo)
-    first = max(made) + dt.timedelta(days=1) if made else end
+    if made:
+        first = max(made) + dt.timedelta(days=1)
+    elif since is not None:
+        first = last_due(settings, since) + dt.timedelta(days=1)
+    else:
+        first = end
     first = max(first, end - dt.timedelta(days=MAX_BACKLOG - 1))
     days = []
     while first <= end:

@@ -52,7 +52,7 @@ class DailySummary:
         if not self.recovered:
             self._recover()
             self.recovered = True
-        for day in report.due_days(self.sr.repo, conf, clock.now()):
+        for day in report.due_days(self.sr.repo, conf, clock.now(), self._since()):
             self.make(day, conf)
         self.reminders.maybe(conf)
 
@@ -69,6 +69,17 @@ class DailySummary:
             self.notifier.outbox.release(name)
             self.notifier.wake.set()
         log.info("daily summary %s committed%s", day, " and sent" if posted else "")
+
+    def _since(self) -> dt.datetime:
+        """When this daemon first looked (kept in .git/janus/): a repository with no
+        summary yet gets its first for a day that ends after it, never one at start."""
+        path = self.sr.repo.git_dir / "janus" / "summaries-since"
+        try:
+            return clock.parse_time(path.read_text())
+        except (OSError, ValueError):
+            now = clock.now()
+            atomic_write(path, clock.iso(now).encode())
+            return now
 
     def _recover(self) -> None:
         made = report.made_days(self.sr.repo)
