@@ -11,6 +11,7 @@ and nothing is lost.  The valve's opening is alerted once; a person's work is ne
 from __future__ import annotations
 
 import logging
+import time
 
 from .. import lifecycle
 from ..controls import Controls
@@ -25,6 +26,7 @@ from .state import DaemonState, Ticket
 
 log = logging.getLogger("janus_git.daemon")
 S = Status
+ALERT_EVERY_S = 600.0  # the relief valve's alert, at most this often
 
 
 class Decider:
@@ -40,6 +42,7 @@ class Decider:
         self.notifier = notifier
         self.deferred: set[str] = set()  # auto work the open valve holds back
         self._redecide = False
+        self._alerted = 0.0
         controls.on_valve = self._valve_moved
 
     def due(self) -> bool:
@@ -49,6 +52,13 @@ class Decider:
     def _valve_moved(self, change: str) -> None:
         if change == "opened":
             why = self.valve.describe()
+            now = time.monotonic()
+            # a backlog that drains opens and closes the valve in turn: one alert per
+            # ALERT_EVERY_S, the rest in the log
+            if self._alerted and now - self._alerted < ALERT_EVERY_S:
+                log.info("relief valve open again: %s", why)
+                return
+            self._alerted = now
             log.warning("relief valve open: %s; automatic work is deferred", why)
             self.notifier.post("janus-git: relief valve open, automatic work deferred",
                                f"{why}.\nAutomatic proposals stay proposed and are decided "
