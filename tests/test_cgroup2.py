@@ -126,6 +126,13 @@ def test_standin_set_up_leaf_then_controllers(fake):
     assert cgroup2.probe(fake) == {"memory": True, "pids": True, "cpu": True, "tree": True}
 
 
+def test_standin_started_in_the_leaf(fake):
+    """systemd 254+ with DelegateSubgroup=daemon, or a daemon restarted in the same cgroup:
+    runs go beside the leaf, not under it."""
+    again = cgroup2.Hierarchy(fake.mount, OWN + "/daemon")
+    assert again.own == OWN and again.runs_dir() == fake.own_dir / "janus-git"
+
+
 def test_standin_caps_written(fake):
     cg = cgroup2.Cgroups2("run-1-2-3", fake)
     assert sorted(cg.dirs) == ["cpu", "memory", "pids"] and cg.joined

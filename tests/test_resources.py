@@ -109,3 +109,31 @@ def test_tool_use_line_says_how_each_figure_was_measured(tmp_path):
     assert line["extra"]["measured"]["cpu_seconds"]
     assert "measured" not in line["resources"]
     json.dumps(line)
+
+
+@pytest.mark.parametrize("cgroups", [pytest.param(True, id="cgroups", marks=pytest.mark.skipif(
+    not HAVE_V1, reason="no writable cgroup v1")), pytest.param(False, id="rlimits")])
+def test_parallel_runs_keep_their_own_figures(tmp_path, monkeypatch, cgroups):
+    """Two runs started together (parallel run slots) take waiters and cgroups of their own:
+    the 200 MB of one never shows in the other's figures."""
+    import threading
+    if not cgroups:
+        monkeypatch.setenv("JANUS_GIT_NO_CGROUPS", "1")
+    sandbox.prepare("reduced", wait=5)
+    results: dict[str, sandbox.SandboxResult] = {}
+    go = threading.Barrier(3)
+
+    def one(name: str) -> None:
+        go.wait()
+        results[name] = sandbox.run(["python3", "-S", "-c", PROGRAMS[name]], LIMITS,
+                                    tmp_path, isolation="reduced")
+    threads = [threading.Thread(target=one, args=(n,)) for n in ("print", "alloc200")]
+    for t in threads:
+        t.start()
+    go.wait()
+    for t in threads:
+        t.join(30)
+    for name, res in results.items():
+        assert res.exit_code == 0, (name, res.error)
+        check(name, res.resources, res.output)
+    assert len(results) == 2

@@ -66,7 +66,10 @@ class Hierarchy:
     """The delegated subtree: MOUNT is the tree's root, OWN the daemon's cgroup in it."""
 
     def __init__(self, mount: Path, own: str) -> None:
-        self.mount, self.own = Path(mount), own or "/"
+        own = own or "/"
+        if own.endswith("/daemon"):  # already in the leaf (DelegateSubgroup=daemon, a restart)
+            own = own.removesuffix("/daemon") or "/"
+        self.mount, self.own = Path(mount), own
         self.own_dir = self.mount / self.own.lstrip("/")
         self.problem = ""  # why runs get fewer controllers than WANTED (doctor says it)
         self._runs: Path | None = None
