@@ -130,18 +130,66 @@ def test_outbox_keeps_alerts_until_the_receiver_is_back(state_dir, tmp_path):
         r.close()
 
 
-def test_daily_summary_is_committed_and_mailed(state_dir, smtp):
-    configure(state_dir, notifications={"urls": [smtp.url], "daily_summary_at": "00:00"})
-    ok = propose(state_dir, "echo", "fine")
-    bad = propose(state_dir, "ls", "missing-file")
+def test_summary_send_mails_the_chart_and_exits_1_when_a_target_is_down(state_dir, smtp):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    configure(state_dir, notifications={"urls": [smtp.url]})
+    propose(state_dir, "echo", "fine")
     run_once(state_dir)
-    run_once(state_dir)
-    out = subprocess.run(["janus-git", "summary", "-C", str(state_dir), "--json"],
-                         capture_output=True, text=True, check=True)
-    data = json.loads(out.stdout)
-    assert data["executed"] == 2 and data["succeeded"] == 1 and data["success_rate"] == 0.5
-    assert data["resources"]["wall_seconds"]["max"] > 0
-    day = data["date"]
-    assert (state_dir / "logs" / "summaries" / f"{day}.md").exists()  # the daemon wrote it
-    wait_for(lambda: any("daily summary" in m for m in smtp.mails), 15, "the summary mail")
-    assert ok and bad
+    today = subprocess.run(["date", "-u", "+%F"], capture_output=True, text=True).stdout.strip()
+    out = subprocess.run(["janus-git", "summary", "-C", str(state_dir), "--date", today,
+                          "--send"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "delivered to 1 of 1" in out.stderr
+    assert "**1 runs, 100 % succeeded**" in out.stdout
+    assert "Content-Type: image/png" in smtp.mails[0]
+    configure(state_dir, notifications={"urls": [f"json://127.0.0.1:{dead}/"]})
+    out = subprocess.run(["janus-git", "summary", "-C", str(state_dir), "--send"],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "delivered to 0 of 1" in out.stderr
+
+
+def test_a_committed_url_change_is_used_by_the_next_alert(state_dir):
+    """Hot reload: the daemon reads notifications from the rules in force at each message."""
+    first, second = Receiver(), Receiver()
+    try:
+        configure(state_dir, notifications={"urls": [first.url], "batch_seconds": 0})
+        with DaemonProcess(state_dir):
+            one = propose(state_dir, "ls", "no-such-file-1")
+            wait_for(lambda: first.messages, what="the alert to the first URL")
+            configure(state_dir, notifications={"urls": [second.url], "batch_seconds": 0})
+            two = propose(state_dir, "ls", "no-such-file-2")
+            wait_for(lambda: second.messages, what="the alert to the committed URL")
+        assert [m["title"] for m in first.messages] == [f"janus-git: run failed: {one}"]
+        assert [m["title"] for m in second.messages] == [f"janus-git: run failed: {two}"]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_waiting_proposals_are_reminded_once_per_interval(sr, receiver, monkeypatch):
+    import datetime as dt
+
+    from janus_git.daemon.chores import Reminders
+    from janus_git.notify import Notifier
+    pid = propose(sr.root, "echo", "x", type_="maintenance")
+    notifier = Notifier(sr.root, [receiver.url])
+    reminders = Reminders(sr, notifier)
+    conf = {"remind_after": 3600}
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def at(hours: float) -> list[str]:
+        monkeypatch.setenv("JANUS_GIT_NOW", (now + dt.timedelta(hours=hours)).isoformat())
+        return reminders.maybe(conf)
+
+    assert at(0.5) == []
+    assert at(1.2) == [pid]
+    assert at(1.9) == []          # once per interval
+    assert at(2.1) == [pid]
+    assert at(5.5) == [pid]       # a long gap: one reminder, not three
+    notifier.start()
+    wait_for(lambda: receiver.messages, what="the reminders")
+    notifier.close()
+    assert "still waiting for approval" in receiver.messages[0]["title"]
+    assert f"janus-git approve {pid}" in receiver.messages[0]["message"]
