@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import lifecycle
-from ..controls import Escapement, Governor, ReliefValve
+from ..controls import Controls
 from ..errors import Conflict, JanusError
 from ..notify import Notifier
 from ..proposal import Status, utcnow
@@ -63,20 +63,18 @@ class Daemon:
         trust = Trust(self.repo)
         trust.load(cursor or head)
         self.state = state = DaemonState(trust, cursor=cursor)
-        c = state.config["controls"]
-        self.escapement = Escapement(float(c["max_starts_per_second"]))
-        self.governor = Governor(**{"target": c["governor"]["target_cpu_percent"],
-                                    "kp": c["governor"]["kp"], "ki": c["governor"]["ki"]})
-        valve = ReliefValve(c["relief_valve"]["max_pending_auto"])
-        self.notifier = Notifier(self.root, state.config["notifications"]["urls"])
+        # the escapements, PI governor and relief valve (controls.py), shared by the decider
+        # and the executor
+        self.controls = Controls(state.config["controls"])
+        self.notifier = Notifier(self.root, lambda: state.config["notifications"])
         model = ModelSlot(self.root, state)
         self.branches = ApprovalBranches(self.repo, state)
         self.answers = Answers(self.sr, state, self.notifier)
         self.judge = ApprovalJudge(self.sr, state, self.answers, self.notifier)
         self.reader = CommitReader(self.sr, state, self.cursor_file, self.judge, self.answers)
-        self.decider = Decider(self.sr, state, self.branches, valve, self.notifier)
-        self.executor = Executor(self.sr, state, self.branches, self.escapement, self.governor,
-                                 model.get, on_start)
+        self.decider = Decider(self.sr, state, self.branches, self.controls, self.notifier)
+        self.executor = Executor(self.sr, state, self.branches, self.controls, model.get,
+                                 on_start, thinking=lambda: self.thinker.alive())
         self.stop = EmergencyStop(self.sr, state, self.notifier)
         self.stop_watch = StopWatch(self.root, state)
         self.thinker = Thinker(self.root, state, model, enabled=think, once=once)
@@ -246,11 +244,8 @@ class Daemon:
         return observer
 
     def _next_timeout(self) -> float:
-        s = self.state
-        tick = 1.0 / float(s.config["controls"]["tick_hz"])
-        if s.queue and not s.runs and not s.stopped:
-            return min(tick, max(0.0, self.escapement.wait_time(self.governor.throttle)))
-        return tick
+        tick = 1.0 / float(self.state.config["controls"]["tick_hz"])
+        return self.executor.next_start_in(tick)
 
     def _start_up(self) -> None:
         from .. import sandbox
@@ -370,7 +365,11 @@ class Daemon:
             self.decider.decide_new()
             self._decided_for = head
             self.executor.start_runs()
-        self.thinker.maybe_think()
+        if self.decider.due():  # the relief valve closed: deferred auto work is decided again
+            self.decider.decide_new()
+            self.executor.start_runs()
+        if not self.executor.holds_thinking():  # an exclusive run waits or runs alone
+            self.thinker.maybe_think()
 
     def _write_status(self, force: bool = False) -> None:
         """Written when something changed (or every 30 s as a heartbeat), not every tick."""
@@ -380,12 +379,19 @@ class Daemon:
                   "running_ids": sorted(s.runs), "mode": s.config.mode,
                   "last_error": s.last_error, "instance": self.instance,
                   "remote": self.remote.status() if self.remote is not None else None}
+        self.controls.ticks.tick()
+        controls = {**self.executor.status(), "deferred": len(self.decider.deferred)}
+        # measured figures change every second: alone they make no write, but are fresh
+        # within 2 s while work is queued or running (30 s when idle)
+        status["controls_key"] = {"valve": controls["valve"]["state"], **{
+            k: controls[k] for k in ("slots", "exclusive", "deferred")}}
         now = time.monotonic()
         if not force and status == self._last_status and now < self._status_due:
             return
         self._last_status = status
-        self._status_due = now + 30.0
-        self.lock.write_status({**status, "updated_at": utcnow()})
+        self._status_due = now + (2.0 if s.runs or s.queue else 30.0)
+        status = {k: v for k, v in status.items() if k != "controls_key"}
+        self.lock.write_status({**status, "controls": controls, "updated_at": utcnow()})
 
 
 def run_daemon(root: str | Path, *, once: bool = False, think: bool = True,
