@@ -35,6 +35,8 @@ def _runs(ax: Any, s: dict[str, Any]) -> None:
         values = [h[kind] for h in s["hourly"]]
         ax.bar(hours, values, bottom=bottom, color=colour, label=kind, width=0.85)
         bottom = [b + v for b, v in zip(bottom, values)]
+    from matplotlib.ticker import MaxNLocator
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # runs are whole
     ax.set_title("runs per hour", fontsize=9)
     ax.set_xlabel("hour", fontsize=8)
     ax.set_xticks(hours[::3])

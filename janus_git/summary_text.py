@@ -8,17 +8,19 @@ from typing import Any
 BARS = "▁▂▃▄▅▆▇█"
 
 
-def sparkline(values: list[float | None]) -> str:
-    """One block character per value, scaled to the largest; a gap for a missing value."""
+def sparkline(values: list[float | None], top: float | None = None) -> str:
+    """One block character per value, scaled to TOP (default the largest); a gap for a
+    missing value."""
     known = [v for v in values if v is not None]
-    top = max(known, default=0) or 1
+    top = top or max(known, default=0) or 1
     return "".join(" " if v is None else BARS[min(7, int(v / top * 7 + 0.5))] if v else "▁"
                    for v in values)
 
 
 def sparklines(s: dict[str, Any]) -> str:
     runs = sparkline([sum(h.values()) for h in s["hourly"]])
-    rates = sparkline([d["success_rate"] for d in s["previous_days"]] + [s["success_rate"]])
+    rates = sparkline([d["success_rate"] for d in s["previous_days"]] + [s["success_rate"]],
+                      1.0)  # a rate's scale is 0-100 %, not the week's best
     return f"runs per hour `{runs}` · success rate, 8 days `{rates}`"
 
 
@@ -39,7 +41,7 @@ def top(s: dict[str, Any]) -> list[str]:
     waits = (f"**{len(wait)} wait for you** (oldest {age(wait[0]['age_hours'])})" if wait
              else "nothing waits for you")
     lines = [f"# janus-git daily summary {s['date']} ({s['timezone']})", "",
-             f"**{s['executed']} runs, {percent(s['success_rate'])} succeeded** · {waits}",
+             f"**{s['executed']} runs, {percent(s['success_rate'])} succeeded** · {waits}", "",
              "unusual: " + ("; ".join(s["unusual"]) if s["unusual"] else "nothing"), "",
              sparklines(s), ""]
     return lines

@@ -135,11 +135,12 @@ def test_markdown_top_fits_a_chat_preview(sr, history):
     from janus_git.summary_text import render
     s = build(sr, DAY, TZ, as_of=AS_OF)
     text = render(s, "2026-11-20.png")
-    head = text.splitlines()[:6]
+    head = [line for line in text.splitlines() if line][:4]
     assert head[0] == "# janus-git daily summary 2026-11-20 (Europe/Paris)"
-    assert f"**{s['executed']} runs, " in head[2] and "**3 wait for you** (oldest 3 d 22 h)" \
-        in head[2]
-    assert head[3].startswith("unusual: ") and "runs per hour `" in head[5]
+    assert f"**{s['executed']} runs, " in head[1] and "**3 wait for you** (oldest 3 d 22 h)" \
+        in head[1]
+    assert head[2].startswith("unusual: ") and "runs per hour `" in head[3]
+    assert len("\n".join(head[1:3])) < 300  # a chat preview shows it whole
     assert "![runs per hour by outcome, and the 7-day success rate](2026-11-20.png)" in text
     assert f"`janus-git approve {s['waiting'][0]['id']}`" in text
     assert "## Against the previous 7 days" in text and "| success rate |" in text
