@@ -9,6 +9,7 @@ missed while the daemon was down are made one by one, oldest first (at most MAX_
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from . import clock, summary
 from .gitrepo import GitRepo
 
 MAX_BACKLOG = 31
+log = logging.getLogger("janus_git.summary")
 
 
 @dataclass
@@ -83,8 +85,12 @@ def make(sr: Any, day: dt.date, settings: dict[str, Any], *, as_of: dt.datetime 
                          remind_after=float(settings["remind_after"]))
     png = None
     if chart:
-        from .chart import draw
-        png = draw(data)
+        try:
+            from .chart import draw
+        except ImportError as e:  # the summary is worth more than its picture
+            log.warning("no chart for the summary: %s", e)
+        else:
+            png = draw(data)
     name = summary.summary_path(day, "png").rsplit("/", 1)[-1] if png else None
     return Report(data, summary_text.render(data, name), summary_text.render(data), png)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import clock, report, summary
+from ..errors import JanusError
 from ..gitrepo import GitRepo, crashpoint
 from ..notify import Notifier, settings
 from ..proposal import Status
@@ -52,9 +53,15 @@ class DailySummary:
         if not self.recovered:
             self._recover()
             self.recovered = True
-        for day in report.due_days(self.sr.repo, conf, clock.now(), self._since()):
-            self.make(day, conf)
-        self.reminders.maybe(conf)
+        try:
+            for day in report.due_days(self.sr.repo, conf, clock.now(), self._since()):
+                self.make(day, conf)
+            self.reminders.maybe(conf)
+        except JanusError:
+            raise  # the loop's own handling: a Conflict waits, an error is recorded
+        except Exception as e:  # a summary must never take the daemon down; retried later
+            log.exception("daily summary or reminders failed")
+            self.state.last_error = f"daily summary: {e}"
 
     def make(self, day: dt.date, conf: dict[str, Any]) -> None:
         made = report.make(self.sr, day, conf)
