@@ -100,6 +100,10 @@ def status(repo: str = RepoOpt, as_json: bool = JsonOpt):
     _out("emergency stop: " + ("IN FORCE\n" + info["stopped"] if info["stopped"] else "off"))
     _out("proposals: " + (", ".join(f"{k} {v}" for k, v in sorted(info["counts"].items()))
                           or "none"))
+    if d.get("running"):
+        from .views import daemon_lines
+        for line in daemon_lines(d):
+            _out(line)
     if d.get("last_error"):
         _out(f"last error: {d['last_error']}")
 

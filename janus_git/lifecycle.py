@@ -84,6 +84,48 @@ def transition(repo: GitRepo, p: Proposal, new: Status, identity: Identity | Non
     return sha
 
 
+@dataclass
+class Step:
+    """One transition of a group (transition_group): as `transition`'s arguments."""
+    p: Proposal
+    new: Status
+    base_text: bytes | None = None
+    reason: str = ""
+    update: Callable[[Proposal], None] | None = None
+
+
+def transition_group(repo: GitRepo, steps: list[Step], identity: Identity,
+                     extra_files: dict[str, bytes | None] | None = None) -> str:
+    """Several transitions in one commit (a daemon on a shared remote claims and reports in
+    batches: one push for many).  Each is checked against the table; the message lists each
+    with its own pair of trailers, so `git log` reads every move as if it had a commit."""
+    moved = []
+    files: dict[str, bytes | None] = {}
+    guard: dict[str, bytes | None] = {}
+    for s in steps:
+        check_transition(s.p.status, s.new)
+        q = copy.deepcopy(s.p)
+        q.status, q.note = s.new, s.reason
+        if s.update:
+            s.update(q)
+        files[q.path] = q.to_yaml()
+        if s.base_text is not None:
+            guard[q.path] = s.base_text
+        moved.append((s.p, q))
+    files.update(extra_files or {})
+    lines = [f"{q.id} {p.status.value} -> {q.status.value} ({q.tool}: {q.type})"
+             + (f": {q.note}" if q.note else "") for p, q in moved]
+    trailers = "\n".join(f"{TRAILER_PROPOSAL}: {q.id}\n{TRAILER_TRANSITION}: "
+                         f"{p.status.value} -> {q.status.value}" for p, q in moved)
+    msg = f"janus: {len(moved)} transitions\n\n" + "\n".join(lines) + f"\n\n{trailers}\n"
+    sha = repo.commit_files(files, msg, identity, guard=guard)
+    for p, q in moved:
+        old = p.status
+        p.__dict__.update(q.__dict__)
+        _publish(p, old, q.status, sha)
+    return sha
+
+
 def restore(repo: GitRepo, p: Proposal, status: Status, identity: Identity, *, reason: str,
             base_text: bytes | None = None) -> str:
     """Undo a status edit that no one may make (a person set `succeeded` by hand, say): a new

@@ -133,3 +133,43 @@ def print_table(console, rows: list[dict], title: str, wide: bool) -> None:
     need = Measurement.get(console, console.options.update_width(1 << 16), t).maximum
     console.width = max(console.width, need)
     console.print(t)
+
+
+def daemon_lines(d: dict[str, Any]) -> list[str]:
+    """What `janus-git status` says of a running daemon beyond its activity: the Victorian
+    controls and, on a shared remote, the remote and the leases this daemon sees."""
+    out = []
+    c = d.get("controls")
+    if c:
+        g, v, s = c["governor"], c["valve"], c["slots"]
+        out.append(f"ticks: {c.get('achieved_tick_hz')} Hz of {c.get('tick_hz')}; starts "
+                   f"<= {c.get('auto_starts_per_second')}/s auto, "
+                   f"{c.get('max_starts_per_second')}/s people")
+        out.append(f"governor: CPU {g['measurement']} % for a setpoint of {g['setpoint']} % "
+                   f"-> output {g['output']} ({g['auto_slots']} auto slot(s))")
+        out.append(f"relief valve: {v['state']}" + (f" ({v['why']})" if v.get("why") else "")
+                   + (f", {c['deferred']} deferred" if c.get("deferred") else ""))
+        out.append(f"slots: {s['in_use']['people']} people + {s['in_use']['auto']} auto in "
+                   f"use of {s['max']} ({s['reserved_for_people']} kept for people); queued "
+                   f"{s['queued']['people']} people, {s['queued']['auto']} auto")
+        if c.get("exclusive"):
+            out.append(f"exclusive: {c['exclusive']}")
+    r = d.get("remote")
+    if r:
+        out.append(f"remote: {r['name']} {r['url']} ({r['branch']}), instance {r['instance']}"
+                   f"{', leader' if r['leader'] else ''}")
+        out.append(f"  last fetch {r['last_fetch'] or 'never'}, last push "
+                   f"{r['last_push'] or 'never'}; {r['lag_commits']} commit(s) behind at the "
+                   f"last fetch; {r['refused_pushes']} push(es) refused of "
+                   f"{r['pushes'] + r['refused_pushes']}")
+        for name, lease in r["leases"].items():
+            state = "released" if lease["released"] else ("alive" if lease["alive"]
+                                                          else "EXPIRED")
+            out.append(f"  lease {name}: {state}, moved {lease['moved_seconds_ago']} s ago")
+        for key in ("fetch_error", "lease_error"):
+            if r.get(key):
+                out.append(f"  {key.replace('_', ' ')}: {r[key]}")
+        if r.get("webhook"):
+            w = r["webhook"]
+            out.append("  webhook: " + ", ".join(f"{k} {v}" for k, v in w.items() if v))
+    return out

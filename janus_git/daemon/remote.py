@@ -147,10 +147,11 @@ class Remote(Publisher):
         self.heartbeat: Heartbeat | None = None
         self.webhook = None
         self.next_fetch = 0.0
+        self._poked_at = 0.0
         self.url = ""
         self.stats: dict[str, Any] = {"last_fetch": None, "last_push": None, "fetches": 0,
                                       "pushes": 0, "refused_pushes": 0, "lag_commits": 0,
-                                      "fetch_error": ""}
+                                      "fetch_error": "", "poke_to_fetch_ms": None}
 
     @property
     def cfg(self) -> dict[str, Any]:
@@ -203,6 +204,8 @@ class Remote(Publisher):
 
     def poke(self) -> None:
         """Fetch at the next step (a webhook delivery, `janus-git poke`, a refused push)."""
+        if not self.poked.is_set():
+            self._poked_at = time.monotonic()
         self.poked.set()
         self.state.wake.set()
 
@@ -215,6 +218,9 @@ class Remote(Publisher):
 
     def sync(self) -> None:
         """Fetch the branch and everyone's leases, and bring the clone up to the remote."""
+        if self.poked.is_set():  # how long a poke waited for its fetch (status, tests)
+            self.stats["poke_to_fetch_ms"] = round(
+                (time.monotonic() - self._poked_at) * 1000, 1)
         self.poked.clear()
         self.next_fetch = time.monotonic() + float(self.cfg["poll_seconds"])
         try:
