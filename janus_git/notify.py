@@ -116,6 +116,8 @@ class Notifier:
     def post(self, title: str, body: str, kind: str = "alert") -> None:
         if not self.enabled():
             return  # nobody to tell: nothing piles up in the outbox
+        if kind == "approval" and not self.outbox.first_time(title):
+            return
         self.outbox.add(title, body, kind)
         self.wake.set()
 

@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import digest
+from .gitrepo import crashpoint
 from .proposal import new_id
 from .targets import Target, deliver, resolve
 from .util import atomic_write, utcnow
 
 log = logging.getLogger("janus_git.notify")
 MAX_ATTEMPTS = 20
+ANNOUNCED = 5000  # approval requests remembered as sent
 
 
 class Outbox:
@@ -39,6 +41,19 @@ class Outbox:
         path = self.dir / f"i-{new_id()}.json"
         atomic_write(path, json.dumps(item).encode())
         return path
+
+    def first_time(self, key: str) -> bool:
+        """True once per KEY: a restarted daemon offers its waiting proposals again, and
+        people were told already (reminders name them again, once per interval)."""
+        path = self.dir.parent / "announced.json"
+        try:
+            seen = json.loads(path.read_text())
+        except (OSError, ValueError):
+            seen = []
+        if key in seen:
+            return False
+        atomic_write(path, json.dumps((seen + [key])[-ANNOUNCED:]).encode())
+        return True
 
     def items(self) -> list[tuple[Path, dict[str, Any]]]:
         return [(p, d) for p in sorted(self.dir.glob("i-*.json")) if (d := _read(p))]
@@ -73,6 +88,7 @@ class Outbox:
         items = [i for _, i in entries]
         title, body = digest.compose(items)
         self.put(title, body, items[0]["kind"], items=[p.name for p, _ in entries])
+        crashpoint("after-digest-written")
         for path, _ in entries:  # after the message is on disk: see recover()
             path.unlink(missing_ok=True)
         self.last_sent[group] = now

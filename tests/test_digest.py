@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import configure
-from daemonkit import DaemonProcess, wait_for
+from daemonkit import DaemonProcess, propose, run_once, wait_for
 from test_notify import Receiver, receiver  # noqa: F401  (the fixture)
 
 from janus_git import digest
@@ -82,7 +82,7 @@ def test_twenty_manual_proposals_in_5s_arrive_as_at_most_2_messages(state_dir, r
             p = propose(sr, mission="TEST", type_="maintenance", tool="shell",
                         args=["echo", f"n{n}"], rationale=f"manual {n}")
             ids.append(p.id)
-            time.sleep(0.15)
+            time.sleep(0.05)
         assert time.monotonic() - t0 < 5
         named = lambda: {i for m in receiver.messages for i in ids if i in m["message"]}
         wait_for(lambda: len(named()) == 20, 30, "every proposal named")
@@ -121,6 +121,23 @@ def test_a_kill_between_digest_and_item_removal_loses_and_doubles_nothing(state_
     for n in range(4):
         assert sum(f"• p{n}" in b for b in bodies) == 1
     assert not after.pending() and not late.exists()
+
+
+def test_a_daemon_killed_after_writing_a_digest_sends_each_item_once(state_dir, receiver):
+    configure(state_dir, notifications={"urls": [receiver.url], "batch_seconds": 1})
+    first = propose(state_dir, "echo", "a", type_="maintenance")
+    second = propose(state_dir, "echo", "b", type_="maintenance")
+    dead = run_once(state_dir, env={"JANUS_GIT_CRASHPOINT": "after-digest-written"})
+    assert dead.returncode == -9, dead.stderr
+    box = state_dir / ".git" / "janus" / "outbox"
+    assert list(box.glob("m-*.json")) and list(box.glob("i-*.json"))  # both on disk
+    assert run_once(state_dir).returncode == 0
+    wait_for(lambda: receiver.messages, 10, "the digest")
+    assert len(receiver.messages) == 1
+    body = receiver.messages[0]["message"]
+    assert body.count(f"janus-git approve {first}") == 1
+    assert body.count(f"janus-git approve {second}") == 1
+    assert not list(box.iterdir())
 
 
 def test_tags_route_kinds_and_secrets_come_from_outside(state_dir, tmp_path, monkeypatch):
