@@ -10,6 +10,12 @@ confine.py) and "cold" the path without one.  Also reported: how long until
 on_start fires (the process is started, nothing waits for a first sample).
 
     python bench/bench_sandbox.py [--runs 200]
+
+`--figures` instead: what each backend records for issue 13's three programs (print(1), 200
+MB, a 1 s CPU spin), from a process holding --ballast-mb as a daemon with its model does;
+`--code DIR` measures another janus-git tree (e.g. `git archive` of an older commit).
+
+    python bench/bench_sandbox.py --figures [--runs 3] [--ballast-mb 250] [--code DIR]
 """
 from __future__ import annotations
 
@@ -137,5 +143,109 @@ def main() -> None:
           f"p90 {result['on_start_p90_ms']} ms")
 
 
+# --- the figures a run records (issue 13), per backend: `--figures` -----------------------
+
+FIGURES_CHILD = """
+import json, os, statistics, sys
+from pathlib import Path
+mount, ballast_mb, runs, root = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+if mount:  # cgroup v2: a fresh cgroup, as systemd gives a service with Delegate=yes
+    cg = Path(mount) / f"janus-git-bench-{os.getpid()}"
+    cg.mkdir()
+    (cg / "cgroup.procs").write_text(str(os.getpid()))
+sys.path.insert(0, os.environ["BENCH_CODE"])  # ahead of the working directory's tree
+ballast = bytearray(ballast_mb << 20)  # a daemon with its model loaded
+for i in range(0, len(ballast), 4096):
+    ballast[i] = 1
+from janus_git import sandbox
+iso = os.environ["BENCH_ISO"]
+programs = json.loads(os.environ["BENCH_PROGRAMS"])
+limits = json.loads(os.environ["BENCH_LIMITS"])
+sandbox.prepare(iso, wait=5)
+out = {}
+for name, code in programs.items():
+    rows = [sandbox.run(["python3", "-S", "-c", code], limits, Path(root), isolation=iso)
+            for _ in range(runs)]
+    res = [r.resources for r in rows]
+    out[name] = {k: statistics.median(x[k] for x in res) for k in
+                 ("peak_rss_mb", "peak_processes", "cpu_seconds", "cpu_peak_percent")}
+    out[name]["measured"] = res[-1].get("measured", {})
+    if name == "spin1s":
+        out[name]["truth"] = statistics.median(float(r.output.split()[-1]) for r in rows)
+import janus_git
+out["_code"] = janus_git.__file__
+print(json.dumps(out))
+"""
+
+FIGURE_PROGRAMS = {
+    "print": "print(1)",
+    "alloc200": ("b = bytearray(200 << 20)\nfor i in range(0, len(b), 4096):\n    b[i] = 1\n"
+                 "import time\ntime.sleep(0.1)\n"),
+    "spin1s": ("import time\nwhile time.process_time() < 1.0:\n    pass\n"
+               "print(time.process_time())\n"),
+}
+
+
+def figure_backends() -> list[tuple[str, str, dict]]:
+    """(name, isolation, environment) for each backend this machine can run."""
+    from janus_git.sandbox import cgroup2
+    out = []
+    mount = cgroup2.mount_point()
+    for iso in ("bwrap", "reduced"):
+        out.append((f"cgroup v1, {iso}", iso, {}))
+        if mount is not None and os.access(mount / "cgroup.procs", os.W_OK):
+            out.append((f"cgroup v2 (no controllers here), {iso}", iso,
+                        {"JANUS_GIT_CGROUP_VERSION": "2", "_MOUNT": str(mount)}))
+        out.append((f"rlimits only, {iso}", iso, {"JANUS_GIT_NO_CGROUPS": "1"}))
+    return out
+
+
+def figures(args) -> None:
+    root = Path(tempfile.mkdtemp(prefix="janus-bench-figures-"))
+    os.chmod(root, 0o755)
+    code = args.code or str(Path(__file__).resolve().parent.parent)
+    print(f"code: {code}; daemon ballast {args.ballast_mb} MB; median of {args.runs} runs")
+    print(f"{'backend':<40} {'program':<9} {'rss MB':>7} {'procs':>5} {'cpu s':>6} "
+          f"{'truth':>6} {'peak %':>6}  how (memory / cpu / processes)")
+    for name, iso, env in figure_backends():
+        mount = env.pop("_MOUNT", "")
+        child_env = {**os.environ, **env, "BENCH_CODE": code, "BENCH_ISO": iso,
+                     "BENCH_PROGRAMS": json.dumps(FIGURE_PROGRAMS),
+                     "BENCH_LIMITS": json.dumps({**LIMITS, "timeout_s": 30,
+                                                 "cpu_percent": 100})}
+        done = subprocess.run([sys.executable, "-c", FIGURES_CHILD, mount,
+                               str(args.ballast_mb), str(args.runs), str(root)],
+                              capture_output=True, text=True, env=child_env, timeout=300)
+        if mount:
+            _rm_cgroups(Path(mount))
+        if done.returncode != 0:
+            print(f"{name:<40} failed: {done.stderr.strip().splitlines()[-1:]}")
+            continue
+        found = json.loads(done.stdout.splitlines()[-1])
+        print(f"# {name}: janus_git from {found.pop('_code')}")
+        for prog, f in found.items():
+            m = f["measured"]
+            how = " / ".join(m.get(k, "?") for k in ("peak_rss_mb", "cpu_seconds",
+                                                      "peak_processes")) if m else "(none)"
+            print(f"{name:<40} {prog:<9} {f['peak_rss_mb']:>7.1f} {f['peak_processes']:>5} "
+                  f"{f['cpu_seconds']:>6.3f} {f.get('truth', 0):>6.3f} "
+                  f"{f['cpu_peak_percent']:>6.1f}  {how}")
+
+
+def _rm_cgroups(mount: Path) -> None:
+    for top in mount.glob("janus-git-bench-*"):
+        for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            d.rmdir()
+        top.rmdir()
+
+
 if __name__ == "__main__":
-    main()
+    if "--figures" in sys.argv:
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--figures", action="store_true")
+        parser.add_argument("--runs", type=int, default=3)
+        parser.add_argument("--ballast-mb", type=int, default=250)
+        parser.add_argument("--code", help="a janus-git tree to measure (default: this one)")
+        figures(parser.parse_args())
+    else:
+        main()
