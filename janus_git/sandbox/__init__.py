@@ -18,9 +18,10 @@ Two isolation levels; the one used is recorded on every run:
   outside: what keeps a non-root daemon's runs from writing its repository (Landlock does
   not cover chmod, chown, utime or xattrs).
 
-In both, when the cgroup v1 controllers are writable (``JANUS_GIT_NO_CGROUPS=1`` turns them
-off), each run gets its own memory, pids, cpu and cpuacct cgroup: a hard memory cap, a process
-cap against fork bombs, a CPU share and exact CPU accounting.  Without cgroups the rlimits are
+In both, when cgroups are writable (``JANUS_GIT_NO_CGROUPS=1`` turns them off), each run
+gets its own: v1 memory, pids, cpu and cpuacct cgroups, or one cgroup in the daemon's delegated
+v2 subtree (cgroup2) with the controllers delegated to it: a hard memory cap, a process cap
+against fork bombs, a CPU share and exact CPU accounting.  Without cgroups the rlimits are
 the caps: RLIMIT_AS for memory, RLIMIT_NPROC for processes (only when the child runs as a
 non-root uid: the kernel exempts root), RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_CORE 0.
 
@@ -59,7 +60,11 @@ repository and set-up is built ahead and waits, already in the next run's cgroup
 runs find a shell (or confine.py) waiting in their cgroups (``prepare()`` has one made ahead
 of the first run).
 
+What a run used (``resources``, each figure's source in ``resources["measured"]``) comes
+from ``measure``: the kernel's accounting where the run has cgroups, else samples and rusage.
+
 The package: ``launch`` (command lines, rlimits, starting under the limits), ``cgroups``,
+``cgroup2``, ``measure``,
 ``prestart`` (waiters), ``start`` (a run's start: warm or cold), ``confine`` (Landlock),
 ``supervise`` (output, sampling, stopping), ``probe`` (what the machine offers,
 ``doctor()``); this module puts a run together.
