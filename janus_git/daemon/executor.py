@@ -59,12 +59,15 @@ class Executor:
         self.thinking = thinking  # whether a thinking cycle is under way
         self.exclusive_waiting: str | None = None
         self._tools: dict[str, str | None] = {}  # queued id -> its tool (read once)
+        self.batcher = None  # on a shared remote: claims and results in batches (batch.py)
 
     # -- which ticket starts next -----------------------------------------------------------
     def start_runs(self) -> None:
         state = self.state
         self.controls.configure(state.config["controls"])
         self.controls.sample(state.pending_auto())
+        if self.batcher is not None:
+            self.batcher.step()
         while state.queue and not state.exiting:
             ticket = self._next()
             if ticket is None:
@@ -86,6 +89,8 @@ class Executor:
             return None
         first = {}
         for t in state.queue.values():
+            if self.batcher is not None and self.batcher.takes(t):
+                continue  # automatic work on a remote goes in batches
             first.setdefault(t.lane, t)
         for lane in ("people", "auto"):
             t = first.get(lane)
@@ -149,26 +154,57 @@ class Executor:
         return out
 
     def next_start_in(self, tick: float) -> float:
-        """Seconds the loop may sleep before a queued ticket could start (at most TICK)."""
+        """Seconds the loop may sleep before a queued ticket could start (at most TICK):
+        shorter only when the escapement alone holds a ticket back (anything else that
+        holds one back changes with a step: a run ending wakes the loop)."""
         state, c = self.state, self.controls
-        if not state.queue or state.stopped or state.running() >= c.max_runs:
+        if (not state.queue or state.stopped or state.running() >= c.max_runs
+                or self.holds_thinking()):
             return tick
-        lanes = {t.lane for t in state.queue.values()}
-        waits = [c.people.wait_time()] if "people" in lanes else []
-        if "auto" in lanes:
+        waits = []
+        if any(t.lane == "people" for t in state.queue.values()):
+            waits.append(c.people.wait_time())
+        if (state.pending_auto() and state.running() + 1 <= c.max_runs - c.reserved
+                and state.running("auto") + 1 <= c.governor.slots and not c.valve.is_open):
             waits.append(c.auto.wait_time(c.governor.scale))
-        return min(tick, max(0.0, min(waits)))
+        waits = [w for w in waits if w > 0]  # 0: it would have started; something else holds
+        return min(tick, min(waits)) if waits else tick
 
     def start(self, ticket: Ticket) -> None:
-        from .. import tools
+        admitted = self.admit(ticket)
+        if admitted is None:
+            return
+        p, text = admitted
+        state = self.state
+        started = utcnow()
+        crashpoint("before-running-commit")
+        with state.writes:
+            lifecycle.transition(self.repo, p, S.RUNNING, state.config.identity,
+                                 base_text=text, update=self.claim(ticket, started))
+        crashpoint("after-running-commit")
+        self.launch(p, ticket)
 
+    def claim(self, ticket: Ticket, started: str | None) -> Callable[[Proposal], None]:
+        """What the `approved -> running` commit writes (STARTED None: claimed in a batch,
+        started when a slot frees; the result says when)."""
+        claim = self.state.claim
+
+        def mark(q: Proposal) -> None:
+            q.decision = ticket.decision
+            q.execution = ({"started_at": started} if started else {"claimed_at": utcnow()})
+            q.execution.update(claim)
+            q.approvals = []  # used: an approval counts once, for this run
+        return mark
+
+    def admit(self, ticket: Ticket) -> tuple[Proposal, bytes] | None:
+        """The proposal as it stands, if it may run now; else None (answered when needed)."""
         state = self.state
         current = self.store.head(ticket.id)
         if current is None:
-            return
+            return None
         p, text = current
         if p.status != S.APPROVED:
-            return
+            return None
         if ticket.decision.get("rule", "").startswith("auto:") and not decide(
                 p, state.config).auto:
             # the policy is asked again at start: an "auto" decision forged into a commit, or
@@ -178,28 +214,23 @@ class Executor:
                                      base_text=text, reason="the policy no longer allows this "
                                      "to run by itself; it needs a person's approval")
             state.seen_manual.discard(p.id)
-            return
+            return None
         if p.recompute_digest() != ticket.decision["digest"]:
             with state.writes:
                 lifecycle.transition(self.repo, p, S.PROPOSED, state.config.identity,
                                      base_text=text, reason="changed after approval: the "
                                      "approved digest no longer matches; approve it again")
-            return
-        started = utcnow()
-        crashpoint("before-running-commit")
+            return None
+        return p, text
 
-        def mark(q: Proposal) -> None:
-            q.decision = ticket.decision
-            q.execution = {"started_at": started, **state.claim}
-            q.approvals = []  # used: an approval counts once, for this run
+    def launch(self, p: Proposal, ticket: Ticket) -> None:
+        """Start the tool of claimed proposal P in a worker thread."""
+        from .. import tools
 
-        with state.writes:
-            lifecycle.transition(self.repo, p, S.RUNNING, state.config.identity,
-                                 base_text=text, update=mark)
-        crashpoint("after-running-commit")
+        state = self.state
         (self.controls.people if ticket.lane == "people" else self.controls.auto).take()
         run = Run(p.id, thread=None, lane=ticket.lane,  # type: ignore[arg-type]
-                  exclusive=self._exclusive(ticket))
+                  exclusive=self._exclusive(ticket), started_at=utcnow())
         self._tools.pop(p.id, None)
         if run.exclusive:
             run.host_before = self.controls.host.load()
@@ -241,7 +272,9 @@ class Executor:
                           pid, run.result)
                 continue
             state.results.append((run, current[0]))
-        for item in list(state.results):
+        if self.batcher is not None:
+            self.batcher.report()
+        for item in list(state.results) if self.batcher is None else ():
             crashpoint("before-result-commit")
             try:
                 with state.writes:
@@ -262,8 +295,6 @@ class Executor:
             run.thread.join()
 
     def _commit_result(self, run: Run, p: Proposal) -> None:
-        from .. import tools
-
         identity = self.state.config.identity
         text = self.repo.read_blob("HEAD", p.path)
         if p.status != S.RUNNING:
@@ -279,25 +310,9 @@ class Executor:
             lifecycle.transition(self.repo, p, S.FAILED, identity, base_text=text,
                                  reason=f"the tool crashed: {result}")
             return
-        out_path = f"logs/runs/{p.id}.txt"
-        line = json.dumps(tools.tool_use_line(p, result), sort_keys=True) + "\n"
-        audit = (self.repo.read_blob("HEAD", "logs/tool_use.jsonl") or b"") + line.encode()
-        files: dict[str, bytes | None] = {**result.files, out_path: result.output,
-                                          "logs/tool_use.jsonl": audit}
-        cancelled = result.limit_hit == "cancelled"
-        new = S.INTERRUPTED if cancelled else (S.SUCCEEDED if result.status == "succeeded"
-                                               else S.FAILED)
-
-        def fill(q: Proposal) -> None:
-            q.execution = {**q.execution, "ended_at": result.ended_at,
-                           "exit_code": result.exit_code, "limit_hit": result.limit_hit,
-                           "isolation": result.isolation, "resources": result.resources,
-                           "output": out_path, "files": sorted(result.files),
-                           "lane": run.lane}
-            if host is not None:  # an exclusive run: was the host as quiet as it claims?
-                q.execution.update(exclusive=True, host_load=host)
-
-        reason = result.error or ("stopped by the emergency stop" if cancelled else "")
+        new, fill, files, line, reason = self.result_parts(run, p, host)
+        audit = (self.repo.read_blob("HEAD", "logs/tool_use.jsonl") or b"") + line
+        files["logs/tool_use.jsonl"] = audit
         try:
             lifecycle.transition(self.repo, p, new, identity, base_text=text,
                                  update=fill, extra_files=files, reason=reason)
@@ -310,6 +325,32 @@ class Executor:
             return
         if new == S.SUCCEEDED and p.decision.get("rule") == "human":
             self._suggest(p)
+
+    def result_parts(self, run: Run, p: Proposal, host: dict[str, Any] | None):
+        """What a finished run's commit holds: (new status, the execution block's filler,
+        files, its audit line, the note)."""
+        from .. import tools
+
+        result = run.result
+        out_path = f"logs/runs/{p.id}.txt"
+        line = (json.dumps(tools.tool_use_line(p, result), sort_keys=True) + "\n").encode()
+        files: dict[str, bytes | None] = {**result.files, out_path: result.output}
+        cancelled = result.limit_hit == "cancelled"
+        new = S.INTERRUPTED if cancelled else (S.SUCCEEDED if result.status == "succeeded"
+                                               else S.FAILED)
+
+        def fill(q: Proposal) -> None:
+            q.execution = {**q.execution, "ended_at": result.ended_at,
+                           "exit_code": result.exit_code, "limit_hit": result.limit_hit,
+                           "isolation": result.isolation, "resources": result.resources,
+                           "output": out_path, "files": sorted(result.files),
+                           "lane": run.lane}
+            q.execution.setdefault("started_at", run.started_at)  # claimed in a batch
+            if host is not None:  # an exclusive run: was the host as quiet as it claims?
+                q.execution.update(exclusive=True, host_load=host)
+
+        reason = result.error or ("stopped by the emergency stop" if cancelled else "")
+        return new, fill, files, line, reason
 
     def _suggest(self, p: Proposal) -> None:
         from .. import suggest
