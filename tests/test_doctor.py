@@ -34,3 +34,33 @@ def test_doctor_for_people_spells_out_the_sandbox(state_dir):
                           "trust"}
     assert "{" not in out  # no dict dumps
     assert "warm starts" in lines["guards"] and "not running" in lines["daemon"]
+
+
+def test_doctor_says_what_to_add_to_the_unit_without_v2_delegation(state_dir, tmp_path):
+    """A v2 host where the daemon's cgroup is not its own to write (no Delegate=): the
+    cgroups line names the missing unit lines.  The tree is a stand-in directory."""
+    import os
+    env = {**os.environ, "JANUS_GIT_CGROUP_VERSION": "2",
+           "JANUS_GIT_CGROUP2_MOUNT": str(tmp_path)}
+    out = subprocess.run(["janus-git", "doctor", "-C", str(state_dir)], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("cgroups:"))
+    assert "none writable" in line and "TO FIX" in line, line
+    for words in ("Delegate=memory pids cpu", "ProtectControlGroups=no", "daemon-reload"):
+        assert words in line, line
+    info = json.loads(subprocess.run(["janus-git", "doctor", "--json", "-C", str(state_dir)],
+                                     env=env, capture_output=True, text=True,
+                                     check=True).stdout)
+    assert info["sandbox"]["cgroup_version"] == 2
+    assert "Delegate=" in info["sandbox"]["cgroup_advice"]
+
+
+def test_doctor_cgroups_line_per_version():
+    from janus_git.doctor import _cgroups
+    v2 = {"cgroup_version": 2, "cgroups": {"memory": True, "pids": True, "cpu": True,
+                                           "tree": True}, "cgroup_advice": ""}
+    assert _cgroups(v2) == "v2: memory, pids, cpu"
+    bare = {"cgroup_version": 2, "cgroups": {"memory": False, "pids": False, "cpu": False,
+                                             "tree": True}, "cgroup_advice": "add X"}
+    assert _cgroups(bare).startswith("v2: a cgroup per run") and _cgroups(bare).endswith(
+        "TO FIX: add X")
