@@ -11,7 +11,7 @@ same run and on the same repository:
 
 The target: p50 under load <= 300 ms (issue 13) and within 1.5x the idle p50 of the same run.
 
-    python bench/bench_slots.py [--approvals 20] [--proposals 2000]
+    python bench/bench_slots.py [--approvals 20] [--proposals 500]
 """
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def propose(root: Path, tool: str, type_: str, args: list[str]) -> str:
     return json.loads(out.stdout)["id"]
 
 
-def wait_for(pred, timeout: float = 30.0) -> None:
+def wait_for(pred, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
         if time.monotonic() > deadline:
@@ -134,7 +134,7 @@ def approvals(root: Path, daemon, starts: dict[str, float], n: int) -> list[floa
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--approvals", type=int, default=20)
-    ap.add_argument("--proposals", type=int, default=2000)
+    ap.add_argument("--proposals", type=int, default=500)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-slots-"))
     common.use_env(tmp / "home")
