@@ -8,6 +8,9 @@
 2. Time to first token of the second cycle with the cached prefix vs cold (target <= 10 % of
    cold): the prompts of two consecutive real cycles, replayed with max_tokens=1 after a
    reset (cold) and right after the first (warm, prefix in the KV cache).
+3. The process hop (issue 13: the daemon's model runs in a child, modelproc.py): the same
+   warm calls in this process and through the child's pipe, the calls a cycle makes, and the
+   per-cycle cost that follows; then the same cycles through the child.
 
     python bench/bench_planner.py [--model tiny|smollm2|PATH] [--cycles N]
 """
@@ -30,6 +33,70 @@ from janus_git import llm, planner  # noqa: E402
 from janus_git.config import load_config  # noqa: E402
 from janus_git.gitrepo import GitRepo  # noqa: E402
 from janus_git.state import init_state  # noqa: E402
+
+
+class Counted:
+    """A model with its calls counted (the round trips a cycle makes to the child)."""
+
+    def __init__(self, model) -> None:
+        self.model, self.counts, self.chats = model, 0, 0
+        self.name = model.name
+
+    def count_tokens(self, text: str) -> int:
+        self.counts += 1
+        return self.model.count_tokens(text)
+
+    def chat(self, messages, **kw):
+        self.chats += 1
+        return self.model.chat(messages, **kw)
+
+
+def median_ms(fn, n: int) -> float:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+def process_hop(model: llm.Model, path: Path, n_ctx: int, messages, repo, config,
+                cycles: int) -> None:
+    """Same calls in process and through the child; then cycles through the child."""
+    from janus_git.modelproc import ModelProcess
+
+    child = ModelProcess(path, n_ctx=n_ctx)
+    try:
+        t0 = time.perf_counter()
+        child.count_tokens("start")
+        start_s = time.perf_counter() - t0
+        text = messages[-1]["content"]
+        count_in = median_ms(lambda: model.count_tokens(text), 50)
+        count_out = median_ms(lambda: child.count_tokens(text), 50)
+        kw = dict(max_tokens=1, temperature=0.0, seed=0)
+        model.chat(messages, **kw)  # warm: the prompt is in the KV cache
+        chat_in = median_ms(lambda: model.chat(messages, **kw), 10)
+        child.chat(messages, **kw)
+        chat_out = median_ms(lambda: child.chat(messages, **kw), 10)
+        counted = Counted(child)
+        walls = []
+        for cycle in range(cycles):
+            t0 = time.perf_counter()
+            planner.think(repo, config, llm=counted, seed=100 + cycle)
+            walls.append(time.perf_counter() - t0)
+        per_cycle = (counted.counts / cycles) * (count_out - count_in) + (chat_out - chat_in)
+        print(f"\nprocess hop: child start + load {start_s * 1000:.0f} ms (once; again after "
+              f"a failure)")
+        print(f"  count_tokens: in process {count_in:.2f} ms, through the child "
+              f"{count_out:.2f} ms")
+        print(f"  warm chat (max_tokens=1, {len(json.dumps(messages))} bytes of messages): in "
+              f"process {chat_in:.1f} ms, through the child {chat_out:.1f} ms")
+        print(f"  a cycle makes {counted.counts / cycles:.1f} count_tokens calls and "
+              f"{counted.chats / cycles:.0f} chat: hop overhead {per_cycle:.1f} ms per cycle")
+        print(f"  {cycles} cycles through the child: median {statistics.median(walls):.3f} s "
+              f"(in process above)")
+    finally:
+        child.close()
 
 
 class Timed:
@@ -126,6 +193,7 @@ def main() -> None:
               f"{model.count_tokens(''.join(m['content'] for m in second))}+ prompt tokens "
               f"evaluated) = {warm_s / cold_s * 100:.1f} % of cold (CPU: "
               f"{warm_cpu / cold_cpu * 100:.1f} %)   target <= 10 %")
+        process_hop(model, path, n_ctx, second, repo, config, opts.cycles)
         print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
 
