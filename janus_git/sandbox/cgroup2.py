@@ -102,8 +102,9 @@ class Hierarchy:
         self._enable(runs)
         missing = set(WANTED) - self.controllers(runs, "cgroup.subtree_control")
         if missing and not self.problem:
-            self.problem = (f"{', '.join(sorted(missing))} not delegated to {self.own} "
-                            f"(it has: {' '.join(sorted(self.controllers(self.own_dir))) or 'none'})")
+            has = " ".join(sorted(self.controllers(self.own_dir))) or "none"
+            self.problem = f"{', '.join(sorted(missing))} not delegated to {self.own} " \
+                           f"(it has: {has})"
         return runs
 
     def _leave_inner_node(self) -> None:
