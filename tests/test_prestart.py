@@ -335,3 +335,28 @@ def test_a_repository_replaced_at_the_same_path_gets_a_new_sandbox(repo):
     (repo / "a.txt").write_text("the new one\n")
     res = sandbox.run(["cat", "a.txt"], SMALL, repo)
     assert res.output == b"the new one\n" and res.waiter != "sandbox"
+
+
+def test_two_runs_starting_together_never_share_a_waiter(repo):
+    """Parallel run slots: eight threads take the one ready waiter of a kind at once; exactly
+    one gets it (the others start cold), and run cgroup names never collide."""
+    import threading
+    assert sandbox.prepare("reduced", wait=10)
+    settle()
+    kind = next(k for k in prestart.pool._ready if not k.startswith("sandbox:"))
+    got: list = []
+    go = threading.Barrier(8)
+
+    def take() -> None:
+        go.wait()
+        got.append(prestart.pool.take(kind))
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    taken = [p for p in got if p is not None]
+    assert len(got) == 8 and len(taken) == 1
+    taken[0].discard()
+    names = [cgroups.run_name() for _ in range(1000)]
+    assert len(set(names)) == 1000  # even within one nanosecond
