@@ -34,6 +34,8 @@ DAEMON = textwrap.dedent("""
     (Path(mount) / name).mkdir()
     (Path(mount) / name / "cgroup.procs").write_text(str(os.getpid()))  # systemd's part
     os.environ["JANUS_GIT_CGROUP_VERSION"] = "2"
+    import subprocess
+    kid = subprocess.Popen(["sleep", "60"])  # a child from before the first run (a git)
     from janus_git import sandbox
     out = {"doctor": sandbox.doctor(), "runs": []}
     limits, programs = json.loads(limits), json.loads(programs)
@@ -48,6 +50,9 @@ DAEMON = textwrap.dedent("""
                                 "wall": r.resources.get("wall_seconds"),
                                 "output": r.output.decode(errors="replace")})
     out["own"] = open("/proc/self/cgroup").read()
+    out["kid"] = open(f"/proc/{kid.pid}/cgroup").read()
+    kid.kill()
+    kid.wait()
     print(json.dumps(out))
 """)
 
@@ -92,7 +97,7 @@ def test_v2_daemon_lives_in_a_leaf_and_runs_are_born_in_their_cgroup(v2_daemon):
     name, out = v2_daemon
     assert out["doctor"]["cgroup_version"] == 2
     assert out["doctor"]["cgroups"]["tree"] is True
-    assert f"0::/{name}/daemon" in out["own"]
+    assert f"0::/{name}/daemon" in out["own"] and f"0::/{name}/daemon" in out["kid"]
     where = next(r for r in out["runs"] if r["iso"] == "reduced" and r["name"] == "where")
     assert where["warm"], where  # a waiter pre-started in the run's cgroup
     assert f"0::/{name}/janus-git/run-" in where["output"], where["output"]
@@ -108,7 +113,7 @@ OWN = "/system.slice/janus-git.service"
 def fake(tmp_path):
     own = tmp_path / OWN.lstrip("/")
     own.mkdir(parents=True)
-    (own / "cgroup.procs").write_text("1234\n")
+    (own / "cgroup.procs").write_text(f"1234\n{os.getpid()}\n")  # a stranger, and us
     (own / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
     (own / "cgroup.subtree_control").write_text("")
     (own / "janus-git").mkdir()  # what the kernel would show in it once it exists

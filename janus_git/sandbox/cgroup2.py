@@ -25,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 from .cgroups import Cgroups, Reading, _int, _stat, owner_alive
 
 WANTED = ("memory", "pids", "cpu")
@@ -108,11 +110,18 @@ class Hierarchy:
         return runs
 
     def _leave_inner_node(self) -> None:
-        """Only our own process moves (a shell sharing our cgroup is not ours to move)."""
+        """We and our children move (a git started before the first run would otherwise
+        keep the controllers from being enabled); a shell sharing our cgroup is not ours
+        to move."""
         leaf = self.own_dir / "daemon"
         try:
             leaf.mkdir(exist_ok=True)
-            (leaf / "cgroup.procs").write_text(str(os.getpid()))
+            here_now = set((self.own_dir / "cgroup.procs").read_text().split())
+            for pid in [p for p in _ours() if str(p) in here_now]:
+                try:
+                    (leaf / "cgroup.procs").write_text(str(pid))
+                except ProcessLookupError:
+                    continue  # a child that ended meanwhile
         except OSError as e:
             self.problem = f"cannot move the daemon into {leaf}: {e.strerror}"
 
@@ -128,6 +137,15 @@ class Hierarchy:
             self.problem = (f"cannot enable {' '.join(sorted(want))} in {d}: {e.strerror}"
                             + (" (other processes live there: run the daemon in a cgroup "
                                "of its own)" if e.errno == errno.EBUSY else ""))
+
+
+def _ours() -> list[int]:
+    """This process, then its descendants."""
+    try:
+        kids = [c.pid for c in psutil.Process().children(recursive=True)]
+    except psutil.Error:
+        kids = []
+    return [os.getpid(), *kids]
 
 
 _here: Hierarchy | None = None
