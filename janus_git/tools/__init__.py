@@ -71,12 +71,17 @@ def from_sandbox(res: Any, files: dict[str, bytes | None] | None = None) -> RunR
 
 
 def tool_use_line(proposal: Any, result: Any) -> dict[str, Any]:
-    """The logs/tool_use.jsonl line.  How each figure was measured (``resources["measured"]``,
-    see sandbox.measure) rides in ``extra.measured``: the line's schema keeps ``resources``
-    to numbers, and the summary reads them as they are."""
+    """The logs/tool_use.jsonl line, with how each figure was measured (``resources
+    ["measured"]``, see sandbox.measure): in ``resources.measured`` once the line's schema
+    has that key, until then in ``extra.measured`` (the schema keeps ``resources`` to
+    numbers; the summary reads only those)."""
     line = audit.tool_use_line(proposal, result)
     measured = (result.resources or {}).get("measured")
-    if isinstance(measured, dict) and measured:
+    if not (isinstance(measured, dict) and measured):
+        return line
+    if "measured" in TOOL_USE_SCHEMA["properties"]["resources"].get("properties", {}):
+        line["resources"]["measured"] = dict(measured)
+    else:
         line["extra"] = {**line.get("extra", {}), "measured": dict(measured)}
     return line
 
