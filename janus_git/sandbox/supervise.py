@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 
 from .cgroups import Cgroups
+from .measure import figures
 
 POLL_S = 0.025
 FIRST_SAMPLE_S = 0.002
@@ -103,7 +104,6 @@ class Meter:
         self.bytes_written = max(self.bytes_written, sum(self._io.values()), scratch)
 
     def resources(self, usage, wall: float) -> dict:
-        from .measure import figures
         return figures(self.cg, self, usage, wall, self.ncpu)
 
 
