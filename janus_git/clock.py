@@ -14,15 +14,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 log = logging.getLogger("janus_git.clock")
 UTC = dt.timezone.utc
-_START = time.monotonic()
+_seen: dict[str, float] = {}  # each JANUS_GIT_NOW value -> when this process first read it
 
 
 def now() -> dt.datetime:
     """Now, timezone-aware (UTC)."""
     fixed = os.environ.get("JANUS_GIT_NOW")
     if fixed:
-        start = parse_time(fixed)
-        return start + dt.timedelta(seconds=time.monotonic() - _START)
+        # the clock runs on from the moment the value was first read, not from the
+        # import: a test may set a new value in a long-lived process
+        since = _seen.setdefault(fixed, time.monotonic())
+        return parse_time(fixed) + dt.timedelta(seconds=time.monotonic() - since)
     return dt.datetime.now(UTC)
 
 

@@ -200,3 +200,16 @@ def test_missed_summary_after_a_kill_across_midnight_is_made_once_and_sent_once(
                                cwd=state_dir, capture_output=True, check=True).stdout
     assert committed.startswith(b"\x89PNG")
     assert not list((state_dir / ".git" / "janus" / "outbox").glob("*.json"))
+
+
+def test_janus_git_now_runs_on_from_when_it_is_set(monkeypatch):
+    import time
+
+    from janus_git import clock
+    monkeypatch.setenv("JANUS_GIT_NOW", "2026-11-20T23:58:00+01:00")
+    first = clock.now()
+    time.sleep(0.3)
+    assert 0.3 <= (clock.now() - first).total_seconds() < 1.0  # it runs on
+    monkeypatch.setenv("JANUS_GIT_NOW", "2026-11-21T00:30:00+01:00")
+    assert (clock.now() - clock.parse_time("2026-11-21T00:30:00+01:00")).total_seconds() < 0.1
+    assert clock.zone("Mars/Olympus") is clock.UTC  # an unknown zone: UTC, and a logged error
