@@ -213,3 +213,27 @@ def test_janus_git_now_runs_on_from_when_it_is_set(monkeypatch):
     monkeypatch.setenv("JANUS_GIT_NOW", "2026-11-21T00:30:00+01:00")
     assert (clock.now() - clock.parse_time("2026-11-21T00:30:00+01:00")).total_seconds() < 0.1
     assert clock.zone("Mars/Olympus") is clock.UTC  # an unknown zone: UTC, and a logged error
+
+
+def test_a_running_daemon_makes_the_summary_when_its_time_comes(state_dir, monkeypatch):
+    """Never at start; at daily_summary_at the next day, in the zone, by the running loop."""
+    from janus_git.daemon import Daemon
+    configure(state_dir, notifications={"timezone": TZ, "daily_summary_at": "07:30"})
+    monkeypatch.setenv("JANUS_GIT_NOW", "2026-11-21T07:31:00+01:00")
+    made = lambda: git(state_dir, "ls-tree", "--name-only", "HEAD", "logs/summaries/").stdout
+    with Daemon(state_dir, think=False) as daemon:
+        daemon.step()
+        assert made() == ""  # its first start: nothing, not even the day that ended
+        monkeypatch.setenv("JANUS_GIT_NOW", "2026-11-22T07:29:00+01:00")
+        daemon.summary.checked = None  # (the loop looks every 30 s)
+        daemon.step()
+        assert made() == ""  # 07:29 in Paris: not yet
+        monkeypatch.setenv("JANUS_GIT_NOW", "2026-11-22T07:31:00+01:00")
+        daemon.summary.checked = None
+        daemon.step()
+        assert made().split() == ["logs/summaries/2026-11-21.md", "logs/summaries/2026-11-21.png"]
+        daemon.summary.checked = None
+        daemon.step()
+    log = git(state_dir, "log", "--format=%s%n%b", "-1", "--", "logs/summaries").stdout
+    assert "janus: daily summary 2026-11-21" in log and "Janus-Summary: 2026-11-21" in log
+    assert git(state_dir, "log", "--format=%H", "--", "logs/summaries").stdout.count("\n") == 1
