@@ -111,8 +111,12 @@ def _compare(s: dict[str, Any]) -> list[str]:
             f"{'n/a' if change is None else f'{change:+.0f} %'} |",
             f"| success rate | {percent(s['success_rate'])} | {percent(c['success_rate'])} | "
             f"{'n/a' if points is None else f'{points:+.0f} points'} |",
-            f"| median run time (s) | {_num((s['resources'].get('wall_seconds') or {}).get('median'))}"
-            f" | {_num(c['wall_median'])} | |"]
+            f"| median run time (s) | {_num(_median(s, 'wall_seconds'))} | "
+            f"{_num(c['wall_median'])} | |"]
+
+
+def _median(s: dict[str, Any], key: str) -> float | None:
+    return (s["resources"].get(key) or {}).get("median")
 
 
 def _activity(s: dict[str, Any]) -> list[str]:

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import configure, git
 from daemonkit import DaemonProcess, run_once, wait_for
-from test_notify import Receiver, receiver, smtp  # noqa: F401  (fixtures)
+from test_notify import receiver, smtp  # noqa: F401  (fixtures)
 
 from janus_git.lifecycle import new_proposal
 from janus_git.proposal import Status
