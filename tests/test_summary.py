@@ -234,6 +234,14 @@ def test_a_running_daemon_makes_the_summary_when_its_time_comes(state_dir, monke
         assert made().split() == ["logs/summaries/2026-11-21.md", "logs/summaries/2026-11-21.png"]
         daemon.summary.checked = None
         daemon.step()
-    log = git(state_dir, "log", "--format=%s%n%b", "-1", "--", "logs/summaries").stdout
-    assert "janus: daily summary 2026-11-21" in log and "Janus-Summary: 2026-11-21" in log
-    assert git(state_dir, "log", "--format=%H", "--", "logs/summaries").stdout.count("\n") == 1
+        assert git(state_dir, "log", "--format=%H", "--", "logs/summaries").stdout.count(
+            "\n") == 1
+        log = git(state_dir, "log", "--format=%s%n%b", "-1", "--", "logs/summaries").stdout
+        assert "janus: daily summary 2026-11-21" in log and "Janus-Summary: 2026-11-21" in log
+        monkeypatch.setenv("JANUS_GIT_NOW", "2026-11-25T09:00:00+01:00")  # 3 days missed
+        daemon.summary.checked = None
+        daemon.step()
+    subjects = git(state_dir, "log", "--reverse", "--format=%s", "--",
+                   "logs/summaries").stdout.split("\n")
+    assert [s[-10:] for s in subjects if s] == [
+        "2026-11-21", "2026-11-22", "2026-11-23", "2026-11-24"]  # each once, oldest first
