@@ -43,7 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "remote": None,
 }
 REMOTE_DEFAULTS: dict[str, Any] = {"name": "origin", "branch": None, "poll_seconds": 10,
-                                   "lease_seconds": 30, "webhook": None}
+                                   "lease_seconds": 30, "claim_batch": 4, "webhook": None}
 
 _limits_schema = {
     "type": "object", "additionalProperties": False,
@@ -143,6 +143,8 @@ SCHEMA: dict[str, Any] = {
             "branch": {"type": ["string", "null"], "pattern": r"^[A-Za-z0-9][A-Za-z0-9_./-]*$"},
             "poll_seconds": {"type": "number", "minimum": 0.1},
             "lease_seconds": {"type": "number", "minimum": 1},
+            # automatic proposals claimed per push (batch.py): pushes are the bottleneck
+            "claim_batch": {"type": "integer", "minimum": 1, "maximum": 100},
             "webhook": {"type": ["object", "null"], "additionalProperties": False,
                         "required": ["listen", "secret_env"], "properties": {
                 "listen": {"type": "string", "pattern": r"^[^\s:]*:\d{1,5}$"},

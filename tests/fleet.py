@@ -3,6 +3,7 @@ on a real server (remotekit), a reviewer's clone, N daemon clones each run as a 
 and many sleeping auto proposals filed in one commit."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -20,7 +21,12 @@ SLEEPER = {"description": "sleeps (tests)", "risk": "low", "auto_exec": True,
 
 def share(state_dir: Path, remote, *, tools: dict | None = None, **remote_cfg) -> str:
     """Put STATE_DIR on REMOTE in remote mode (Alice, an approver, commits the config)."""
-    changes = {"remote": {"poll_seconds": 0.5, "lease_seconds": 3, **remote_cfg}}
+    changes = {"remote": {"poll_seconds": 0.5, "lease_seconds": 3, **remote_cfg},
+               # one run slot each; this 2-core box runs the whole fleet, so neither the
+               # governor (CPU) nor the valve (queue) should hold the work back
+               "controls": {"max_parallel_runs": 1, "reserved_for_people": 0,
+                            "governor": {"target_cpu_percent": 100},
+                            "relief_valve": {"max_pending_auto": 10000}}}
     if tools:
         registry = yaml.safe_load((state_dir / "state/agent.yaml").read_text())["tools"]
         changes["tools"] = {**registry, **tools}
@@ -50,7 +56,7 @@ def file_many(root: Path, n: int, tool: str, args: list[str], type_: str = "anal
 
 
 def start(roots: list[Path], **env) -> list[DaemonProcess]:
-    procs = [DaemonProcess(root, "--instance", f"d{i + 1}", env=env or None)
+    procs = [DaemonProcess(root, "--instance", f"d{i + 1}", *(["-v"] if os.environ.get("FLEET_VERBOSE") else []), env=env or None)
              for i, root in enumerate(roots)]
     for proc in procs:
         proc.wait_ready(60)

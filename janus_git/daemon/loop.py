@@ -84,7 +84,10 @@ class Daemon:
         self.remote = (Remote(self.repo, state, self.instance, self.notifier)
                        if state.config["remote"] else None)
         if self.remote is not None:
+            from .batch import Batcher
             state.claim = {"instance": self.instance}
+            self.executor.batcher = Batcher(self.executor, self.instance,
+                                            int(state.config["remote"]["claim_batch"]))
         self.graph = CommitGraph(self.root)
         self.started = utcnow()
         self.fatal = False
@@ -153,7 +156,15 @@ class Daemon:
         """The end of a clean exit: runs finish and their results are committed."""
         self.executor.join()
         self.graph.join(60)
-        self.executor.collect()
+        for _ in range(20):  # on a remote, a refused push is fetched and tried again
+            try:
+                self.executor.collect()
+                if self.executor.batcher is not None:
+                    self.executor.batcher.release()
+                break
+            except Conflict as e:
+                log.info("on the way out: %s", e)
+                self.remote.sync()
         self.cursor_file.save(self.state.cursor)
 
     def close(self) -> None:
@@ -188,6 +199,7 @@ class Daemon:
     def idle(self) -> bool:
         s = self.state
         return (not s.queue and not s.runs and not s.results
+                and not (self.executor.batcher and self.executor.batcher.backlog)
                 and self.repo.fast_head() == s.cursor and not self.thinker.alive())
 
     # -- signals and the watcher ---------------------------------------------------------
@@ -287,6 +299,7 @@ class Daemon:
         for row in self.sr.index.query(status=[S.RUNNING.value]):
             current = self.sr.store.head(row["id"])
             owner = claimed_by(current[0].execution) if current else None
+            log.debug("reap? %s owner %s alive %s", row["id"], owner, self.remote.alive())
             if current and self.remote.orphaned(owner):
                 self.executor.interrupt(row["id"], f"the daemon {owner!r} that ran this "
                                         "stopped renewing its lease; it is not re-run by "
@@ -327,10 +340,12 @@ class Daemon:
         if not self.repo.git_dir.is_dir():
             s.exiting, self.fatal = True, True
             raise JanusError(f"{self.root} is no longer a git repository; stopping")
-        self.executor.collect()
         if self.remote is not None and self.remote.due():
-            self.remote.sync()  # others' pushes come in; the reader below judges them
+            # others' pushes come in first (a refused push waits on this); the reader
+            # below judges them
+            self.remote.sync()
             self.dirty = True
+        self.executor.collect()
         now = time.monotonic()
         if (self.dirty or not self.watching or now - self._polled > POLL_SECONDS or s.runs
                 or s.exiting):

@@ -275,9 +275,9 @@ class Remote(Publisher):
             return
         self.stats["refused_pushes"] += 1
         self.poke()
-        why = ("the remote moved on" if _refused(words) else
-               f"the push to {self.name} failed ({words.splitlines()[-1] if words else '?'})")
-        raise Conflict(f"{why}; fetching, then deciding again")
+        last = words.splitlines()[-1][-160:] if words else "?"
+        why = "the remote moved on" if _refused(words) else f"the push to {self.name} failed"
+        raise Conflict(f"{why} ({last}); fetching, then deciding again")
 
     def publish_ref(self, ref: str, sha: str | None) -> None:
         ok, words = self.repo.push(self.name, [f"{sha or ''}:{ref}"], timeout=30)

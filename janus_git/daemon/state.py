@@ -42,6 +42,7 @@ class Run:
     lane: str = "auto"
     exclusive: bool = False
     host_before: dict[str, Any] | None = None
+    started_at: str | None = None
 
 
 @dataclass
