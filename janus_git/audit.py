@@ -45,8 +45,12 @@ TOOL_USE_SCHEMA: dict[str, Any] = {
         "resources": {"type": "object", "additionalProperties": {"type": "number"}, "properties": {
             "cpu_seconds": _num,
             "cpu_peak_percent": {**_num, "description": "share of the whole machine, 0-100"},
-            "peak_rss_mb": {**_num, "description": "sum over the process tree"},
-            "bytes_written": _num, "wall_seconds": _num, "peak_processes": _num}},
+            "peak_rss_mb": {**_num, "description": "the run's own memory at its peak: the "
+                            "memory cgroup's (less set-up and page cache), else the sampled "
+                            "VmHWM sum; see measured"},
+            "bytes_written": _num, "wall_seconds": _num, "peak_processes": _num,
+            "measured": {"type": "object", "additionalProperties": {"type": "string"},
+                         "description": "how each figure was measured"}}},
         "status": {"enum": sorted(s.value for s in RUN_OUTCOMES)},
         "exit_code": {"type": ["integer", "null"]},
         "limit_hit": {"enum": [*LIMIT_NAMES, None]},
@@ -70,7 +74,8 @@ def tool_use_line(proposal: Any, result: Any) -> dict[str, Any]:
         "tool": proposal.tool, "type": proposal.type, "argv": [str(a) for a in result.argv],
         "isolation": result.isolation, "network": bool(getattr(result, "network", False)),
         "limits": {k: v for k, v in result.limits.items() if isinstance(v, (int, float))},
-        "resources": {k: v for k, v in result.resources.items() if isinstance(v, (int, float))},
+        "resources": {k: v for k, v in result.resources.items()
+                      if isinstance(v, (int, float)) or k == "measured"},
         "status": result.status, "exit_code": result.exit_code, "limit_hit": result.limit_hit,
         "error": result.error.splitlines()[0] if result.error else "",
         "output_bytes": int(getattr(result, "output_bytes", 0) or len(result.output)),

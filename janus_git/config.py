@@ -238,6 +238,7 @@ def config_from_text(text: bytes | str | None, path: str = AGENT_PATH) -> Config
         raise ConfigError(path, None, "agent.yaml must be a mapping")
     validate(raw, SCHEMA, path)
     data = _merge(DEFAULTS, raw)
+    _check_timezone(path, data["notifications"].get("timezone"))
     if data["remote"] is not None:
         data["remote"] = _merge(REMOTE_DEFAULTS, data["remote"])
         data["remote"]["branch"] = data["remote"]["branch"] or data["branch"]
@@ -254,6 +255,18 @@ def config_from_text(text: bytes | str | None, path: str = AGENT_PATH) -> Config
                           "replace", "give an absolute path on this machine, or keep the model "
                           "under state/, where only approvers change anything")
     return Config(data, path)
+
+
+def _check_timezone(path: str, name: str | None) -> None:
+    if not name:
+        return
+    import zoneinfo
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(path, "notifications.timezone", f"{name!r} is not a time zone this "
+                          "machine knows", "use an IANA name such as Europe/Paris or UTC") \
+            from None
 
 
 def _check_program(path: str, tool: str, word: str) -> None:

@@ -129,3 +129,10 @@ def test_paths_that_are_guarded_or_outside_the_repository_are_fine():
     cfg = config_from_text("model: {path: /opt/models/m.gguf}\nallowed_signers: state/signers\n"
                            "tools: {x: {risk: low, runner: external, command: [/usr/bin/jq]}}\n")
     assert cfg["allowed_signers"] == "state/signers"
+
+
+def test_an_unknown_timezone_is_refused_by_name():
+    with pytest.raises(ConfigError, match="notifications.timezone.*Mars/Olympus"):
+        config_from_text("notifications: {timezone: Mars/Olympus}")
+    assert config_from_text("notifications: {timezone: Europe/Paris}")[
+        "notifications"]["timezone"] == "Europe/Paris"

@@ -103,7 +103,8 @@ class Decider:
             if not decision.auto:
                 self.branches.offer(p)
                 state.seen_manual.add(pid)
-                self.notifier.post(*needs_human(p, decision.reason), kind="approval")
+                self.notifier.post(*needs_human(p, decision.reason, decision.risk),
+                                   kind="approval")
                 continue
             if self.controls.defers_auto(state.pending_auto()):
                 self.deferred.add(pid)  # stays proposed: decided again when it closes

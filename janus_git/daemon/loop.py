@@ -67,7 +67,7 @@ class Daemon:
         # and the executor
         self.controls = Controls(state.config["controls"])
         self.notifier = Notifier(self.root, lambda: state.config["notifications"])
-        model = ModelSlot(self.root, state)
+        self.model = model = ModelSlot(self.root, state)
         self.branches = ApprovalBranches(self.repo, state)
         self.answers = Answers(self.sr, state, self.notifier)
         self.judge = ApprovalJudge(self.sr, state, self.answers, self.notifier)
@@ -77,7 +77,8 @@ class Daemon:
                                  on_start, thinking=lambda: self.thinker.alive())
         self.stop = EmergencyStop(self.sr, state, self.notifier)
         self.stop_watch = StopWatch(self.root, state)
-        self.thinker = Thinker(self.root, state, model, enabled=think, once=once)
+        self.thinker = Thinker(self.root, state, model, enabled=think, once=once,
+                               notifier=self.notifier)
         self.summary = DailySummary(self.sr, state, self.notifier)
         self.instance = instance or default_instance()
         # a shared remote (remote: in agent.yaml): fetch, integrate, push, keep a lease
@@ -177,6 +178,7 @@ class Daemon:
         self.notifier.close()
         self.state.activity = "exited"
         self._write_status(force=True)
+        self.model.close()  # the model's child process ends with the daemon
         self.lock.release()
         self.repo.close()
 
@@ -392,8 +394,17 @@ class Daemon:
         status = {"pid": os.getpid(), "started_at": self.started, "activity": s.activity,
                   "head": s.cursor, "stopped": s.stopped, "queued": sorted(s.queue),
                   "running_ids": sorted(s.runs), "mode": s.config.mode,
-                  "last_error": s.last_error, "instance": self.instance,
-                  "remote": self.remote.status() if self.remote is not None else None}
+                  "last_error": s.last_error, "instance": self.instance}
+        # figures that move every tick (a backoff's countdown, a lease's age) are written
+        # with the rest but make no write by themselves
+        thinking = self.thinker.report()
+        remote = self.remote.status() if self.remote is not None else None
+        status["volatile_key"] = {
+            "thinking": {k: thinking[k] for k in ("last", "failures")},
+            "remote": remote and {"leader": remote["leader"], "lag": remote["lag_commits"],
+                                  "last_fetch": remote["last_fetch"],
+                                  "alive": [n for n, v in remote["leases"].items()
+                                            if v["alive"]]}}
         self.controls.ticks.tick()
         controls = {**self.executor.status(), "deferred": len(self.decider.deferred)}
         # measured figures change every second: alone they make no write, but are fresh
@@ -405,8 +416,9 @@ class Daemon:
             return
         self._last_status = status
         self._status_due = now + (2.0 if s.runs or s.queue else 30.0)
-        status = {k: v for k, v in status.items() if k != "controls_key"}
-        self.lock.write_status({**status, "controls": controls, "updated_at": utcnow()})
+        status = {k: v for k, v in status.items() if not k.endswith("_key")}
+        self.lock.write_status({**status, "thinking": thinking, "remote": remote,
+                                "controls": controls, "updated_at": utcnow()})
 
 
 def run_daemon(root: str | Path, *, once: bool = False, think: bool = True,
