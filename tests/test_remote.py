@@ -199,3 +199,89 @@ def _epoch(stamp: str) -> float:
     import datetime as dt
     return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
         tzinfo=dt.timezone.utc).timestamp()
+
+
+def test_people_and_daemons_edit_the_same_files_nothing_lost_nothing_run_twice(
+        state_dir, tmp_path):
+    """500 rounds: Alice files, approves, rejects and re-words proposals in her clone while
+    two daemons decide, claim and report on the same files.  Whichever push lands first
+    wins and the other side decides again from it: every edit Alice landed is in the end
+    state unless a later one of hers replaced it, and no proposal runs twice."""
+    import random
+
+    from fleet import SLEEPER, fleet, fsck, runs_in_history, share as share_fleet, start, \
+        statuses
+    from janus_git import actions
+    from janus_git.errors import JanusError
+    from janus_git.state import StateRepo
+    rounds = int(os.environ.get("CONFLICT_ROUNDS", 500))
+    rng = random.Random(7)
+    with GitDaemonRemote(tmp_path / "server") as remote:
+        url = share_fleet(state_dir, remote, tools={"nap": SLEEPER}, claim_batch=2)
+        alice = clone(url, tmp_path / "alice")
+        daemons = start(fleet(url, tmp_path, 2))
+        sr = StateRepo(alice)
+        ids: list[str] = []
+        worded: dict[str, str] = {}  # the last rationale Alice landed, per proposal
+        landed = 0
+        try:
+            for n in range(rounds):
+                git(alice, "pull", "-q", "--rebase")
+                kind = rng.choice(["file", "file", "approve", "reject", "reword", "reword"])
+                try:
+                    if kind == "file" or not ids:
+                        manual = rng.random() < 0.5
+                        p = actions.propose(sr, mission="TEST",
+                                            type_=MANUAL if manual else "analysis",
+                                            tool="nap", args=[f"0.0{rng.randint(1, 5)}"],
+                                            rationale="filed")
+                        ids.append(p.id)
+                    elif kind == "approve":
+                        actions.approve(sr, rng.choice(ids))
+                    elif kind == "reject":
+                        actions.reject(sr, rng.choice(ids), "no")
+                    else:
+                        pid = rng.choice(ids)
+                        if _reword(alice, pid, f"worded {n}"):
+                            worded[pid] = f"worded {n}"
+                    landed += 1
+                except JanusError:
+                    # not allowed in its state now, or her push met a clash she would have
+                    # to resolve by hand: she drops what did not land and moves on
+                    git(alice, "fetch", "-q")
+                    git(alice, "reset", "-q", "--hard", "origin/main")
+        finally:
+            for d in daemons:
+                d.stop()
+        git(alice, "pull", "-q", "--rebase")
+        final = statuses(alice, ids)
+        runs = runs_in_history(alice)
+        assert landed > rounds // 2
+        assert all(n <= 1 for n in runs.values()), {i: n for i, n in runs.items() if n > 1}
+        for pid, words in worded.items():
+            assert record(alice, pid)["rationale"] == words, pid
+        assert "running" not in final.values()
+        print(f"{rounds} rounds, {landed} landed, {len(ids)} proposals, "
+              f"{sum(runs.values())} runs, {len(worded)} re-worded")
+        for root in [alice, *[tmp_path / f"daemon-{i}" for i in (1, 2)]]:
+            fsck(root)
+
+
+def _reword(root: Path, pid: str, words: str) -> bool:
+    """Alice changes a proposal's rationale by hand and pushes; False if the push met a
+    clash she would resolve by hand (she moves on, as a person might)."""
+    import yaml
+    path = root / f"proposals/{pid[0:4]}/{pid[4:6]}/{pid}.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["rationale"] = words
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    git(root, "commit", "-qm", f"reword {pid}", "--", str(path), who=ALICE)
+    for _ in range(5):
+        if git(root, "push", "-q", "origin", "HEAD:main", check=False).returncode == 0:
+            return True
+        if git(root, "pull", "-q", "--rebase", check=False).returncode != 0:
+            git(root, "rebase", "--abort", check=False)
+            git(root, "reset", "-q", "--hard", "origin/main")
+            return False
+    git(root, "reset", "-q", "--hard", "origin/main")
+    return False
