@@ -56,17 +56,24 @@ def test_readme_main_job_leaves_real_work_in_the_state_repo(tmp_path):
         assert git(repo, "log", "--oneline", "--", str(p.relative_to(repo))).stdout.strip()
 
 
-def test_systemd_unit_verifies(tmp_path):
+@pytest.mark.parametrize("name,as_", [("janus-git.service", "janus-git.service"),
+                                     ("janus-git@.service", "janus-git@d1.service")])
+def test_systemd_unit_verifies(tmp_path, name, as_):
+    """The single daemon's unit, and the template for several on a shared remote (verified
+    as an instance of it)."""
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed here")
     exe = shutil.which("janus-git")
-    unit = (ROOT / "deploy" / "janus-git.service").read_text()
+    unit = (ROOT / "deploy" / name).read_text()
+    assert "--instance %i" in unit or "@" not in name
     unit = unit.replace("/usr/local/bin/janus-git", exe).replace("/srv/janus/state",
                                                                   str(tmp_path))
-    path = tmp_path / "janus-git.service"
-    path.write_text(unit)
+    (tmp_path / name).write_text(unit)
+    path = tmp_path / as_
+    if as_ != name:
+        path.symlink_to(tmp_path / name)
     out = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True)
-    problems = [l for l in (out.stdout + out.stderr).splitlines()
-                if "janus-git.service" in l and "User=" not in l]
+    problems = [line for line in (out.stdout + out.stderr).splitlines()
+                if "janus-git" in line and ".service" in line and "User=" not in line]
     assert not problems, problems
