@@ -44,6 +44,9 @@ class Decider:
         self._redecide = False
         self._alerted = 0.0
         controls.on_valve = self._valve_moved
+        # on a shared remote the policy's approvals of one pass go in one commit (one push);
+        # None: one commit each, as a local daemon makes them
+        self.batch: list[tuple[Proposal, bytes, object]] | None = None
 
     def due(self) -> bool:
         """Whether deferred work is to be decided again (the valve closed since)."""
@@ -70,18 +73,26 @@ class Decider:
             self._redecide = bool(self.deferred)
 
     def decide_new(self) -> None:
-        from .. import tools
-
         state = self.state
         self._redecide = False
         self.controls.configure(state.config["controls"])
         rows = self.sr.index.query(status=[S.PROPOSED.value])
         self.deferred &= {row["id"] for row in rows}
+        try:
+            self._decide_rows(rows)
+        finally:
+            if self.batch:
+                self._approve_batch()
+
+    def _decide_rows(self, rows: list[dict]) -> None:
+        from .. import tools
+
+        state = self.state
         for row in rows:
             pid = row["id"]
             if pid in state.seen_manual or pid in state.queue:
                 continue
-            if pid in self.deferred and self.controls.defers_auto(state.pending_auto()):
+            if pid in self.deferred and self.controls.defers_auto(self._pending()):
                 continue  # still held back: not read again until the valve closes
             current = self.store.head(pid)
             if current is None:
@@ -106,22 +117,22 @@ class Decider:
                 self.notifier.post(*needs_human(p, decision.reason, decision.risk),
                                    kind="approval")
                 continue
-            if self.controls.defers_auto(state.pending_auto()):
+            if self.controls.defers_auto(self._pending()):
                 self.deferred.add(pid)  # stays proposed: decided again when it closes
                 continue
             self.deferred.discard(pid)
             self._approve(p, text, decision)
 
+    def _pending(self) -> int:
+        return self.state.pending_auto() + len(self.batch or ())
+
     def _approve(self, p: Proposal, text: bytes, decision) -> None:
         """The policy's approval: committed (with the rule that made it), then queued."""
+        if self.batch is not None:
+            self.batch.append((p, text, decision))
+            return
         state = self.state
-        record = {"rule": decision.rule, "by": state.config.identity.email,
-                  "digest": p.recompute_digest(), "at": utcnow(), "reason": decision.reason}
-
-        def approve(q: Proposal) -> None:
-            q.risk = decision.risk
-            q.decision = record
-
+        record, approve = self._record(p, decision)
         with state.writes:
             sha = lifecycle.transition(self.repo, p, S.APPROVED, state.config.identity,
                                        base_text=text, update=approve,
@@ -129,6 +140,30 @@ class Decider:
         crashpoint("after-auto-approve")
         record["commit"] = sha
         state.queue[p.id] = Ticket(p.id, record)
+
+    def _record(self, p: Proposal, decision):
+        record = {"rule": decision.rule, "by": self.state.config.identity.email,
+                  "digest": p.recompute_digest(), "at": utcnow(), "reason": decision.reason}
+
+        def approve(q: Proposal) -> None:
+            q.risk = decision.risk
+            q.decision = record
+        return record, approve
+
+    def _approve_batch(self) -> None:
+        """The pass's approvals in one commit; queued once it landed (a refused push leaves
+        them proposed, decided again after the fetch)."""
+        state, batch = self.state, self.batch or []
+        self.batch = []
+        made = [(p, *self._record(p, d), text, d) for p, text, d in batch]
+        steps = [lifecycle.Step(p, S.APPROVED, text, d.reason, approve)
+                 for p, _, approve, text, d in made]
+        with state.writes:
+            sha = lifecycle.transition_group(self.repo, steps, state.config.identity)
+        crashpoint("after-auto-approve")
+        for p, record, _, _, _ in made:
+            record["commit"] = sha
+            state.queue[p.id] = Ticket(p.id, record)
 
     def refuse(self, p: Proposal, text: bytes, reason: str) -> None:
         with self.state.writes:

@@ -89,6 +89,7 @@ class Daemon:
             state.claim = {"instance": self.instance}
             self.executor.batcher = Batcher(self.executor, self.instance,
                                             int(state.config["remote"]["claim_batch"]))
+            self.decider.batch = []  # the policy's approvals of a pass: one push
         self.graph = CommitGraph(self.root)
         self.started = utcnow()
         self.fatal = False
