@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
+import random
 import statistics
 import sys
 import tempfile
@@ -81,7 +82,9 @@ def approve_and_time(reviewer: Path, rev: str, n: int, port: int | None) -> floa
     sr = StateRepo(reviewer)
     p = actions.propose(sr, mission="TEST", type_="maintenance", tool="python",
                         args=PRINT_TIME, rationale="bench")
-    time.sleep(1.0)  # the daemon decides (manual: it waits for a person)
+    # the daemon decides (manual: it waits for a person); then a random phase against the
+    # poll interval, so polling is not timed at one lucky phase
+    time.sleep(1.0 + random.random() * 2.0)
     if rev != "HEAD":
         git(reviewer, "pull", "-q", "--ff-only")
     sr = StateRepo(reviewer)
@@ -120,7 +123,7 @@ def latency(base: Path, mode: str, rounds: int) -> list[float]:
     return out
 
 
-def throughput(base: Path, daemons: int, n: int) -> float:
+def throughput(base: Path, daemons: int, n: int, batch: int = 4, poll: float = 0.5) -> float:
     from conftest import configure, git
     from daemonkit import DaemonProcess
     from fleet import SLEEPER, file_many, fleet, share, start, wait_done
@@ -140,20 +143,57 @@ def throughput(base: Path, daemons: int, n: int) -> float:
             _wait_local(state, ids)
             return time.monotonic() - t0
     with GitDaemonRemote(work / "server") as remote:
-        url = share(state, remote, tools={"nap": SLEEPER})
+        url = share(state, remote, tools={"nap": SLEEPER}, claim_batch=batch,
+                    poll_seconds=poll)
         alice = clone(url, work / "alice")
         procs = start(fleet(url, work, daemons))
         try:
             ids = file_many(alice, n, "nap", ["0.2"])
             git(alice, "push", "-q", "origin", "HEAD:main")
             t0 = time.monotonic()
+            host0 = _host_busy()
             for proc in procs:  # no waiting for a poll: the bench times the work itself
                 proc.proc.send_signal(__import__("signal").SIGUSR1)
             wait_done(alice, ids, 600, done=("succeeded",))
-            return time.monotonic() - t0
+            took = time.monotonic() - t0
+            CPU[daemons] = sum(_cpu(proc.proc.pid) for proc in procs)
+            HOST[daemons] = _host_busy(host0)
+            import json
+            for i in range(daemons):
+                st = json.loads((work / f"daemon-{i + 1}/.git/janus/daemon.json").read_text())
+                r = st["remote"]
+                print(f"    d{i + 1}: {r['pushes']} pushes, {r['refused_pushes']} refused, "
+                      f"{r['fetches']} fetches")
+            return took
         finally:
             for proc in procs:
                 proc.stop()
+
+
+CPU: dict[int, float] = {}  # daemons -> their CPU seconds (with their tools'), last run
+HOST: dict[int, float] = {}  # daemons -> the host's busy share over the run
+
+
+def _host_busy(since=None):
+    """The host's CPU times now, or (with SINCE) the busy share since then, 0-100 %."""
+    import psutil
+    now = psutil.cpu_times()
+    if since is None:
+        return now
+    total = sum(now) - sum(since)
+    idle = (now.idle + now.iowait) - (since.idle + since.iowait)
+    return 100.0 * (total - idle) / total if total else 0.0
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds of a daemon and everything it started (its git, bwrap and tools)."""
+    import psutil
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+        return sum(sum(p.cpu_times()[:4]) for p in procs)
+    except psutil.Error:
+        return 0.0
 
 
 def _wait_local(root: Path, ids: list[str]) -> None:
@@ -176,26 +216,36 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--proposals", type=int, default=150)
+    ap.add_argument("--claim-batch", type=int, default=4)
+    ap.add_argument("--poll", type=float, default=0.5)
+    ap.add_argument("--only", choices=["latency", "throughput"])
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         common.use_env(base / "home")
         print("push -> run start (ms)       p50     p90   target")
         figures = {}
-        for mode, target in (("local", None), ("webhook", 300.0), ("polling", 2300.0)):
+        modes = (("local", None), ("webhook", 300.0), ("polling", 2300.0))
+        for mode, target in modes if args.only != "throughput" else ():
             ms = latency(base, mode, args.rounds)
             figures[mode] = ms
             verdict = "" if target is None else ("ok" if statistics.median(ms) <= target
                                                  else "MISS")
             print(f"  {mode:<24} {statistics.median(ms):7.0f} {pct(ms, 0.9):7.0f}   "
                   f"{'' if target is None else f'<= {target:.0f}'} {verdict}")
-        print(f"\nthroughput, {args.proposals} auto runs of 0.2 s, one slot per daemon")
+        if args.only == "latency":
+            return
+        print(f"\nthroughput, {args.proposals} auto runs of 0.2 s, one slot per daemon, "
+              f"claim_batch {args.claim_batch}, poll {args.poll} s")
         times = {}
         for daemons in (0, 1, 2, 3):
-            times[daemons] = throughput(base, daemons, args.proposals)
+            times[daemons] = throughput(base, daemons, args.proposals, args.claim_batch,
+                                        args.poll)
             label = "local daemon today" if daemons == 0 else f"{daemons} daemon(s), remote"
+            cpu = (f"  daemons' CPU {CPU[daemons]:5.1f} s, host busy {HOST[daemons]:.0f} %"
+                   if daemons in CPU else "")
             print(f"  {label:<24} {times[daemons]:6.1f} s  "
-                  f"{args.proposals / times[daemons]:5.2f} runs/s")
+                  f"{args.proposals / times[daemons]:5.2f} runs/s{cpu}")
         speedup = times[1] / times[3]
         print(f"  3 daemons vs 1: {speedup:.2f}x (target >= 2.5x) "
               f"{'ok' if speedup >= 2.5 else 'MISS'}")

@@ -285,3 +285,25 @@ def _reword(root: Path, pid: str, words: str) -> bool:
             return False
     git(root, "reset", "-q", "--hard", "origin/main")
     return False
+
+
+def test_a_forged_lease_neither_takes_the_lead_nor_keeps_a_claim_alive(state_dir, tmp_path):
+    """Anyone who can push can write refs/janus/lease/*: an unsigned heartbeat under a name
+    that would sort first is ignored, and the real daemon keeps leading."""
+    with GitDaemonRemote(tmp_path / "server") as remote:
+        url = shared(state_dir, remote)
+        daemon_clone = clone(url, tmp_path / "daemon")
+        mallory = clone(url, tmp_path / "mallory")
+        with DaemonProcess(daemon_clone, "--instance", "d1"):
+            wait_for(lambda: (daemon_status(daemon_clone).get("remote") or {}).get("leader"),
+                     10, "d1 to lead")
+            tree = git(mallory, "hash-object", "-t", "tree", "-w", "/dev/null").stdout.strip()
+            for n in range(3):  # keeps "renewing" it, as a live daemon would
+                forged = git(mallory, "commit-tree", tree, "-m",
+                             f"janus lease a: alive\n\nrenewed_at: 2099-01-0{n + 1}T00:00:00Z\n"
+                             ).stdout.strip()
+                git(mallory, "push", "-q", "origin", f"+{forged}:refs/janus/lease/a")
+                time.sleep(1.0)
+            st = daemon_status(daemon_clone)["remote"]
+        assert st["leader"] is True
+        assert "a" not in st["leases"] or not st["leases"]["a"]["alive"], st["leases"]

@@ -46,6 +46,7 @@ class Lease:
     sha: str
     changed: float  # monotonic: when this observer saw it move
     released: bool = False
+    renewed_at: str = ""  # what its daemon wrote: a heartbeat only ever moves forward
 
 
 class Leases:
@@ -55,14 +56,11 @@ class Leases:
         self.own = own
         self.seen: dict[str, Lease] = {}
 
-    def observe(self, refs: dict[str, str], released: set[str]) -> None:
-        now = time.monotonic()
-        for ref, sha in refs.items():
-            name = ref[len(SEEN_LEASES):]
-            old = self.seen.get(name)
-            if old is None or old.sha != sha:
-                self.seen[name] = Lease(sha, now, name in released)
-        for name in set(self.seen) - {r[len(SEEN_LEASES):] for r in refs}:
+    def observe(self, moved: dict[str, Lease], present: set[str]) -> None:
+        """MOVED: the leases whose heartbeat moved (already checked genuine); PRESENT: every
+        lease name on the remote."""
+        self.seen.update(moved)
+        for name in set(self.seen) - present:
             del self.seen[name]
 
     def alive(self, name: str, seconds: float) -> bool:
@@ -257,15 +255,37 @@ class Remote(Publisher):
                          "the clone to it")
 
     def _observe_leases(self) -> None:
+        """Everyone's heartbeats as fetched.  Anyone who can push can write a lease ref, so
+        a move counts only when it is the agent's signed commit, names the lease it is on,
+        and is newer than the last one seen: a forged lease cannot keep a dead daemon's
+        claims alive, and a made-up name cannot take the lead (and with it the deciding)."""
         refs = self.repo.refs(SEEN_LEASES)
-        released = set()
+        moved = {}
         for ref, sha in refs.items():
-            known = self.leases.seen.get(ref[len(SEEN_LEASES):])
-            if known is None or known.sha != sha:
-                subject = self.repo.commit_info(sha).subject
-                if subject.endswith(": released"):
-                    released.add(ref[len(SEEN_LEASES):])
-        self.leases.observe(refs, released)
+            name = ref[len(SEEN_LEASES):]
+            known = self.leases.seen.get(name)
+            if known is not None and known.sha == sha:
+                continue
+            lease = self._genuine(name, sha, known)
+            if lease is not None:
+                moved[name] = lease
+            elif known is None or known.sha != sha:
+                log.warning("lease %s moved to %s, which is not the agent's signed heartbeat "
+                            "for it; ignored", name, sha[:10])
+        self.leases.observe(moved, {ref[len(SEEN_LEASES):] for ref in refs})
+
+    def _genuine(self, name: str, sha: str, known: Lease | None) -> Lease | None:
+        commit = self.repo.commit_info(sha)
+        subject = commit.subject
+        renewed = next((line.split(":", 1)[1].strip() for line in commit.body.splitlines()
+                        if line.startswith("renewed_at:")), "")
+        if not subject.startswith(f"janus lease {name}: ") or not renewed:
+            return None
+        if known is not None and renewed <= known.renewed_at:
+            return None  # an old heartbeat put back: a replay
+        if not self.state.trust.is_agent(commit):
+            return None
+        return Lease(sha, time.monotonic(), subject.endswith(": released"), renewed)
 
     # -- publishing (gitrepo calls these inside its commit lock) ----------------------------
     def publish(self, sha: str, old: str | None) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import psutil
 
-from .cgroups import Cgroups, Reading, _int, _stat, owner_alive
+from .cgroups import Cgroups, Reading, _int, _stat, sweep_stale
 
 WANTED = ("memory", "pids", "cpu")
 
@@ -291,12 +291,7 @@ def probe(h: Hierarchy | None = None) -> dict:
     out = {ctl: False for ctl in WANTED}
     if runs is None:
         return {**out, "tree": False}
-    for stale in runs.glob("run-*"):  # left by a daemon that died
-        if not owner_alive(stale.name):
-            try:
-                stale.rmdir()
-            except OSError:
-                pass
+    sweep_stale(runs)
     probe_dir = runs / f"probe-{os.getpid()}"
     try:
         probe_dir.mkdir()

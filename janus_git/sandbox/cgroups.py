@@ -233,6 +233,16 @@ def owner_alive(name: str) -> bool:
         return True
 
 
+def sweep_stale(base: Path) -> None:
+    """Remove the run cgroups a dead daemon left under BASE (a live one's are left alone)."""
+    for stale in base.glob("run-*"):
+        if not owner_alive(stale.name):
+            try:
+                stale.rmdir()
+            except OSError:
+                pass
+
+
 def probe() -> dict:
     """{controller: usable} for the version in use; v2 adds "tree" (runs get a cgroup of
     their own, even with no controller: exact CPU time and every process of the run)."""
@@ -244,12 +254,7 @@ def probe() -> dict:
         base = cgroup_base(ctl)
         ok = False
         if base is not None and base.is_dir():
-            for stale in base.glob("run-*"):  # left by a daemon that died
-                if not owner_alive(stale.name):
-                    try:
-                        stale.rmdir()
-                    except OSError:
-                        pass
+            sweep_stale(base)
         if base is not None:
             probe = base / f"probe-{os.getpid()}"
             try:
