@@ -232,4 +232,6 @@ def test_an_exclusive_llama_bench_measures_as_on_a_quiet_box(state_dir):
         x = record(state_dir, pid)["execution"]
         assert when(x["ended_at"]) <= s + 0.05 or when(x["started_at"]) >= e - 0.05, pid
     ref = sum(quiet) / len(quiet)
+    print(f"exclusive llama_bench: {loaded:.1f} tok/s beside queued work; quiet box "
+          f"{quiet[0]:.1f} before, {quiet[1]:.1f} after ({(loaded - ref) / ref:+.1%})")
     assert abs(loaded - ref) / ref < 0.15, (loaded, quiet)
