@@ -88,7 +88,8 @@ class Daemon:
             from .batch import Batcher
             state.claim = {"instance": self.instance}
             self.executor.batcher = Batcher(self.executor, self.instance,
-                                            int(state.config["remote"]["claim_batch"]))
+                                            int(state.config["remote"]["claim_batch"]),
+                                            fresh=self.remote.fresh)
             self.decider.batch = []  # the policy's approvals of a pass: one push
         self.graph = CommitGraph(self.root)
         self.started = utcnow()

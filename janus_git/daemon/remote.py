@@ -146,6 +146,7 @@ class Remote(Publisher):
         self.webhook = None
         self.next_fetch = 0.0
         self._poked_at = 0.0
+        self._fetched_at = 0.0
         self.url = ""
         self.stats: dict[str, Any] = {"last_fetch": None, "last_push": None, "fetches": 0,
                                       "pushes": 0, "refused_pushes": 0, "lag_commits": 0,
@@ -211,6 +212,12 @@ class Remote(Publisher):
     def due(self) -> bool:
         return self.poked.is_set() or time.monotonic() >= self.next_fetch
 
+    def fresh(self, within: float = 0.1) -> None:
+        """Fetch unless the last fetch is younger than WITHIN seconds: before a claim, so
+        that it is built on the tip as it is now."""
+        if time.monotonic() - self._fetched_at > within:
+            self.sync()
+
     def wait_time(self) -> float:
         return 0.0 if self.poked.is_set() else max(0.0, self.next_fetch - time.monotonic())
 
@@ -230,6 +237,7 @@ class Remote(Publisher):
                              "retrying at the next poll") from None
         self.stats.update(last_fetch=utcnow(), fetches=self.stats["fetches"] + 1,
                           fetch_error="")
+        self._fetched_at = time.monotonic()
         self._observe_leases()
         self._integrate()
 
