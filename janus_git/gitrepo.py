@@ -513,6 +513,7 @@ class GitRepo:
         sha = self._tree_commit(head, info, message, identity)
         crashpoint("mid-commit")
         publisher.publish(sha, head)
+        crashpoint("after-push")  # on the remote, not yet here: the next start fetches it
         self._run("update-ref", "-m", "janus", f"refs/heads/{self.branch()}", sha, head or "")
         self._run_retrying("update-index", "--index-info", stdin=info)
         return sha

@@ -307,3 +307,28 @@ def test_a_forged_lease_neither_takes_the_lead_nor_keeps_a_claim_alive(state_dir
             st = daemon_status(daemon_clone)["remote"]
         assert st["leader"] is True
         assert "a" not in st["leases"] or not st["leases"]["a"]["alive"], st["leases"]
+
+
+def test_killed_between_its_push_and_its_own_branch_the_daemon_starts_again(
+        state_dir, tmp_path):
+    """kill -9 after a push landed but before the clone's branch moved: the remote has the
+    commit, the clone has its files half-written.  The next start puts the tree back,
+    fetches the commit, and carries on; nothing runs twice."""
+    from fleet import runs_in_history
+    with GitDaemonRemote(tmp_path / "server") as remote:
+        url = shared(state_dir, remote)
+        daemon_clone = clone(url, tmp_path / "daemon")
+        alice = clone(url, tmp_path / "alice")
+        pid = propose(alice, "echo", "after a crash")
+        push(alice)
+        crashed = DaemonProcess(daemon_clone, "--instance", "d1",
+                                env={"JANUS_GIT_CRASHPOINT": "after-push"})
+        crashed.proc.wait(30)
+        assert crashed.proc.returncode == -9
+        assert list((daemon_clone / ".git/janus").glob("intent-*.json"))  # half-written
+        with DaemonProcess(daemon_clone, "--instance", "d1"):
+            wait_for(lambda: pulled_status(alice, pid) in ("succeeded", "interrupted"), 30,
+                     "the proposal to end")
+        assert runs_in_history(alice).get(pid, 0) <= 1
+        fsck_clean(daemon_clone)
+        assert git(daemon_clone, "status", "--porcelain", "--untracked-files=no").stdout == ""

@@ -149,6 +149,11 @@ class Daemon:
             self.notifier.start()
             lifecycle.subscribe(self.notifier.on_transition)
             if self.remote is not None:
+                # what a process killed mid-commit left in the tree goes first: the
+                # fast-forward would refuse to overwrite it
+                for path in self.repo.recover_intents():
+                    log.warning("put %s back to HEAD: a janus-git process died before "
+                                "committing it", path)
                 self.remote.open()  # the remote's news first: start-up reads it
             self._start_up()
         except BaseException:
