@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import AGENT, MALLORY, git
+from conftest import AGENT, MALLORY, configure, git
 from daemonkit import (DaemonProcess, propose, record, run_once, set_status, status,
                        tool_use_lines, wait_for, wait_status)
 
@@ -181,3 +181,25 @@ def test_a_force_push_is_refused(state_dir, tmp_path):
     git(clone, "commit", "-qm", "diverge", who=MALLORY)
     out = git(clone, "push", "-f", "origin", "HEAD:main", check=False)
     assert out.returncode != 0 and "non-fast-forward" in out.stderr
+
+
+def test_a_pushers_edit_of_a_running_claim_is_put_back_and_the_result_lands(state_dir):
+    """Only the agent writes the decision and execution blocks: Mallory rewriting a running
+    proposal's claim (`execution.instance`, which tells several daemons whose claim it is,
+    and a made-up exit code) is put back, and the real result is committed."""
+    registry = yaml.safe_load((state_dir / "state/agent.yaml").read_text())["tools"]
+    configure(state_dir, tools={**registry, "nap": {
+        "description": "sleeps", "risk": "low", "auto_exec": True, "network": False,
+        "runner": "external", "command": ["sleep"]}})
+    with DaemonProcess(state_dir):
+        pid = propose(state_dir, "3", tool="nap")
+        wait_status(state_dir, pid, "running")
+        path = state_dir / f"proposals/{pid[0:4]}/{pid[4:6]}/{pid}.yaml"
+        data = yaml.safe_load(path.read_text())
+        data["execution"] = {**data["execution"], "instance": "ghost", "exit_code": 0}
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        git(state_dir, "commit", "-qm", "claim it for a ghost", "--", str(path), who=MALLORY)
+        rec = wait_status(state_dir, pid, "succeeded", timeout=20)
+    assert "instance" not in rec["execution"] and rec["execution"]["exit_code"] == 0
+    log = git(state_dir, "log", "--format=%s%n%b", "--", str(path)).stdout
+    assert "only the agent writes those" in log

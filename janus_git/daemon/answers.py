@@ -48,6 +48,22 @@ class Answers:
                      f"{c.sha[:10]}; a proposal is filed as proposed, with no decision of its "
                      "own, and decided again", as_filed)
 
+    def agents_blocks(self, c: Commit, old: Proposal, new: Proposal) -> None:
+        """A person edited the decision or execution block, which only the agent writes (a
+        forged `execution.instance` would let the leader of several daemons take a live
+        claim for an orphan, and drop its result): both go back as they were."""
+        current = self.store.head(new.id)
+        if current is None:
+            return
+        p, text = current
+        if (p.decision, p.execution) == (old.decision, old.execution):
+            return  # already put back
+
+        def as_before(q: Proposal) -> None:
+            q.decision, q.execution = old.decision, old.execution
+        self.correct(p, text, f"{c.author_email} changed its decision or execution block in "
+                     f"{c.sha[:10]}; only the agent writes those", as_before)
+
     def changed(self, c: Commit, new: Proposal, filed: Filing) -> None:
         """Type, tool or args changed after filing: put them back as filed; every approval
         so far is void."""

@@ -148,6 +148,9 @@ class CommitReader:
                 self.judge.judge(self.judge.acting(c, pid, path, rules), new, rules)
             return
         if old.status == new.status:
+            if (new.decision, new.execution) != (old.decision, old.execution):
+                self.answers.agents_blocks(c, old, new)
+                return
             if new.status == S.PROPOSED and len(new.approvals) > len(old.approvals):
                 self.judge.judge(self.judge.acting(c, pid, path, rules), new, rules)
             return
