@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import hmac
 import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -153,7 +154,7 @@ def throughput(base: Path, daemons: int, n: int, batch: int = 4, poll: float = 0
             t0 = time.monotonic()
             host0 = _host_busy()
             for proc in procs:  # no waiting for a poll: the bench times the work itself
-                proc.proc.send_signal(__import__("signal").SIGUSR1)
+                proc.proc.send_signal(signal.SIGUSR1)
             wait_done(alice, ids, 600, done=("succeeded",))
             took = time.monotonic() - t0
             CPU[daemons] = sum(_cpu(proc.proc.pid) for proc in procs)
@@ -207,11 +208,6 @@ def _wait_local(root: Path, ids: list[str]) -> None:
         time.sleep(0.2)
 
 
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=10)
@@ -231,7 +227,7 @@ def main() -> None:
             figures[mode] = ms
             verdict = "" if target is None else ("ok" if statistics.median(ms) <= target
                                                  else "MISS")
-            print(f"  {mode:<24} {statistics.median(ms):7.0f} {pct(ms, 0.9):7.0f}   "
+            print(f"  {mode:<24} {statistics.median(ms):7.0f} {common.p90(ms):7.0f}   "
                   f"{'' if target is None else f'<= {target:.0f}'} {verdict}")
         if args.only == "latency":
             return

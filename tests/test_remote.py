@@ -332,3 +332,14 @@ def test_killed_between_its_push_and_its_own_branch_the_daemon_starts_again(
         assert runs_in_history(alice).get(pid, 0) <= 1
         fsck_clean(daemon_clone)
         assert git(daemon_clone, "status", "--porcelain", "--untracked-files=no").stdout == ""
+
+
+def test_remote_mode_without_that_remote_in_the_clone_says_how_to_add_it(state_dir):
+    from daemonkit import burst
+    from janus_git.errors import JanusError
+    configure(state_dir, remote={"name": "upstream"})
+    with pytest.raises(JanusError, match="has none: `git -C .* remote add upstream URL`"):
+        burst(state_dir)
+    out = subprocess.run(["python3", "-m", "janus_git.cli", "daemon", str(state_dir), "--once"],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "remote add upstream" in out.stderr

@@ -23,7 +23,6 @@ from .. import lifecycle
 from ..errors import Conflict
 from ..lifecycle import Step
 from ..proposal import Proposal, Status, utcnow
-from .remote import claimed_by
 from .state import Run, Ticket
 
 log = logging.getLogger("janus_git.daemon")
@@ -105,8 +104,9 @@ class Batcher:
             pid = next(iter(self.backlog))
             ticket = self.backlog.pop(pid)
             current = self.ex.store.head(pid)
-            if current is None or current[0].status != S.RUNNING or \
-                    claimed_by(current[0].execution) != self.instance:
+            # ours by this daemon's own record, not the file's execution block (a pusher can
+            # write that); the leader takes back an orphan by moving its status
+            if current is None or current[0].status != S.RUNNING:
                 continue  # a person, the stop or the leader moved it meanwhile
             self.ex.launch(current[0], ticket)
 
@@ -175,8 +175,7 @@ class Batcher:
         """(step, files, audit line) for a finished run, or None when its proposal is no
         longer this daemon's running claim (the result is then only in the log)."""
         current = self.ex.store.head(run.id)
-        if current is None or current[0].status != S.RUNNING or \
-                claimed_by(current[0].execution) != self.instance:
+        if current is None or current[0].status != S.RUNNING:
             log.warning("%s is no longer ours to report; result dropped: %r", run.id,
                         run.result)
             return None
