@@ -124,12 +124,16 @@ def latency(base: Path, mode: str, rounds: int) -> list[float]:
     return out
 
 
-def throughput(base: Path, daemons: int, n: int, batch: int = 4, poll: float = 0.5) -> float:
+def throughput(base: Path, daemons: int, n: int, batch: int = 8, poll: float = 0.5,
+               hook: bool = False) -> float:
+    """Seconds until N sleeping auto runs have all succeeded on DAEMONS daemons (0: the
+    local daemon today).  With HOOK, the remote delivers a forge's webhook to every daemon
+    after each push (tests/remotekit.forge_webhooks) and the poll is only a safety net."""
     from conftest import configure, git
     from daemonkit import DaemonProcess
     from fleet import SLEEPER, file_many, fleet, share, start, wait_done
-    from remotekit import GitDaemonRemote, clone
-    work = base / f"tp-{daemons}"
+    from remotekit import GitDaemonRemote, clone, forge_webhooks, free_port
+    work = base / f"tp-{daemons}{'-hook' if hook else ''}"
     state = make_state(work)
     if daemons == 0:  # the local daemon today, one slot
         import yaml
@@ -144,18 +148,24 @@ def throughput(base: Path, daemons: int, n: int, batch: int = 4, poll: float = 0
             _wait_local(state, ids)
             return time.monotonic() - t0
     with GitDaemonRemote(work / "server") as remote:
-        url = share(state, remote, tools={"nap": SLEEPER}, claim_batch=batch,
-                    poll_seconds=poll)
+        listen = [f"127.0.0.1:{free_port()}" for _ in range(daemons)] if hook else None
+        cfg = {"poll_seconds": poll}
+        if hook:
+            cfg = {"poll_seconds": 10, "webhook": {"listen": "127.0.0.1:1",
+                                                   "secret_env": "BENCH_HOOK"}}
+            forge_webhooks(remote.path, [f"http://{a}/" for a in listen], SECRET)
+        url = share(state, remote, tools={"nap": SLEEPER}, claim_batch=batch, **cfg)
         alice = clone(url, work / "alice")
-        procs = start(fleet(url, work, daemons))
+        procs = start(fleet(url, work, daemons), listen, BENCH_HOOK=SECRET.decode())
         try:
             ids = file_many(alice, n, "nap", ["0.2"])
             git(alice, "push", "-q", "origin", "HEAD:main")
             t0 = time.monotonic()
             host0 = _host_busy()
-            for proc in procs:  # no waiting for a poll: the bench times the work itself
-                proc.proc.send_signal(signal.SIGUSR1)
-            wait_done(alice, ids, 600, done=("succeeded",))
+            if not hook:  # no waiting for a poll: the bench times the work itself
+                for proc in procs:
+                    proc.proc.send_signal(signal.SIGUSR1)
+            wait_done(alice, ids, 600, done=("succeeded",), every=0.1)
             took = time.monotonic() - t0
             CPU[daemons] = sum(_cpu(proc.proc.pid) for proc in procs)
             HOST[daemons] = _host_busy(host0)
@@ -163,7 +173,8 @@ def throughput(base: Path, daemons: int, n: int, batch: int = 4, poll: float = 0
             for i in range(daemons):
                 st = json.loads((work / f"daemon-{i + 1}/.git/janus/daemon.json").read_text())
                 r = st["remote"]
-                print(f"    d{i + 1}: {r['pushes']} pushes, {r['refused_pushes']} refused, "
+                print(f"    d{i + 1}: {r['pushes']} pushes, {r['refused_pushes']} refused "
+                      f"({r.get('replayed', 0)} replayed on the new tip), "
                       f"{r['fetches']} fetches")
             return took
         finally:
@@ -212,9 +223,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--proposals", type=int, default=150)
-    ap.add_argument("--claim-batch", type=int, default=4)
+    ap.add_argument("--claim-batch", type=int, default=8)
     ap.add_argument("--poll", type=float, default=0.5)
     ap.add_argument("--only", choices=["latency", "throughput"])
+    ap.add_argument("--hook", action="store_true",
+                    help="throughput with a forge's webhook after every push, not polling")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
@@ -231,12 +244,13 @@ def main() -> None:
                   f"{'' if target is None else f'<= {target:.0f}'} {verdict}")
         if args.only == "latency":
             return
+        how = "a forge's webhook after each push" if args.hook else f"poll {args.poll} s"
         print(f"\nthroughput, {args.proposals} auto runs of 0.2 s, one slot per daemon, "
-              f"claim_batch {args.claim_batch}, poll {args.poll} s")
+              f"claim_batch {args.claim_batch}, {how}")
         times = {}
         for daemons in (0, 1, 2, 3):
             times[daemons] = throughput(base, daemons, args.proposals, args.claim_batch,
-                                        args.poll)
+                                        args.poll, args.hook)
             label = "local daemon today" if daemons == 0 else f"{daemons} daemon(s), remote"
             cpu = (f"  daemons' CPU {CPU[daemons]:5.1f} s, host busy {HOST[daemons]:.0f} %"
                    if daemons in CPU else "")

@@ -63,12 +63,17 @@ def daemon(directory: Path = typer.Argument(Path("."), help="The state repositor
            instance: Optional[str] = typer.Option(
                None, "--instance", help="This daemon's name on a shared remote (its claims "
                "and lease carry it); default: the host name."),
+           listen: Optional[str] = typer.Option(
+               None, "--webhook-listen", metavar="HOST:PORT", help="Where this daemon's "
+               "webhook receiver listens, over remote.webhook.listen (several daemons on "
+               "one host)."),
            verbose: bool = typer.Option(False, "--verbose", "-v")):
     """Watch the state repository: decide, run, commit results."""
     from .daemon import run_daemon
     from .logsetup import setup_logging
     setup_logging(directory, verbose)
-    raise typer.Exit(run_daemon(directory, once=once, think=think, instance=instance))
+    raise typer.Exit(run_daemon(directory, once=once, think=think, instance=instance,
+                                listen=listen))
 
 
 @app.command()

@@ -43,7 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "remote": None,
 }
 REMOTE_DEFAULTS: dict[str, Any] = {"name": "origin", "branch": None, "poll_seconds": 10,
-                                   "lease_seconds": 30, "claim_batch": 4, "webhook": None}
+                                   "lease_seconds": 30, "claim_batch": 8, "webhook": None}
 
 _limits_schema = {
     "type": "object", "additionalProperties": False,

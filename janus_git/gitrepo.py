@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -27,6 +28,8 @@ from pathlib import Path
 
 from .errors import Conflict, GitError, JanusError
 from .util import atomic_write
+
+log = logging.getLogger("janus_git")
 
 LOCK_RETRY_SECONDS = 10.0
 TRAILER_PROPOSAL = "Janus-Proposal"
@@ -102,6 +105,13 @@ class Publisher:
     def publish_ref(self, ref: str, sha: str | None) -> None:
         """Best effort: make REF on the remote point at SHA (None: delete it)."""
         raise NotImplementedError
+
+    def tip(self) -> str | None:
+        """Fetch the branch alone and say where the remote has it now (replay.py)."""
+        raise NotImplementedError
+
+    def replayed(self) -> None:
+        """A refused commit landed on the new tip after all (for the status's figures)."""
 
 
 class GitRepo:
@@ -330,6 +340,11 @@ class GitRepo:
         out = self._run("ls-tree", "-r", "--name-only", "-z", rev, "--", prefix, check=False)
         return [p for p in out.split("\0") if p]
 
+    def changed_paths(self, a: str, b: str) -> list[str]:
+        """The paths that differ between commits A and B."""
+        return [p for p in self._run("diff-tree", "-r", "-z", "--no-renames", "--name-only",
+                                     a, b).split("\0") if p]
+
     def is_ancestor(self, a: str, b: str) -> bool:
         return self._run_status("merge-base", "--is-ancestor", a, b)[0] == 0
 
@@ -500,26 +515,69 @@ class GitRepo:
     def _commit_published(self, files: dict[str, bytes | None], message: str,
                           identity: Identity | None, publisher: Publisher) -> str:
         """Remote mode: the commit is built beside the index (a temporary one), pushed, and
-        only then does the local branch move and the index follow.  A refused push raises
-        Conflict with the branch untouched (the caller puts the working tree back)."""
+        only then does the local branch move and the index follow.  A refused push is made
+        again on the remote's new tip when nothing it changed moved meanwhile (replay.py);
+        otherwise it raises Conflict with the branch untouched (the caller puts the working
+        tree back)."""
         head = self.head()
-        paths = sorted(files)
-        present = [p for p in paths if files[p] is not None]
-        blobs = self._run("hash-object", "-w", "--no-filters", "--stdin-paths",
-                          stdin="".join(f"{p}\n" for p in present)).split() if present else []
-        blob = dict(zip(present, blobs))
-        info = "".join(f"100644 {blob[p]}\t{p}\n" if p in blob else f"0 {'0' * 40}\t{p}\n"
-                       for p in paths)
-        sha = self._tree_commit(head, info, message, identity)
+        info = self.index_info(files)
+        sha = self.tree_commit(head, info, message, identity)
         crashpoint("mid-commit")
-        publisher.publish(sha, head)
+        try:
+            publisher.publish(sha, head)
+        except Conflict as refused:
+            from . import replay  # only the files it changed moved meanwhile? then again
+            landed = replay.onto_tip(self, publisher, head, files, message, identity, refused)
+            crashpoint("after-push")
+            self._follow(sha, landed, info, sorted(files))
+            return landed
         crashpoint("after-push")  # on the remote, not yet here: the next start fetches it
         self._run("update-ref", "-m", "janus", f"refs/heads/{self.branch()}", sha, head or "")
         self._run_retrying("update-index", "--index-info", stdin=info)
         return sha
 
-    def _tree_commit(self, head: str | None, info: str, message: str,
-                     identity: Identity | None) -> str:
+    def write_blob(self, data: bytes) -> str:
+        proc = subprocess.run(["git", "hash-object", "-w", "--no-filters", "--stdin"],
+                              cwd=self.root, input=data, capture_output=True, check=True)
+        return proc.stdout.decode().strip()
+
+    def index_info(self, files: dict[str, bytes | None]) -> str:
+        """`update-index --index-info` lines for FILES (None: removed), their blobs written
+        from the working tree (where the caller has just written them)."""
+        paths = sorted(files)
+        present = [p for p in paths if files[p] is not None]
+        blobs = self._run("hash-object", "-w", "--no-filters", "--stdin-paths",
+                          stdin="".join(f"{p}\n" for p in present)).split() if present else []
+        blob = dict(zip(present, blobs))
+        return "".join(f"100644 {blob[p]}\t{p}\n" if p in blob else f"0 {'0' * 40}\t{p}\n"
+                       for p in paths)
+
+    def _follow(self, built: str, landed: str, info: str, paths: list[str]) -> None:
+        """After LANDED (BUILT made again on the remote's new tip) is on the remote: the
+        index and working tree, which hold BUILT's files (INFO), follow to LANDED by git's
+        two-tree merge (which refuses to overwrite anything a person changed), and the
+        branch moves.  If the merge refuses, our PATHS are put back and the branch is
+        fast-forwarded as after any fetch.  A crash between the merge and the branch's move
+        leaves an index that already matches LANDED: the next start's fast-forward takes
+        it as it is."""
+        old = self.head()
+        try:
+            self._run_retrying("update-index", "--index-info", stdin=info)
+            self._run("update-index", "-q", "--refresh", check=False)
+            self._run_retrying("read-tree", "-m", "-u", built, landed)
+        except GitError as e:
+            log.warning("%s landed, but the working tree could not follow it (%s); "
+                        "fast-forwarding instead", landed[:10], e.stderr.strip()[-200:])
+            self._run("reset", "-q", "--", *paths, check=False)
+            self._run("checkout", "-q", "HEAD", "--", *paths, check=False)
+            self._run_retrying("merge", "--ff-only", "-q", landed)
+            return
+        crashpoint("replay-catch-up")
+        self._run("update-ref", "-m", "janus replay", f"refs/heads/{self.branch()}", landed,
+                  old or "")
+
+    def tree_commit(self, head: str | None, info: str, message: str,
+                    identity: Identity | None) -> str:
         """A commit of HEAD's tree changed by INFO (`update-index --index-info` lines), built
         in a temporary index: neither the index nor the working tree is touched."""
         with tempfile.TemporaryDirectory(dir=self.git_dir) as tmp:
@@ -603,7 +661,7 @@ class GitRepo:
             self._run("fast-import", "--quiet", f"--export-marks={marks}", stdin=stream)
             shas = dict(line.split() for line in marks.read_text().splitlines())
         info = "".join(f"100644 {shas[f':{i + 1}']}\t{path}\n" for i, path in enumerate(paths))
-        sha = self._tree_commit(head, info, message, identity)
+        sha = self.tree_commit(head, info, message, identity)
         publisher = PUBLISHERS.get(self.root)
         if publisher is not None:
             publisher.publish(sha, head)
@@ -640,7 +698,7 @@ class GitRepo:
         the index (a temporary index is used).  Returns the new commit's sha."""
         info = "".join(f"100644 {self._hash_blob(data)}\t{path}\n"
                        for path, data in files.items())
-        return self._tree_commit(parent, info, message, identity)
+        return self.tree_commit(parent, info, message, identity)
 
     def _hash_blob(self, data: bytes) -> str:
         return self._run("hash-object", "-w", "--stdin", stdin=data.decode()).strip()

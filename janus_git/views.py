@@ -161,7 +161,9 @@ def daemon_lines(d: dict[str, Any]) -> list[str]:
         out.append(f"  last fetch {r['last_fetch'] or 'never'}, last push "
                    f"{r['last_push'] or 'never'}; {r['lag_commits']} commit(s) behind at the "
                    f"last fetch; {r['refused_pushes']} push(es) refused of "
-                   f"{r['pushes'] + r['refused_pushes']}")
+                   f"{r['pushes'] + r['refused_pushes']}"
+                   + (f", {r['replayed']} landed on the new tip after a refusal"
+                      if r.get("replayed") else ""))
         for name, lease in r["leases"].items():
             state = "released" if lease["released"] else ("alive" if lease["alive"]
                                                           else "EXPIRED")

@@ -55,8 +55,13 @@ def file_many(root: Path, n: int, tool: str, args: list[str], type_: str = "anal
     return ids
 
 
-def start(roots: list[Path], **env) -> list[DaemonProcess]:
-    procs = [DaemonProcess(root, "--instance", f"d{i + 1}", *(["-v"] if os.environ.get("FLEET_VERBOSE") else []), env=env or None)
+def start(roots: list[Path], listen: list[str] | None = None, **env) -> list[DaemonProcess]:
+    """A daemon process on each of ROOTS (instances d1, d2, ...), each with its own webhook
+    address from LISTEN if given; FLEET_VERBOSE=1 logs at debug level."""
+    verbose = ["-v"] if os.environ.get("FLEET_VERBOSE") else []
+    procs = [DaemonProcess(root, "--instance", f"d{i + 1}", *verbose,
+                           *(["--webhook-listen", listen[i]] if listen else []),
+                           env=env or None)
              for i, root in enumerate(roots)]
     for proc in procs:
         proc.wait_ready(60)
@@ -93,13 +98,14 @@ def runs_in_history(root: Path, rev: str = "origin/main") -> dict[str, int]:
 
 
 def wait_done(root: Path, ids: list[str], timeout: float, done=("succeeded", "interrupted",
-                                                                "failed")) -> float:
+                                                                "failed"),
+              every: float = 0.5) -> float:
     start_at = time.monotonic()
     while time.monotonic() - start_at < timeout:
         now = statuses(root, ids)
         if len(now) == len(ids) and all(s in done for s in now.values()):
             return time.monotonic() - start_at
-        time.sleep(0.5)
+        time.sleep(every)
     left = {k: v for k, v in statuses(root, ids).items() if v not in done}
     raise AssertionError(f"{len(left)} not done after {timeout}s: {list(left.items())[:5]}")
 

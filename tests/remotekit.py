@@ -292,3 +292,64 @@ def serve_http(root: str) -> None:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--serve-http"]:
     serve_http(sys.argv[2])
+
+
+class GitPublisher:
+    """The part of daemon/remote.py that gitrepo calls (a Publisher), as plain git against a
+    clone's `origin`: for tests of the commit path alone (tests/test_replay.py)."""
+
+    def __init__(self, root: Path, branch: str = "main") -> None:
+        self.root, self.branch = Path(root), branch
+        self.pushes = self.refused = self.replays = 0
+
+    def publish(self, sha: str, old: str | None) -> None:
+        from janus_git.errors import Conflict
+        out = subprocess.run(["git", "push", "--porcelain", "-q", "origin",
+                              f"{sha}:refs/heads/{self.branch}"], cwd=self.root, text=True,
+                             capture_output=True)
+        if out.returncode != 0:
+            self.refused += 1
+            raise Conflict(f"the remote moved on ({out.stderr.strip()[-120:]})")
+        self.pushes += 1
+
+    def publish_ref(self, ref: str, sha: str | None) -> None:
+        _git(self.root, "push", "-q", "origin", f"{sha or ''}:{ref}")
+
+    def tip(self) -> str | None:
+        _git(self.root, "fetch", "-q", "origin", f"+refs/heads/{self.branch}:"
+             f"refs/remotes/origin/{self.branch}")
+        return _git(self.root, "rev-parse", f"origin/{self.branch}").stdout.strip()
+
+    def replayed(self) -> None:
+        self.replays += 1
+
+
+FORGE_HOOK = r'''#!{python} -S
+"""post-receive: what a forge does after a push to a branch: a signed delivery to each
+webhook (GitHub's X-Hub-Signature-256), sent after the push has returned."""
+import hashlib, hmac, json, os, sys, urllib.request
+refs = [line.split()[2] for line in sys.stdin.read().splitlines() if line.strip()]
+branches = [r for r in refs if r.startswith("refs/heads/")]
+if not branches or os.fork():
+    sys.exit(0)  # the pusher does not wait for the deliveries
+os.setsid()
+null = os.open(os.devnull, os.O_RDWR)
+for fd in (0, 1, 2):
+    os.dup2(null, fd)
+body = json.dumps({{"ref": branches[0]}}).encode()
+sig = "sha256=" + hmac.new({secret!r}, body, hashlib.sha256).hexdigest()
+for url in {urls!r}:
+    req = urllib.request.Request(url, data=body, method="POST", headers={{
+        "X-Hub-Signature-256": sig, "X-GitHub-Delivery": os.urandom(8).hex()}})
+    try:
+        urllib.request.urlopen(req, timeout=5).read()
+    except OSError:
+        pass
+'''
+
+
+def forge_webhooks(bare: Path, urls: list[str], secret: bytes) -> None:
+    """Make BARE deliver a forge's webhook to URLS after every push to a branch."""
+    hook = Path(bare) / "hooks" / "post-receive"
+    hook.write_text(FORGE_HOOK.format(python=sys.executable, secret=secret, urls=urls))
+    hook.chmod(0o755)

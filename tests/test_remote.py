@@ -130,6 +130,48 @@ def deliver(port: int, secret: bytes, body: bytes, delivery: str) -> int:
         return e.code
 
 
+def test_two_daemons_on_one_host_listen_where_told_and_a_forge_push_reaches_both(
+        state_dir, tmp_path):
+    """`--webhook-listen` gives each daemon its own address over the shared configuration;
+    the remote's post-receive hook delivers as a forge does, and each daemon fetches."""
+    from remotekit import forge_webhooks, free_port
+    secret = b"s3cret-for-tests"
+    ports = [free_port(), free_port()]
+    with GitDaemonRemote(tmp_path / "server") as remote:
+        url = shared(state_dir, remote, poll_seconds=60,
+                     webhook={"listen": "127.0.0.1:1", "secret_env": "HOOK_SECRET"})
+        forge_webhooks(remote.path, [f"http://127.0.0.1:{p}/" for p in ports], secret)
+        roots = [clone(url, tmp_path / f"daemon-{i}") for i in (1, 2)]
+        alice = clone(url, tmp_path / "alice")
+        env = {"HOOK_SECRET": secret.decode()}
+        with DaemonProcess(roots[0], "--instance", "d1", "--webhook-listen",
+                           f"127.0.0.1:{ports[0]}", env=env), \
+                DaemonProcess(roots[1], "--instance", "d2", "--webhook-listen",
+                              f"127.0.0.1:{ports[1]}", env=env):
+            before = [daemon_status(r)["remote"]["fetches"] for r in roots]
+            pid = propose(alice, "echo", "forged by a forge")
+            push(alice)  # the hook delivers to both: no poll for a minute
+            for root, n in zip(roots, before):
+                wait_for(lambda: daemon_status(root)["remote"]["fetches"] > n, 5,
+                         "a fetch on the forge's delivery")
+            wait_for(lambda: pulled_status(alice, pid) == "succeeded", 20, "the run")
+        for root in roots:
+            hook = daemon_status(root)["remote"]["webhook"]
+            assert hook["accepted"] >= 1, hook
+
+
+def test_a_webhook_address_without_a_webhook_is_refused_at_start(state_dir, tmp_path):
+    from remotekit import free_port
+    with GitDaemonRemote(tmp_path / "server") as remote:
+        url = shared(state_dir, remote)
+        root = clone(url, tmp_path / "daemon")
+        out = subprocess.run(["janus-git", "daemon", str(root), "--instance", "d1",
+                              "--webhook-listen", f"127.0.0.1:{free_port()}"],
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "--webhook-listen was given, but remote.webhook" in out.stderr + out.stdout
+
+
 def test_a_webhook_delivery_fetches_at_once_and_bad_ones_do_nothing(state_dir, tmp_path):
     from remotekit import free_port
     port = free_port()

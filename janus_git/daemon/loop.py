@@ -44,7 +44,7 @@ S = Status
 class Daemon:
     def __init__(self, root: str | Path, *, once: bool = False, think: bool = True,
                  on_start: Callable[[str, int], None] | None = None,
-                 instance: str | None = None) -> None:
+                 instance: str | None = None, listen: str | None = None) -> None:
         self.sr = StateRepo(root)
         self.repo = self.sr.repo
         self.root = self.sr.root
@@ -82,14 +82,16 @@ class Daemon:
         self.summary = DailySummary(self.sr, state, self.notifier)
         self.instance = instance or default_instance()
         # a shared remote (remote: in agent.yaml): fetch, integrate, push, keep a lease
-        self.remote = (Remote(self.repo, state, self.instance, self.notifier)
+        self.remote = (Remote(self.repo, state, self.instance, self.notifier, listen)
                        if state.config["remote"] else None)
         if self.remote is not None:
             from .batch import Batcher
             state.claim = {"instance": self.instance}
             self.executor.batcher = Batcher(self.executor, self.instance,
                                             int(state.config["remote"]["claim_batch"]),
-                                            fresh=self.remote.fresh)
+                                            peers=self.remote.alive,
+                                            ready=lambda: not self.remote.behind,
+                                            resync=self.remote.sync)
             self.decider.batch = []  # the policy's approvals of a pass: one push
         self.graph = CommitGraph(self.root)
         self.started = utcnow()
@@ -99,6 +101,7 @@ class Daemon:
         self.dirty = True
         self._opened = False
         self._polled = 0.0
+        self._reaped = 0.0  # when orphaned claims were last looked for
         self._decided_for: str | None = None
         self._last_status: dict[str, Any] | None = None
         self._status_due = 0.0
@@ -304,11 +307,15 @@ class Daemon:
 
     def _reap_orphans(self) -> None:
         """The leader's duty: claims of a daemon whose lease expired become interrupted (the
-        run may have happened in part; a person decides whether to run it again)."""
+        run may have happened in part; a person decides whether to run it again).  Looked at
+        once a second: a lease expires in seconds, and every claim is read each time."""
+        now = time.monotonic()
+        if now - self._reaped < 1.0:
+            return
+        self._reaped = now
         for row in self.sr.index.query(status=[S.RUNNING.value]):
             current = self.sr.store.head(row["id"])
             owner = claimed_by(current[0].execution) if current else None
-            log.debug("reap? %s owner %s alive %s", row["id"], owner, self.remote.alive())
             if current and self.remote.orphaned(owner):
                 self.executor.interrupt(row["id"], f"the daemon {owner!r} that ran this "
                                         "stopped renewing its lease; it is not re-run by "
@@ -351,8 +358,8 @@ class Daemon:
             raise JanusError(f"{self.root} is no longer a git repository; stopping")
         if self.remote is not None and self.remote.due():
             # others' pushes come in first (a refused push waits on this); the reader
-            # below judges them
-            self.remote.sync()
+            # below judges them.  The fetch itself runs beside the loop
+            self.remote.sync(background=True)
             self.dirty = True
         self.executor.collect()
         now = time.monotonic()
@@ -429,5 +436,5 @@ class Daemon:
 
 
 def run_daemon(root: str | Path, *, once: bool = False, think: bool = True,
-               instance: str | None = None) -> int:
-    return Daemon(root, once=once, think=think, instance=instance).run()
+               instance: str | None = None, listen: str | None = None) -> int:
+    return Daemon(root, once=once, think=think, instance=instance, listen=listen).run()

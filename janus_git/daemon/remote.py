@@ -135,8 +135,9 @@ class Heartbeat:
 
 class Remote(Publisher):
     def __init__(self, repo: GitRepo, state: DaemonState, instance: str,
-                 notifier: Notifier) -> None:
+                 notifier: Notifier, listen: str | None = None) -> None:
         self.repo = repo
+        self.listen = listen  # this daemon's webhook address, over the configuration's
         self.state = state
         self.instance = instance
         self.notifier = notifier
@@ -146,10 +147,14 @@ class Remote(Publisher):
         self.webhook = None
         self.next_fetch = 0.0
         self._poked_at = 0.0
-        self._fetched_at = 0.0
+        self.behind = False  # fetched, but not yet brought in (a claim held the writes)
+        self.fetching = threading.Lock()
+        self.fetcher: threading.Thread | None = None  # the poll's fetch, when in the background
+        self.fetch_failure: GitError | None = None
         self.url = ""
         self.stats: dict[str, Any] = {"last_fetch": None, "last_push": None, "fetches": 0,
-                                      "pushes": 0, "refused_pushes": 0, "lag_commits": 0,
+                                      "pushes": 0, "refused_pushes": 0, "replayed": 0,
+                                      "lag_commits": 0,
                                       "fetch_error": "", "poke_to_fetch_ms": None}
 
     @property
@@ -186,6 +191,8 @@ class Remote(Publisher):
 
     def close(self) -> None:
         PUBLISHERS.pop(self.repo.root, None)
+        if self.fetcher is not None:
+            self.fetcher.join(35)  # (a fetch has a 30 s limit)
         if self.webhook is not None:
             self.webhook.close()
         if self.heartbeat is not None:
@@ -194,9 +201,14 @@ class Remote(Publisher):
     def _start_webhook(self) -> None:
         hook = self.cfg.get("webhook")
         if not hook:
+            if self.listen:
+                raise JanusError("--webhook-listen was given, but remote.webhook in "
+                                 "state/agent.yaml names no secret_env: there is no webhook "
+                                 "to listen for")
             return
         from ..webhook import WebhookServer, secret_from_env
-        self.webhook = WebhookServer(hook["listen"], secret_from_env(hook["secret_env"]),
+        self.webhook = WebhookServer(self.listen or hook["listen"],
+                                     secret_from_env(hook["secret_env"]),
                                      lambda _delivery: self.poke(),
                                      seen_path=self.repo.git_dir / "janus" / "webhook-seen")
         self.webhook.start()
@@ -210,38 +222,73 @@ class Remote(Publisher):
 
     # -- fetch and integrate ---------------------------------------------------------------
     def due(self) -> bool:
-        return self.poked.is_set() or time.monotonic() >= self.next_fetch
-
-    def fresh(self, within: float = 0.1) -> None:
-        """Fetch unless the last fetch is younger than WITHIN seconds: before a claim, so
-        that it is built on the tip as it is now."""
-        if time.monotonic() - self._fetched_at > within:
-            self.sync()
+        return (self.poked.is_set() or self.behind or time.monotonic() >= self.next_fetch
+                or (self.fetcher is not None and not self.fetcher.is_alive()))
 
     def wait_time(self) -> float:
         return 0.0 if self.poked.is_set() else max(0.0, self.next_fetch - time.monotonic())
 
-    def sync(self) -> None:
-        """Fetch the branch and everyone's leases, and bring the clone up to the remote."""
+    def sync(self, background: bool = False) -> None:
+        """Fetch the branch and everyone's leases, and bring the clone up to the remote.
+        In the BACKGROUND (the main loop's poll) the fetch runs in a thread of its own and a
+        later call brings in what it fetched: the loop never waits on the network while a
+        run could be starting (a poll's fetch in the loop held each next start ~60 ms)."""
+        if self.fetcher is not None:
+            if background and self.fetcher.is_alive():
+                return
+            self.fetcher.join()
+            self.fetcher = None
+            self._fetched()
+            if background:
+                return
+        if self.behind and not self.poked.is_set() and time.monotonic() < self.next_fetch:
+            self._integrate()  # fetched while a claim was landing: brought in now
+            return
         if self.poked.is_set():  # how long a poke waited for its fetch (status, tests)
             self.stats["poke_to_fetch_ms"] = round(
                 (time.monotonic() - self._poked_at) * 1000, 1)
         self.poked.clear()
         self.next_fetch = time.monotonic() + float(self.cfg["poll_seconds"])
+        if background:
+            self.fetcher = threading.Thread(target=self._fetch, name="fetch", daemon=True)
+            self.fetcher.start()
+            return
+        self._fetch()
+        self._fetched()
+
+    def _fetch(self) -> None:
+        self.fetch_failure = None
         try:
-            self.repo.fetch(self.name, [f"+refs/heads/{self.branch}:{self.tracking}",
-                                        f"+{LEASE_REFS}*:{SEEN_LEASES}*"], timeout=30)
+            with self.fetching:  # (a claim's replay may fetch from its own thread)
+                self.repo.fetch(self.name, [f"+refs/heads/{self.branch}:{self.tracking}",
+                                            f"+{LEASE_REFS}*:{SEEN_LEASES}*"], timeout=30)
         except GitError as e:
+            self.fetch_failure = e
+        finally:
+            self.state.wake.set()
+
+    def _fetched(self) -> None:
+        """What a fetch brought: leases observed, the branch brought in (main thread)."""
+        e = self.fetch_failure
+        if e is not None:
             self.stats["fetch_error"] = str(e)[-300:]
             raise JanusError(f"could not fetch from {self.name}: {e.stderr.strip()[-200:]}; "
                              "retrying at the next poll") from None
         self.stats.update(last_fetch=utcnow(), fetches=self.stats["fetches"] + 1,
                           fetch_error="")
-        self._fetched_at = time.monotonic()
         self._observe_leases()
         self._integrate()
 
     def _integrate(self) -> None:
+        self.behind = not self.state.writes.acquire(blocking=False)
+        if self.behind:
+            return  # a claim is being pushed from its thread: the next step brings this in
+        try:
+            self._bring_in()
+        finally:
+            self.state.writes.release()
+
+    def _bring_in(self) -> None:
         tip = self.repo.refs(self.tracking).get(self.tracking)
         head = self.repo.head()
         if tip is None or tip == head:
@@ -306,6 +353,16 @@ class Remote(Publisher):
         last = words.splitlines()[-1][-160:] if words else "?"
         why = "the remote moved on" if _refused(words) else f"the push to {self.name} failed"
         raise Conflict(f"{why} ({last}); fetching, then deciding again")
+
+    def tip(self) -> str | None:
+        with self.fetching:
+            self.repo.fetch(self.name, [f"+refs/heads/{self.branch}:{self.tracking}"],
+                            timeout=30)
+        self.stats["fetches"] += 1
+        return self.repo.refs(self.tracking).get(self.tracking)
+
+    def replayed(self) -> None:
+        self.stats["replayed"] += 1
 
     def publish_ref(self, ref: str, sha: str | None) -> None:
         ok, words = self.repo.push(self.name, [f"{sha or ''}:{ref}"], timeout=30)

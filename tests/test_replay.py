@@ -1,0 +1,145 @@
+"""A refused push made again on the remote's new tip (janus_git/replay.py), against a real
+bare repository and real clones: only when nothing the commit changed moved meanwhile, and
+never past a change to the rules; the append-only audit log is joined, not overwritten; a
+kill -9 between the push and the branch's move leaves a clone the next fetch brings level."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import git
+from janus_git.errors import Conflict
+from janus_git.gitrepo import PUBLISHERS, GitRepo
+from remotekit import GitPublisher, clone, make_bare, seed_remote
+
+X = "proposals/2026/11/20261130-000000000-aaaaaa.yaml"
+Y = "proposals/2026/11/20261130-000000000-bbbbbb.yaml"
+AUDIT = "logs/tool_use.jsonl"
+
+
+@pytest.fixture
+def two_clones(state_dir, tmp_path):
+    """A bare remote seeded with X, Y and an audit log; MINE (publishing through git) and
+    OTHER, each a clone of it."""
+    for path, text in ((X, "id: x\nstatus: approved\n"), (Y, "id: y\nstatus: approved\n"),
+                       (AUDIT, '{"line": "base"}\n')):
+        (state_dir / path).parent.mkdir(parents=True, exist_ok=True)
+        (state_dir / path).write_text(text)
+    git(state_dir, "add", "-f", X, Y, AUDIT)
+    git(state_dir, "commit", "-qm", "seed")
+    bare = make_bare(tmp_path / "remote.git")
+    seed_remote(str(bare), state_dir)
+    mine, other = clone(str(bare), tmp_path / "mine"), clone(str(bare), tmp_path / "other")
+    publisher = GitPublisher(mine)
+    PUBLISHERS[GitRepo(mine).root] = publisher
+    yield mine, other, bare, publisher
+    PUBLISHERS.pop(GitRepo(mine).root, None)
+
+
+def land(root: Path, changes: dict[str, str], message: str = "other") -> str:
+    for path, text in changes.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    git(root, "add", "-f", *changes)
+    git(root, "commit", "-qm", message)
+    git(root, "push", "-q", "origin", "HEAD:main")
+    return git(root, "rev-parse", "HEAD").stdout.strip()
+
+
+def remote_file(bare: Path, path: str) -> str:
+    return git(bare, "show", f"main:{path}").stdout
+
+
+def test_a_refused_push_lands_on_the_new_tip_when_only_other_files_moved(two_clones):
+    mine, other, bare, publisher = two_clones
+    theirs = land(other, {Y: "id: y\nstatus: running\n",
+                          AUDIT: '{"line": "base"}\n{"line": "theirs"}\n'})
+    repo = GitRepo(mine)
+    sha = repo.commit_files({X: b"id: x\nstatus: running\n",
+                             AUDIT: b'{"line": "base"}\n{"line": "ours"}\n'}, "ours\n")
+    assert publisher.refused == 1 and publisher.replays == 1
+    assert git(bare, "rev-parse", "main").stdout.strip() == sha == repo.head()
+    assert git(mine, "rev-parse", f"{sha}^").stdout.strip() == theirs  # on top of theirs
+    assert remote_file(bare, X) == "id: x\nstatus: running\n"
+    assert remote_file(bare, Y) == "id: y\nstatus: running\n"  # theirs kept
+    # the audit log is append-only: their line, then ours, nothing lost
+    assert remote_file(bare, AUDIT) == '{"line": "base"}\n{"line": "theirs"}\n{"line": "ours"}\n'
+    # the clone follows: index and working tree are the landed commit's, nothing left over
+    assert git(mine, "status", "--porcelain").stdout == ""
+    assert (mine / Y).read_text() == "id: y\nstatus: running\n"
+    assert (mine / AUDIT).read_text().endswith('{"line": "ours"}\n')
+
+
+def test_a_file_someone_else_changed_is_not_passed_over_and_is_named(two_clones):
+    mine, other, bare, publisher = two_clones
+    theirs = land(other, {X: "id: x\nstatus: rejected\n"})  # a person's edit of the same one
+    repo = GitRepo(mine)
+    before = repo.head()
+    with pytest.raises(Conflict) as refused:
+        repo.commit_files({X: b"id: x\nstatus: running\n"}, "ours\n")
+    assert refused.value.paths == {X}  # the caller may drop that claim and go again
+    assert git(bare, "rev-parse", "main").stdout.strip() == theirs  # the person's change won
+    assert repo.head() == before and (mine / X).read_text() == "id: x\nstatus: approved\n"
+    assert git(mine, "status", "--porcelain").stdout == ""
+    assert publisher.replays == 0
+
+
+@pytest.mark.parametrize("path", ["state/agent.yaml", "state/STOP", "missions/TEST.yaml"])
+def test_a_change_to_the_rules_or_the_stop_is_never_passed_over(two_clones, path):
+    mine, other, bare, publisher = two_clones
+    land(other, {path: "changed: by someone\n"})
+    repo = GitRepo(mine)
+    with pytest.raises(Conflict) as refused:
+        repo.commit_files({X: b"id: x\nstatus: running\n"}, "ours\n")
+    assert refused.value.paths == frozenset()  # read everything again, decide again
+    assert publisher.replays == 0
+    assert remote_file(bare, X) == "id: x\nstatus: approved\n"
+
+
+def test_an_audit_log_that_ours_does_not_extend_is_refused(two_clones):
+    mine, other, bare, publisher = two_clones
+    land(other, {AUDIT: '{"line": "base"}\n{"line": "theirs"}\n'})
+    with pytest.raises(Conflict):
+        GitRepo(mine).commit_files({AUDIT: b'{"line": "rewritten"}\n'}, "ours\n")
+    assert remote_file(bare, AUDIT) == '{"line": "base"}\n{"line": "theirs"}\n'
+
+
+CRASH = """
+import sys
+sys.path.insert(0, {tests!r})
+from janus_git.gitrepo import PUBLISHERS, GitRepo
+from remotekit import GitPublisher
+repo = GitRepo({mine!r})
+PUBLISHERS[repo.root] = GitPublisher(repo.root)
+repo.commit_files({{{x!r}: b"id: x\\nstatus: running\\n",
+                    {audit!r}: b'{{"line": "base"}}\\n{{"line": "ours"}}\\n'}}, "ours\\n")
+"""
+
+
+@pytest.mark.parametrize("point", ["after-push", "replay-catch-up"])
+def test_a_kill_after_a_replayed_push_leaves_a_clone_the_next_fetch_levels(two_clones, point):
+    mine, other, bare, _ = two_clones
+    land(other, {Y: "id: y\nstatus: running\n",
+                 AUDIT: '{"line": "base"}\n{"line": "theirs"}\n'})
+    old = git(mine, "rev-parse", "HEAD").stdout.strip()
+    script = CRASH.format(tests=str(Path(__file__).parent), mine=str(mine), x=X, audit=AUDIT)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "JANUS_GIT_CRASHPOINT": point})
+    assert proc.returncode == -9, proc.stderr  # killed there, as kill -9 would
+    landed = git(bare, "rev-parse", "main").stdout.strip()
+    assert git(mine, "rev-parse", "HEAD").stdout.strip() == old  # the branch never moved
+    # what the daemon's next start does: put back its journaled writes, fetch, fast-forward
+    repo = GitRepo(mine)
+    repo.recover_intents()
+    repo.fetch("origin", ["+refs/heads/main:refs/remotes/origin/main"])
+    repo.fast_forward("origin/main")
+    assert repo.head() == landed
+    assert git(mine, "status", "--porcelain").stdout == ""
+    assert (mine / X).read_text() == "id: x\nstatus: running\n"
+    assert (mine / AUDIT).read_text() == ('{"line": "base"}\n{"line": "theirs"}\n'
+                                          '{"line": "ours"}\n')
+    git(mine, "fsck", "--no-dangling")
