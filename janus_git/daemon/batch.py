@@ -14,12 +14,15 @@ way, as first built, collided on a third of the claims: each refused push then r
 Claims are made in the background, pipelined, and sized to the work left.  The commit and
 its push run in a thread of their own (a Flight), so the loop goes on starting runs while
 the network works.  While the runs are short (a median under AHEAD_UNDER seconds), the next
-batch is claimed when AHEAD_DEPTH claimed runs are left to start, so its push overlaps the
-runs instead of idling the slot between batches (measured: a claim's push took 0.1-0.5 s,
-more than a 0.2 s run).  Long runs are claimed only for a free slot: a batch must not wait
+batch is claimed once the claimed runs left to start would take less than twice as long as
+a claim takes to land (an average of the last ones), so its push overlaps the runs instead
+of idling the slot between batches (measured: a claim took 0.1 s to land for one daemon and
+0.3-1 s for three on this 2-core host, against a 0.2 s run).  Long runs are claimed only for a free slot: a batch must not wait
 behind an hour-long run while another daemon is idle.  A batch takes at most `claim_batch`,
 and no more than the work left shared by the live daemons (guided self-scheduling), so the
-fleet's last runs end together rather than on one daemon.  A refused push is made again on
+fleet's last runs end together rather than on one daemon.  (Halving that share as well was
+measured and dropped: at the tail every run became a push of its own, and the others' last
+reports waited up to 2 s on them.)  A refused push is made again on
 the new tip when nothing it changed moved (gitrepo, replay.py); a claim that lost its race
 is dropped from the batch and the rest goes again.
 
@@ -48,10 +51,31 @@ from .state import Run, Ticket
 
 log = logging.getLogger("janus_git.daemon")
 S = Status
-AHEAD_DEPTH = 1  # while runs are short: the next batch is claimed with this many left
 TRIES = 3  # a batch's commit, with the claims others made first dropped each time
 REPORT_AFTER = 3.0  # seconds a finished run's result may wait for the next claim
 AHEAD_UNDER = 2.0  # runs shorter than this (median of the last few) are claimed ahead
+
+
+def claim_order(tickets: list[Ticket], me: str, live: set[str]) -> list[Ticket]:
+    """Rendezvous hashing over the LIVE daemons: each ticket's owner is the daemon whose
+    hash of it is least.  ME takes its own first, in its own order; then the others', each
+    from the end of its owner's order (what that owner would reach last)."""
+    def weight(name: str, t: Ticket) -> bytes:
+        return hashlib.sha256(f"{name}/{t.id}".encode()).digest()
+
+    def rank(t: Ticket) -> tuple[int, bytes]:
+        owner = min(live | {me}, key=lambda name: weight(name, t))
+        if owner == me:
+            return 0, weight(me, t)
+        return 1, bytes(255 - b for b in weight(owner, t))
+    return sorted(tickets, key=rank)
+
+
+def batch_size(waiting: int, size: int, live: int) -> int:
+    """At most SIZE (`claim_batch`), and no more than one daemon's share of the WAITING
+    automatic work (guided self-scheduling: batches shrink as the work runs out, so the last
+    runs end together on every daemon); at least one."""
+    return max(1, min(size, math.ceil(waiting / max(1, live))))
 
 
 class Batcher:
@@ -72,6 +96,7 @@ class Batcher:
         self.launched: dict[str, float] = {}  # started here -> monotonic start
         self.lengths: deque[float] = deque(maxlen=8)  # the last auto runs' seconds
         self.flight: Flight | None = None  # the batch commit under way in the background
+        self.landing = 0.2  # seconds a claim takes to land (a moving average)
         self.handle: GitRepo | None = None  # that thread's repository handle
 
     def takes(self, t: Ticket) -> bool:
@@ -87,7 +112,7 @@ class Batcher:
         self._start_backlog()
         if self.flight is None and self.ready() and (
                 (not self.backlog and self._free())
-                or (len(self.backlog) <= AHEAD_DEPTH and self._ahead())):
+                or (self._running_out() and self._ahead())):
             batch = self._pick(self._want())
             if batch or self.state.results:
                 self._commit(batch, background=True)
@@ -134,18 +159,23 @@ class Batcher:
     def _ahead(self) -> bool:
         """Whether to claim ahead of a busy slot: runs are short, and nothing but this
         daemon's own automatic runs fills the slots (one batch ahead at most: the caller
-        claims only with at most AHEAD_DEPTH claimed runs left to start)."""
+        claims only when what it has claimed is running out)."""
         state, c = self.state, self.ex.controls
         return (self._may_claim() and len(self.lengths) >= 2
                 and statistics.median(self.lengths) < AHEAD_UNDER
                 and state.running("people") == 0
                 and state.running("auto") <= min(c.max_runs - c.reserved, c.governor.slots))
 
+    def _running_out(self) -> bool:
+        """Whether the claimed runs left to start take less than two claims' landing."""
+        if not self.lengths:
+            return not self.backlog
+        left = len(self.backlog) * statistics.median(self.lengths)
+        return left < 2 * self.landing
+
     def _want(self) -> int:
-        """The batch size: at most `claim_batch`, and no more than this daemon's share of
-        the automatic work waiting (guided self-scheduling: the tail is spread out)."""
         waiting = sum(1 for t in self.state.queue.values() if self.takes(t))
-        return max(1, min(self.size, math.ceil(waiting / max(1, len(self.peers())))))
+        return batch_size(waiting, self.size, len(self.peers()))
 
     def _measure(self) -> None:
         """The lengths of automatic runs that ended since the last step."""
@@ -175,8 +205,8 @@ class Batcher:
 
     def _pick(self, want: int) -> list[tuple[Ticket, Proposal, bytes]]:
         state = self.state
-        rank = self._ranker(self.peers() | {self.instance})
-        mine = sorted((t for t in state.queue.values() if self.takes(t)), key=rank)
+        mine = claim_order([t for t in state.queue.values() if self.takes(t)],
+                           self.instance, self.peers() | {self.instance})
         out: list[tuple[Ticket, Proposal, bytes]] = []
         for t in mine:
             if len(out) >= want:
@@ -186,19 +216,6 @@ class Batcher:
             if admitted is not None:
                 out.append((t, *admitted))
         return out
-
-    def _ranker(self, live: set[str]) -> Callable[[Ticket], tuple[int, bytes]]:
-        """Rendezvous hashing over the LIVE daemons: this daemon's own proposals first, in
-        its own order; then the others', each from the end of its owner's order."""
-        def weight(name: str, t: Ticket) -> bytes:
-            return hashlib.sha256(f"{name}/{t.id}".encode()).digest()
-
-        def rank(t: Ticket) -> tuple[int, bytes]:
-            owner = min(live, key=lambda name: weight(name, t))
-            if owner == self.instance:
-                return 0, weight(owner, t)
-            return 1, bytes(255 - b for b in weight(owner, t))
-        return rank
 
     # -- the one commit ----------------------------------------------------------------------
     def _commit(self, batch: list[tuple[Ticket, Proposal, bytes]], release: bool = False,
@@ -252,6 +269,7 @@ class Batcher:
         if flight is None or flight.thread.is_alive():
             return None
         self.flight = None
+        self.landing += 0.3 * (flight.took - self.landing)
         self._settle(flight)
         log.debug("claimed %d, reported %d: %.0f ms%s", len(flight.batch),
                   len(flight.reported), flight.took * 1000,
