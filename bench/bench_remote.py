@@ -131,7 +131,7 @@ def throughput(base: Path, daemons: int, n: int, batch: int = 8, poll: float = 0
     after each push (tests/remotekit.forge_webhooks) and the poll is only a safety net."""
     from conftest import configure, git
     from daemonkit import DaemonProcess
-    from fleet import SLEEPER, file_many, fleet, share, start, wait_done
+    from fleet import SLEEPER, file_many, fleet, share, start
     from remotekit import GitDaemonRemote, clone, forge_webhooks, free_port
     work = base / f"tp-{daemons}{'-hook' if hook else ''}"
     state = make_state(work)
@@ -168,7 +168,7 @@ def throughput(base: Path, daemons: int, n: int, batch: int = 8, poll: float = 0
             if not hook:  # no waiting for a poll: the bench times the work itself
                 for proc in procs:
                     proc.proc.send_signal(signal.SIGUSR1)
-            wait_done(alice, ids, 600, done=("succeeded",), every=0.1)
+            _wait_remote(alice, len(ids))
             took = time.monotonic() - t0
             CPU[daemons] = sum(_cpu(proc.proc.pid) for proc in procs)
             HOST[daemons] = _host_busy(host0)
@@ -211,14 +211,31 @@ def _cpu(pid: int) -> float:
         return 0.0
 
 
-def _wait_local(root: Path, ids: list[str]) -> None:
+def _succeeded(root: Path, rev: str) -> int:
+    """How many proposals REV shows succeeded (one `git grep`, no parsing here)."""
     from conftest import git
-    while True:
-        out = git(root, "grep", "-c", "^status: succeeded", "HEAD", "--", "proposals",
-                  check=False)
-        done = sum(int(line.rsplit(":", 1)[1]) for line in out.stdout.splitlines())
-        if done >= len(ids):
-            return
+    out = git(root, "grep", "-c", "^status: succeeded", rev, "--", "proposals", check=False)
+    return sum(int(line.rsplit(":", 1)[1]) for line in out.stdout.splitlines())
+
+
+def _wait_remote(root: Path, n: int, timeout: float = 600) -> None:
+    """Until the remote's branch shows N succeeded: `git ls-remote` every 0.1 s, and a fetch
+    and a count only when the tip moved (the watcher's own CPU stays out of the figure)."""
+    from conftest import git
+    seen, deadline = "", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tip = git(root, "ls-remote", "origin", "refs/heads/main").stdout.split()[:1]
+        if tip and tip[0] != seen:
+            seen = tip[0]
+            git(root, "fetch", "-q", "origin")
+            if _succeeded(root, seen) >= n:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"{n} runs did not all succeed within {timeout:.0f} s")
+
+
+def _wait_local(root: Path, ids: list[str]) -> None:
+    while _succeeded(root, "HEAD") < len(ids):
         time.sleep(0.2)
 
 
