@@ -340,10 +340,13 @@ class GitRepo:
         out = self._run("ls-tree", "-r", "--name-only", "-z", rev, "--", prefix, check=False)
         return [p for p in out.split("\0") if p]
 
-    def changed_paths(self, a: str, b: str) -> list[str]:
-        """The paths that differ between commits A and B."""
-        return [p for p in self._run("diff-tree", "-r", "-z", "--no-renames", "--name-only",
-                                     a, b).split("\0") if p]
+    def touched_paths(self, a: str, b: str) -> list[str]:
+        """Every path that any commit in A..B changed, merges against each parent: not the
+        net difference, in which a change made and undone again (a stop committed and
+        removed) would not show."""
+        out = self._run("log", "-m", "--no-renames", "--name-only", "--format=", "-z",
+                        f"{a}..{b}")
+        return sorted({p.strip("\n") for p in out.split("\0") if p.strip("\n")})
 
     def is_ancestor(self, a: str, b: str) -> bool:
         return self._run_status("merge-base", "--is-ancestor", a, b)[0] == 0
@@ -537,8 +540,11 @@ class GitRepo:
         return sha
 
     def write_blob(self, data: bytes) -> str:
-        proc = subprocess.run(["git", "hash-object", "-w", "--no-filters", "--stdin"],
-                              cwd=self.root, input=data, capture_output=True, check=True)
+        """Store DATA (any bytes) as a blob; its id."""
+        args = ["hash-object", "-w", "--no-filters", "--stdin"]
+        proc = subprocess.run(["git", *args], cwd=self.root, input=data, capture_output=True)
+        if proc.returncode != 0:
+            raise GitError(args, proc.returncode, "", proc.stderr.decode(errors="replace"))
         return proc.stdout.decode().strip()
 
     def index_info(self, files: dict[str, bytes | None]) -> str:
@@ -696,12 +702,9 @@ class GitRepo:
                          identity: Identity) -> str:
         """Build a commit on PARENT with FILES changed, without touching the working tree or
         the index (a temporary index is used).  Returns the new commit's sha."""
-        info = "".join(f"100644 {self._hash_blob(data)}\t{path}\n"
+        info = "".join(f"100644 {self.write_blob(data)}\t{path}\n"
                        for path, data in files.items())
         return self.tree_commit(parent, info, message, identity)
-
-    def _hash_blob(self, data: bytes) -> str:
-        return self._run("hash-object", "-w", "--stdin", stdin=data.decode()).strip()
 
     def commit_tree(self, tree: str, parents: list[str], message: str,
                     identity: Identity | None, env: dict[str, str] | None = None) -> str:

@@ -7,9 +7,10 @@ half the time (measured, 3 daemons on a 0.2 s workload), and each refusal used t
 fetch, a read of everything fetched and a new decision, with the run slot idle meanwhile.
 
 What a commit of ours decided depends only on the files it changes (a proposal's status
-moves from what its file said at our base).  So when the commits that landed meanwhile
-changed none of those files, and only passed through proposals/ and logs/ (nothing under
-state/ or missions/, where the rules, the stop and the approvers live), the same change is
+moves from what its file said at our base).  So when no commit that landed meanwhile
+touched any of those files, and each touched only proposals/ and logs/ (nothing under
+state/ or missions/, where the rules, the stop and the approvers live; every commit is
+looked at, so a change made and undone again still counts), the same change is
 made again on the new tip and pushed: the compare-and-swap per file that the branch-wide one
 was standing in for.  If any of our files changed (a person's edit, another daemon's claim
 of the same proposal) the refusal stands and the daemon reads and decides again, as before:
@@ -41,7 +42,7 @@ def onto_tip(repo: "GitRepo", publisher: "Publisher", head: str | None,
         tip = publisher.tip()
         if head is None or tip is None or tip == head or not repo.is_ancestor(head, tip):
             raise refused  # a rewritten or vanished branch: read it all again
-        changed = repo.changed_paths(head, tip)
+        changed = repo.touched_paths(head, tip)
         why = _blocked(changed, files)
         if why:
             log.info("push refused and not replayed: %s", why)

@@ -100,6 +100,40 @@ def test_a_change_to_the_rules_or_the_stop_is_never_passed_over(two_clones, path
     assert remote_file(bare, X) == "id: x\nstatus: approved\n"
 
 
+def test_a_stop_committed_and_removed_meanwhile_is_still_not_passed_over(two_clones):
+    """A pusher who is no approver commits state/STOP and then removes it (or anyone does
+    both): the net difference is nothing, yet a commit under the rules' paths went by."""
+    mine, other, bare, publisher = two_clones
+    land(other, {"state/STOP": "reason: by someone\n"}, "stop")
+    git(other, "rm", "-q", "state/STOP")
+    git(other, "commit", "-qm", "resume")
+    git(other, "push", "-q", "origin", "HEAD:main")
+    repo = GitRepo(mine)
+    with pytest.raises(Conflict) as refused:
+        repo.commit_files({X: b"id: x\nstatus: running\n"}, "ours\n")
+    assert refused.value.paths == frozenset() and publisher.replays == 0
+    assert remote_file(bare, X) == "id: x\nstatus: approved\n"
+
+
+def test_a_merge_that_brings_in_a_rules_change_is_not_passed_over(two_clones):
+    mine, other, bare, publisher = two_clones
+    base = git(other, "rev-parse", "HEAD").stdout.strip()
+    git(other, "checkout", "-q", "-b", "side")
+    land_local = {"state/agent.yaml": "changed: on a side branch\n"}
+    for path, text in land_local.items():
+        (other / path).write_text(text)
+    git(other, "commit", "-qam", "side")
+    git(other, "checkout", "-q", "main")
+    (other / Y).write_text("id: y\nstatus: running\n")
+    git(other, "commit", "-qam", "main side")
+    git(other, "merge", "-q", "--no-edit", "side")
+    git(other, "push", "-q", "origin", "HEAD:main")
+    assert base != git(other, "rev-parse", "HEAD").stdout.strip()
+    with pytest.raises(Conflict):
+        GitRepo(mine).commit_files({X: b"id: x\nstatus: running\n"}, "ours\n")
+    assert publisher.replays == 0
+
+
 def test_an_audit_log_that_ours_does_not_extend_is_refused(two_clones):
     mine, other, bare, publisher = two_clones
     land(other, {AUDIT: '{"line": "base"}\n{"line": "theirs"}\n'})
