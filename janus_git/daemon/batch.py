@@ -283,6 +283,8 @@ class Batcher:
         return True
 
     def _settle(self, flight: "Flight") -> None:
+        for t in flight.lost:
+            self.state.queue[t.id] = t  # admitted afresh: `admit` reads the file as it is
         if flight.error is not None:
             for t, _, _ in flight.batch:
                 self.state.queue[t.id] = t  # decided again after the fetch
@@ -337,6 +339,7 @@ class Flight:
         self.files, self.audit, self.began = files, audit, began
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        self.lost: list[Ticket] = []  # claims dropped: their files changed meanwhile
         self.took = 0.0
 
     def land(self, repo: GitRepo, state) -> None:
@@ -366,13 +369,15 @@ class Flight:
             lifecycle.transition_group(repo, self.steps, state.config.identity, files)
 
     def _drop(self, paths: frozenset[str]) -> bool:
-        """Drop the claims of PATHS (taken by others first: their tickets are not queued
-        again, the reader sees whose they are); False if PATHS holds more than claims (a
-        result's file changed: that is read again)."""
+        """Drop the claims of PATHS (changed meanwhile: most often another daemon's claim,
+        but anyone who can push can write a proposal file); False if PATHS holds more than
+        claims (a result's file changed: that is read again).  Their tickets are queued
+        again and admitted afresh from the file as it now stands, as after any refusal."""
         claims = {s.p.path for s in self.steps if s.new == S.RUNNING}
         if not paths or not paths <= claims:
             return False
         self.steps = [s for s in self.steps if s.p.path not in paths]
+        self.lost += [t for t, p, _ in self.batch if p.path in paths]
         self.batch = [b for b in self.batch if b[1].path not in paths]
         log.info("%d claim(s) taken by another daemon first; the rest go again",
                  len(paths))
