@@ -71,6 +71,9 @@ def daemon(directory: Path = typer.Argument(Path("."), help="The state repositor
     """Watch the state repository: decide, run, commit results."""
     from .daemon import run_daemon
     from .logsetup import setup_logging
+    if listen is not None:
+        from .webhook import parse_listen
+        parse_listen(listen)  # a bad address is refused before anything starts
     setup_logging(directory, verbose)
     raise typer.Exit(run_daemon(directory, once=once, think=think, instance=instance,
                                 listen=listen))

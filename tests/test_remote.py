@@ -170,6 +170,9 @@ def test_a_webhook_address_without_a_webhook_is_refused_at_start(state_dir, tmp_
                              capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert "--webhook-listen was given, but remote.webhook" in out.stderr + out.stdout
+    bad = subprocess.run(["janus-git", "daemon", str(root), "--webhook-listen", "8787"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "is not host:port" in bad.stderr + bad.stdout
 
 
 def test_a_webhook_delivery_fetches_at_once_and_bad_ones_do_nothing(state_dir, tmp_path):
