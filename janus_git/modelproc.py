@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import JanusError
+from .faults import MODEL_FAULT_ENV as FAULT_ENV  # one home for the test hooks
 from .llm import Reply, check_schema, find_model
 
 # Tests only: make the child's chat crash (segv), hang, or run out of memory (oom).  Read from
 # the daemon's own environment, never from anything a commit can bring.
-FAULT_ENV = "JANUS_MODEL_FAULT"
 FAULTS = ("segv", "hang", "oom")
 LOAD_SECONDS = 120.0       # start, import llama_cpp and load the model
 GRACE_SECONDS = 60.0       # the fixed part of every call's deadline

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import digest
-from .gitrepo import crashpoint
+from .faults import crashpoint
 from .proposal import new_id
 from .targets import Target, deliver, resolve
 from .util import atomic_write, utcnow

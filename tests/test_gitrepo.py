@@ -2,6 +2,8 @@
 person committing in the same working tree at the same time without either side losing work."""
 from __future__ import annotations
 
+from typing import Callable
+
 import subprocess
 import sys
 import threading
@@ -125,13 +127,13 @@ def test_waits_politely_for_index_lock(sr):
 
 
 def test_gives_up_on_a_lock_that_stays(sr, monkeypatch):
-    monkeypatch.setattr(gitrepo, "LOCK_RETRY_SECONDS", 0.3)
+    monkeypatch.setattr(gitrepo.commits, "LOCK_RETRY_SECONDS", 0.3)
     lock = sr.root / ".git" / "index.lock"
     lock.write_text("")
     head = sr.repo.head()
-    with pytest.raises(GitError) as e:
+    with pytest.raises(Conflict) as e:
         sr.repo.commit_files({"notes/l.md": b"l\n"}, "never\n", AGENT_ID)
-    assert "index.lock" in e.value.stderr
+    assert "index.lock" in str(e.value)
     assert sr.repo.head() == head
     lock.unlink()
 
@@ -139,13 +141,13 @@ def test_gives_up_on_a_lock_that_stays(sr, monkeypatch):
 def test_a_failed_commit_leaves_the_working_tree_as_it_was(sr, monkeypatch):
     """Otherwise the agent's own half-done write looks like a person's uncommitted edit and
     every retry of the transition stops on Conflict."""
-    monkeypatch.setattr(gitrepo, "LOCK_RETRY_SECONDS", 0.2)
+    monkeypatch.setattr(gitrepo.commits, "LOCK_RETRY_SECONDS", 0.2)
     p = lifecycle.new_proposal(mission="M", type_="analysis", tool="shell", args=[],
                                rationale="r", created_by="agent")
     lifecycle.create(sr.repo, p, AGENT_ID)
     text = (sr.root / p.path).read_bytes()
     (sr.root / ".git" / "index.lock").write_text("")
-    with pytest.raises(GitError):
+    with pytest.raises(Conflict):
         lifecycle.transition(sr.repo, p.__class__(**p.__dict__), Status.APPROVED, AGENT_ID,
                              base_text=text)
     (sr.root / ".git" / "index.lock").unlink()
@@ -163,23 +165,37 @@ def _person_commits(root, path: str, text: str) -> str:
     return git(root, "rev-parse", "HEAD").stdout.strip()
 
 
-def _interleave(monkeypatch, repo: GitRepo, when: str, action) -> list[str]:
-    """Run ACTION once, just before (or just after) the agent's first `git commit`-like
-    command: the worst moment for a person to commit in the shared working tree."""
+def _interleave(monkeypatch, repo: GitRepo, when: str, action) -> "Callable[[], list[str]]":
+    """Start ACTION once, just before (or just after) the agent's branch moves: the worst
+    moment for a person to commit in the shared working tree.  The person runs beside the
+    agent (their git waits while the agent holds index.lock, as a person's would).  Returns
+    a function that waits for them and gives their commit."""
     fired: list[str] = []
-    orig = repo._run
+    threads: list[threading.Thread] = []
+    orig = repo._run_status
+
+    def start() -> None:
+        t = threading.Thread(target=lambda: fired.append(action()))
+        t.start()
+        threads.append(t)
+        time.sleep(0.1)  # let it get as far as it can while the agent is mid-commit
 
     def run(*args, **kw):
-        is_commit = any(a in ("commit", "update-ref") for a in args[:8])  # after -c options
-        if is_commit and when == "before" and not fired:
-            fired.append(action())
+        is_ref = "update-ref" in args[:3]
+        if is_ref and when == "before" and not threads:
+            start()
         out = orig(*args, **kw)
-        if is_commit and when == "after" and not fired:
-            fired.append(action())
+        if is_ref and when == "after" and not threads:
+            start()
         return out
 
-    monkeypatch.setattr(repo, "_run", run)
-    return fired
+    monkeypatch.setattr(repo, "_run_status", run)
+
+    def joined() -> list[str]:
+        for t in threads:
+            t.join()
+        return fired
+    return joined
 
 
 def _new_proposal(sr):
@@ -197,12 +213,13 @@ def test_a_person_committing_mid_commit_never_takes_the_agents_change(sr, monkey
     p = _new_proposal(sr)
     if step == "transition":
         lifecycle.create(sr.repo, p, AGENT_ID)
-    fired = _interleave(monkeypatch, sr.repo, "before",
-                        lambda: _person_commits(sr.root, "notes/person.md", "mine\n"))
+    threads = _interleave(monkeypatch, sr.repo, "before",
+                          lambda: _person_commits(sr.root, "notes/person.md", "mine\n"))
     if step == "create":
         sha = lifecycle.create(sr.repo, p, AGENT_ID)
     else:
         sha = lifecycle.transition(sr.repo, p, Status.APPROVED, AGENT_ID)
+    fired = threads()
     assert fired, "the person committed in the middle"
     assert _changed(sr.root, fired[0]) == ["notes/person.md"], \
         "the person's commit swept the agent's change (it would look like their doing)"
@@ -213,9 +230,10 @@ def test_a_person_committing_mid_commit_never_takes_the_agents_change(sr, monkey
 
 def test_the_returned_sha_is_the_agents_commit(sr, monkeypatch):
     p = _new_proposal(sr)
-    fired = _interleave(monkeypatch, sr.repo, "after",
-                        lambda: _person_commits(sr.root, "notes/person.md", "mine\n"))
+    threads = _interleave(monkeypatch, sr.repo, "after",
+                          lambda: _person_commits(sr.root, "notes/person.md", "mine\n"))
     sha = lifecycle.create(sr.repo, p, AGENT_ID)
+    fired = threads()
     assert fired
     assert sha != fired[0], "commit_files returned the person's commit"
     assert sr.repo.commit_info(sha).trailers()["Janus-Proposal"] == p.id

@@ -10,7 +10,7 @@ import pytest
 from janus_git.gitrepo import GitRepo
 
 PKG = Path(__file__).resolve().parent.parent / "janus_git"
-GIT_LAYER = PKG / "gitrepo.py"
+GIT_LAYER = PKG / "gitrepo"  # the package: everything under it may start git
 # what starts a program: subprocess's and os's entry points
 STARTERS = {"run", "Popen", "call", "check_call", "check_output", "execv", "execvp", "execvpe",
             "execl", "execlp", "spawnv", "spawnvp", "posix_spawn", "posix_spawnp"}
@@ -63,7 +63,7 @@ def git_calls(path: Path) -> list[str]:
 
 
 def test_only_the_git_layer_starts_git():
-    found = [hit for name, path in modules().items() if path != GIT_LAYER
+    found = [hit for name, path in modules().items() if GIT_LAYER not in path.parents
              for hit in git_calls(path)]
     assert found == []
 

@@ -13,7 +13,8 @@ from typing import Any
 
 from .. import clock, report, summary
 from ..errors import JanusError
-from ..gitrepo import GitRepo, crashpoint
+from ..faults import crashpoint
+from ..gitrepo import GitRepo
 from ..notify import Notifier, settings
 from ..proposal import Status
 from ..state import StateRepo

@@ -16,7 +16,7 @@ import time
 from .. import lifecycle
 from ..controls import Controls
 from ..errors import JanusError
-from ..gitrepo import crashpoint
+from ..faults import crashpoint
 from ..notify import Notifier, needs_human
 from ..policy import decide
 from ..proposal import Proposal, Status, utcnow

@@ -32,7 +32,8 @@ from typing import Any, Callable
 from .. import lifecycle
 from ..controls import Controls
 from ..errors import Conflict, JanusError
-from ..gitrepo import UnsafePath, crashpoint, stallpoint
+from ..faults import crashpoint, stallpoint
+from ..gitrepo import UnsafePath
 from ..policy import decide
 from ..proposal import Proposal, Status, utcnow
 from ..state import StateRepo

@@ -1,0 +1,283 @@
+"""Reading git as objects: commits, trees, modes and blobs, never text a commit can shape.
+
+A pusher writes the bytes of a commit message, its author's name and e-mail, its paths and
+the modes of its files.  So nothing here splits `git log` output: a commit's id, parents,
+author and message come from its raw object, parsed by `parse_commit`; what it changed comes
+from comparing its tree with its first parent's.  The signature the trust layer verifies is
+read from the same raw object whose tree is then read.
+
+Objects are read in-process through pygit2 (libgit2), which reads the object database
+directly and knows nothing of `refs/replace/*`.  libgit2 does honour `.git/info/grafts` when
+it parses a commit, so parents are taken from the raw object, never from pygit2's commit.
+Where a walk is git's own (history with path filters, which git answers from its
+commit-graph), git is asked for commit ids alone (`--format=%H`, with replacements and grafts
+off: proc.git_env), each checked to be 40 hex digits, and everything else is read here.
+
+Measured against GitPython's `cat-file --batch` pipe: a blob read in ~6 µs against ~45 µs, and
+no pipe that only one thread may use (each thread gets its own pygit2 handle).
+"""
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pygit2  # imported where objects are first read: a sandboxed helper never needs it
+
+REGULAR_MODES = (0o100644, 0o100755)
+SYMLINK, GITLINK, TREE = 0o120000, 0o160000, 0o040000
+_HEX40 = re.compile(r"[0-9a-f]{40}\Z")
+_COMMIT_TYPE = 1
+
+
+def _read_errors() -> tuple[type[Exception], ...]:
+    """What a read of a missing or broken object raises (evaluated only when one does)."""
+    import pygit2
+    return (KeyError, ValueError, pygit2.GitError)
+
+
+def is_sha(text: str) -> bool:
+    return bool(_HEX40.match(text))
+
+
+def mode_name(mode: int) -> str:
+    return {SYMLINK: "a symlink", GITLINK: "a gitlink (submodule)", TREE: "a folder",
+            0: "absent"}.get(mode, "a regular file" if mode in REGULAR_MODES
+                             else f"mode {mode:o}")
+
+
+@dataclass
+class Commit:
+    sha: str
+    parents: list[str]
+    author_name: str
+    author_email: str
+    subject: str
+    body: str = ""
+    # path -> change letter (A, M, D, T) against the first parent
+    changes: dict[str, str] = field(default_factory=dict)
+    # path -> its mode after the commit (0: deleted), for the paths in `changes`
+    modes: dict[str, int] = field(default_factory=dict)
+    tree: str = ""
+    malformed: str = ""  # why the raw object is not a well-formed commit ("" when it is)
+
+    @property
+    def is_merge(self) -> bool:
+        return len(self.parents) > 1
+
+    def trailers(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for line in self.body.splitlines():
+            key, sep, value = line.partition(": ")
+            if sep and key.startswith("Janus-"):
+                out[key] = value.strip()
+        return out
+
+    def irregular(self, prefixes: tuple[str, ...] = ("",)) -> dict[str, int]:
+        """Paths under PREFIXES this commit left as anything but a regular file."""
+        return {p: m for p, m in self.modes.items()
+                if m and m not in REGULAR_MODES and p.startswith(prefixes)}
+
+
+def parse_commit(sha: str, raw: bytes) -> Commit:
+    """A commit from its raw object, as git's own parser reads it: `tree`, then the `parent`
+    lines, then the rest of the header up to the first empty line; the message after it.
+    A header that is not well formed (no tree, a bad id, no author or two of them) gives a
+    commit with no author and `malformed` saying why: it can never be an approver's or the
+    agent's, and is still answered."""
+    head, _, message = raw.partition(b"\n\n")
+    lines = head.split(b"\n")
+    tree, parents, authors, problem = "", [], [], ""
+    i = 0
+    if lines and lines[0].startswith(b"tree "):
+        tree = lines[0][5:].decode("ascii", "replace")
+        i = 1
+    while i < len(lines) and lines[i].startswith(b"parent "):
+        parents.append(lines[i][7:].decode("ascii", "replace"))
+        i += 1
+    authors = [line[7:] for line in lines[i:] if line.startswith(b"author ")]
+    if not is_sha(tree) or not all(map(is_sha, parents)):
+        problem = "its tree or parent line is not a commit id"
+    elif len(authors) != 1:
+        problem = f"it has {len(authors)} author lines"
+    name, email = _ident(authors[0]) if len(authors) == 1 else ("", "")
+    text = message.decode("utf-8", "replace")
+    paragraphs = text.lstrip("\n").split("\n\n", 1)
+    subject = " ".join(line.strip() for line in paragraphs[0].splitlines()).strip()
+    body = paragraphs[1].lstrip("\n") if len(paragraphs) > 1 else ""
+    if problem:
+        name = email = ""
+    return Commit(sha, parents if not problem else [p for p in parents if is_sha(p)],
+                  name, email, subject, body, tree=tree if is_sha(tree) else "",
+                  malformed=problem)
+
+
+def _ident(line: bytes) -> tuple[str, str]:
+    """`Name <email> 1700000000 +0000` as git's split_ident_line reads it: the name is what
+    comes before the first `<`, the e-mail runs to the first `>` after it."""
+    lt = line.find(b"<")
+    gt = line.find(b">", lt + 1) if lt >= 0 else -1
+    if gt < 0:
+        return "", ""  # git shows neither
+    name = line[:lt].rstrip(b" \t\n\r")  # git's isspace(), trailing only
+    return name.decode("utf-8", "replace"), line[lt + 1:gt].decode("utf-8", "replace")
+
+
+class ObjectReader:
+    """The object database of one repository, one libgit2 handle per thread."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._local = threading.local()
+
+    @property
+    def _repo(self) -> pygit2.Repository:
+        repo = getattr(self._local, "repo", None)
+        if repo is None:
+            import pygit2
+            repo = self._local.repo = pygit2.Repository(str(self.root / ".git"))
+        return repo
+
+    def close(self) -> None:
+        repo = getattr(self._local, "repo", None)
+        if repo is not None:
+            repo.free()
+            self._local.repo = None
+
+    # -- raw objects ---------------------------------------------------------------------
+    def raw(self, sha: str) -> tuple[int, bytes] | None:
+        """(libgit2's type number, content) of the object SHA, or None."""
+        if not is_sha(sha):
+            return None
+        try:
+            kind, data = self._repo.odb.read(sha)
+        except _read_errors():
+            return None
+        return kind, data
+
+    def commit(self, sha: str) -> Commit | None:
+        found = self.raw(sha)
+        if found is None or found[0] != _COMMIT_TYPE:
+            return None
+        return parse_commit(sha, found[1])
+
+    def raw_commit(self, sha: str) -> bytes | None:
+        found = self.raw(sha)
+        return found[1] if found is not None and found[0] == _COMMIT_TYPE else None
+
+    # -- trees ---------------------------------------------------------------------------
+    def _tree(self, tree: str) -> pygit2.Tree | None:
+        if not tree:
+            return None
+        try:
+            obj = self._repo.get(tree)
+        except _read_errors():
+            return None
+        return obj if obj is not None and obj.type == 2 else None
+
+    def entry(self, tree: str, path: str) -> tuple[int, str] | None:
+        """(mode, object id) of PATH in TREE, or None when there is nothing there."""
+        root = self._tree(tree)
+        if root is None or not path:
+            return None
+        try:
+            obj = root[path]
+        except (KeyError, ValueError, TypeError):
+            return None
+        return obj.filemode, str(obj.id)
+
+    def blob(self, tree: str, path: str) -> bytes | None:
+        """The content of PATH in TREE where it is a regular file (a symlink, a gitlink or a
+        folder there is no file's content)."""
+        found = self.entry(tree, path)
+        if found is None or found[0] not in REGULAR_MODES:
+            return None
+        raw = self.raw(found[1])
+        return raw[1] if raw is not None and raw[0] == 3 else None
+
+    def changes(self, old_tree: str | None, new_tree: str,
+                paths: tuple[str, ...] = ()) -> tuple[dict[str, str], dict[str, int]]:
+        """What differs between two trees under PATHS (every path when none are given), as
+        {path: letter} and {path: new mode (0: gone)}.  Renames are a deletion and an
+        addition; a file that became a symlink or gitlink is a type change (T)."""
+        letters: dict[str, str] = {}
+        modes: dict[str, int] = {}
+        for prefix in paths or ("",):
+            old = self._subtree(old_tree, prefix)
+            new = self._subtree(new_tree, prefix)
+            if old is not None and new is not None and old[1] == new[1] and old[0] == new[0]:
+                continue
+            self._diff(old, new, prefix, letters, modes)
+        return letters, modes
+
+    def _subtree(self, tree: str | None, prefix: str) -> tuple[int, str] | None:
+        """(mode, id) at PREFIX in TREE (the tree itself for "")."""
+        if not tree:
+            return None
+        return (TREE, tree) if not prefix else self.entry(tree, prefix.rstrip("/"))
+
+    def _diff(self, old: tuple[int, str] | None, new: tuple[int, str] | None, prefix: str,
+              letters: dict[str, str], modes: dict[str, int]) -> None:
+        base = prefix.rstrip("/")
+        old_is_tree = old is not None and old[0] == TREE
+        new_is_tree = new is not None and new[0] == TREE
+        if base and not (old_is_tree and new_is_tree):
+            # PREFIX itself is (or was) a file, or is absent on one side
+            if old is not None and not old_is_tree and (new is None or new_is_tree):
+                letters[base], modes[base] = "D", 0
+            elif new is not None and not new_is_tree:
+                if old is None or old_is_tree:
+                    letters[base] = "A"
+                elif old[0] != new[0] and not (old[0] in REGULAR_MODES
+                                               and new[0] in REGULAR_MODES):
+                    letters[base] = "T"
+                else:
+                    letters[base] = "M"
+                modes[base] = new[0]
+            if not (old_is_tree or new_is_tree):
+                return
+        a = self._tree(old[1]) if old_is_tree else None
+        b = self._tree(new[1]) if new_is_tree else None
+        empty = self._repo.get(self._empty_tree())
+        from pygit2.enums import DiffOption
+        diff = (a or empty).diff_to_tree(b or empty, flags=DiffOption.INCLUDE_TYPECHANGE)
+        head = f"{base}/" if base else ""
+        for delta in diff.deltas:
+            letter = delta.status_char()
+            path = head + (delta.new_file.path if letter != "D" else delta.old_file.path)
+            letters[path] = letter
+            modes[path] = 0 if letter == "D" else delta.new_file.mode
+
+    def _empty_tree(self) -> str:
+        tree = getattr(self._local, "empty", None)
+        if tree is None:
+            tree = self._local.empty = str(self._repo.TreeBuilder().write())
+        return tree
+
+    def with_changes(self, c: Commit, paths: tuple[str, ...] = ()) -> Commit:
+        """C with what it changed against its first parent under PATHS filled in."""
+        parent = self.commit(c.parents[0]) if c.parents else None
+        c.changes, c.modes = self.changes(parent.tree if parent else None, c.tree, paths)
+        return c
+
+    # -- walks ---------------------------------------------------------------------------
+    def first_parent_chain(self, since: str | None, until: str,
+                           limit: int = 10_000_000) -> list[Commit] | None:
+        """The commits on UNTIL's first-parent line after SINCE, oldest first, read from the
+        raw objects; None when SINCE is not on that line (the caller asks git: a merge may
+        have made SINCE a side parent)."""
+        out: list[Commit] = []
+        sha: str | None = until
+        while sha and sha != since and len(out) < limit:
+            c = self.commit(sha)
+            if c is None:
+                return None
+            out.append(c)
+            sha = c.parents[0] if c.parents else None
+        if since and sha != since:
+            return None
+        out.reverse()
+        return out
