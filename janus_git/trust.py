@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .config import AGENT_PATH, Config, config_from_text
 from .errors import ConfigError, JanusError
-from .gitrepo import MADE, Commit, GitRepo
+from .gitrepo import MADE, REGULAR_MODES, Commit, GitRepo, mode_name, parse_commit
 from .util import atomic_write
 
 log = logging.getLogger("janus_git.trust")
@@ -35,10 +35,17 @@ _GOOD_GPG = re.compile(r"\[GNUPG:\] GOODSIG \S+ .*?<([^>]+)>")
 
 
 def is_guarded(path: str, change: str) -> bool:
-    """Does this change of PATH need an approver?  Adding or editing the stop does not."""
+    """Does this change of PATH need an approver?  Adding or editing the stop does not; its
+    removal does, and so does turning it into anything but a file (T)."""
     if path == STOP_PATH:
-        return change == "D"
+        return change in ("D", "T")
     return path.startswith(tuple(d + "/" for d in GUARDED_DIRS))
+
+
+def irregular(commit: Commit, paths) -> dict[str, int]:
+    """The PATHS COMMIT left as something other than a regular file (a symlink, a gitlink):
+    guarded paths are files, whoever commits, so these are refused and put back."""
+    return {p: m for p in paths if (m := commit.modes.get(p, 0)) and m not in REGULAR_MODES}
 
 
 @dataclass(frozen=True)
@@ -118,7 +125,7 @@ class Trust:
     def _check_early(self, sha: str, rules: Rules) -> None:
         try:
             raw = self.repo.read_object_once(sha)
-            author = _author_email(raw)
+            author = parse_commit(sha, raw).author_email.lower() if raw else None
             entry = rules.config.approver_for(author) if author else None
             if entry is None:
                 return
@@ -156,7 +163,7 @@ class Trust:
         rules = rules or self.rules
         assert rules is not None
         agent = rules.config.identity.email.lower()
-        if commit.author_email.lower() != agent:
+        if commit.malformed or commit.author_email.lower() != agent:
             return False
         if commit.sha in MADE:
             return True
@@ -165,6 +172,8 @@ class Trust:
     def authorize(self, commit: Commit, rules: Rules) -> Verdict:
         """Is COMMIT an approver's, under RULES (author listed; signature where required)?"""
         config = rules.config
+        if commit.malformed:
+            return Verdict(False, f"the commit object is malformed ({commit.malformed})")
         author = commit.author_email.lower()
         if author == config.identity.email.lower():
             return Verdict(False, "the agent's own identity can never approve")
@@ -223,9 +232,14 @@ class Trust:
                    if p.startswith(tuple(d + "/" for d in GUARDED_DIRS))}
         if not changed:
             return []
-        guarded = [p for p, c in changed.items() if is_guarded(p, c)]
         refused: list[Refusal] = []
-        accept = set(changed) - set(guarded)  # the stop, committed by anyone
+        odd = irregular(commit, changed)
+        if odd:
+            refused.append(Refusal(commit, sorted(odd), "guarded paths are regular files; " +
+                                   ", ".join(f"{p} became {mode_name(m)}"
+                                             for p, m in sorted(odd.items()))))
+        guarded = [p for p, c in changed.items() if is_guarded(p, c) and p not in odd]
+        accept = set(changed) - set(guarded) - set(odd)  # the stop, committed by anyone
         if guarded:
             verdict = self._may_change(commit, rules)
             stale = [p for p in guarded if verdict.ok and not self.is_agent(commit, rules)
@@ -317,14 +331,6 @@ class Trust:
 
 def _blob_id(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def _author_email(raw: bytes) -> str | None:
-    head = raw.partition(b"\n\n")[0]
-    for line in head.split(b"\n"):
-        if line.startswith(b"author "):
-            return line.partition(b"<")[2].partition(b">")[0].decode(errors="replace").lower()
-    return None
 
 
 def _split_signature(raw: bytes) -> tuple[bytes, bytes | None]:

@@ -15,7 +15,7 @@ from typing import Callable
 from .. import lifecycle
 from ..approvals import Filing, describe_change
 from ..errors import ConfigError
-from ..gitrepo import Commit, format_message
+from ..gitrepo import REGULAR_MODES, Commit, format_message
 from ..notify import Notifier
 from ..proposal import Proposal, Status, parse_proposal, shard_path
 from ..state import StateRepo
@@ -92,6 +92,9 @@ class Answers:
             return  # a later commit made it readable again; that one is judged on its own
         text = self.repo.read_blob("HEAD", path)
         for older in self.repo.file_history(path, limit=50):
+            found = self.repo.entry(older.sha, path)
+            if found is not None and found[0] not in REGULAR_MODES:
+                continue  # a symlink or gitlink there: no version of the file
             data = self.repo.read_blob(older.sha, path)
             try:
                 good = parse_proposal(data, path) if data else None
@@ -127,7 +130,8 @@ class Answers:
         if not live:
             paths |= set(rules.files) | set(trust.guarded_paths("HEAD"))
         files = {p: rules.files.get(p) for p in sorted(paths)
-                 if self.repo.read_blob("HEAD", p) != rules.files.get(p)}
+                 if self.repo.read_blob("HEAD", p) != rules.files.get(p)
+                 or not _regular_or_absent(self.repo, p)}
         if not files:
             return
         reasons = "\n".join(f"- {r.commit.sha[:10]} by {r.commit.author_email} "
@@ -138,9 +142,14 @@ class Answers:
                              f"stay.\n\n{reasons}", {"Janus-Refused": ", ".join(
                                  r.commit.sha for r in refusals) or "HEAD"})
         with self.state.writes:
-            self.repo.commit_files(files, msg, self.state.config.identity, guard={
-                p: self.repo.read_blob("HEAD", p) for p in files})
+            self.repo.commit_files(files, msg, self.state.config.identity,
+                                   guard=self.repo.guard_for(files))
         self.notifier.post("janus-git: refused a change to the rules", reasons, kind="alert")
+
+
+def _regular_or_absent(repo, path: str) -> bool:
+    found = repo.entry("HEAD", path)
+    return found is None or found[0] in REGULAR_MODES
 
 
 def void_approvals(q: Proposal) -> None:

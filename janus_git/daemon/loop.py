@@ -271,6 +271,21 @@ class Daemon:
         tick = 1.0 / float(self.state.config["controls"]["tick_hz"])
         return self.executor.next_start_in(tick)
 
+    def _harden(self) -> None:
+        """The settings that keep a pusher from changing what git shows (gitrepo/refs.py),
+        on a repository made before them too; replacements found are deleted, and said."""
+        for change in self.repo.harden():
+            log.info("hardened the repository: %s", change)
+        dropped = self.repo.drop_replace_refs()
+        if dropped:
+            listed = ", ".join(sorted(dropped))
+            log.warning("deleted %s: replacements change nothing janus-git reads", listed)
+            self.notifier.post("janus-git: replacement refs deleted",
+                               f"{listed} would have changed what git shows of history; "
+                               "janus-git never honours them, and has deleted them. Find out "
+                               "who pushed them: the repository refuses such pushes now "
+                               "(transfer.hideRefs).", kind="alert")
+
     def _start_up(self) -> None:
         from .. import sandbox
         s = self.state
@@ -278,6 +293,7 @@ class Daemon:
         for path in self.repo.recover_intents():
             log.warning("put %s back to HEAD: a janus-git process died before committing it",
                         path)
+        self._harden()
         head = self.repo.head()
         self._check_agent_key()
         self.branches.load()

@@ -17,7 +17,8 @@ import logging
 from .. import lifecycle
 from ..approvals import TRAILER_APPROVAL_BRANCH, Filing, is_revert_of_result
 from ..errors import ConfigError
-from ..gitrepo import MADE, Commit, crashpoint
+from ..faults import crashpoint
+from ..gitrepo import MADE, REGULAR_MODES, Commit, mode_name
 from ..proposal import HUMAN_TRANSITIONS, Proposal, Status, parse_proposal
 from ..state import StateRepo
 from ..store import check_placement, id_from_path, is_proposal_path
@@ -124,6 +125,11 @@ class CommitReader:
             self._remember_deleted(c, path)
             return
         check_placement(path)
+        mode = c.modes.get(path, 0)
+        if mode and mode not in REGULAR_MODES:
+            self.answers.unreadable(c, pid, ConfigError(
+                path, None, f"it became {mode_name(mode)}; a proposal is a regular file"))
+            return
         try:
             new = parse_proposal(self.repo.read_blob(c.sha, path) or b"", path)
         except ConfigError as e:
