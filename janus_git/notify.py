@@ -6,6 +6,12 @@ Posts go to a crash-safe outbox under .git/janus/outbox/ (outbox.py); a thread d
 them, off the daemon's reactor thread: a slow webhook never delays an approval.  The
 notifications section is read again at every post and every delivery, so a committed change
 (URLs, tags, windows) applies with no restart.
+
+What anyone could push (a proposal's fields, a STOP reason) enters a message through
+chattext.inert: it mentions no one and links nowhere.  The composers here quote each such
+field that way; post() passes whole titles and bodies through it again for the ones composed
+elsewhere (the daemon's stop, refusal and reminder messages), which changes nothing the agent
+wrote itself: its fixed text holds no mention or link.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from .chattext import inert
 from .config import DEFAULTS
 from .outbox import Outbox
 from .proposal import Proposal, Status
@@ -50,34 +57,37 @@ def send(urls: list[Any], title: str, body: str, kind: str = "test",
 
 def alert_for(p: Proposal, old: Status | None, new: Status) -> tuple[str, str] | None:
     """The alert a transition deserves, or None (most transitions are routine)."""
-    where = f"{p.id} ({p.tool}: {p.type}, mission {p.mission})"
+    pid, note = inert(p.id), inert(p.note)  # a note quotes what a run or a pusher wrote
+    where = f"{pid} ({inert(p.tool)}: {inert(p.type)}, mission {inert(p.mission)})"
     if new == S.FAILED:
-        return f"janus-git: run failed: {p.id}", f"{where} failed. {p.note}".strip()
+        return f"janus-git: run failed: {pid}", f"{where} failed. {note}".strip()
     if new == S.INTERRUPTED:
-        return f"janus-git: run interrupted: {p.id}", f"{where} was interrupted. {p.note}"
+        return f"janus-git: run interrupted: {pid}", f"{where} was interrupted. {note}"
     if new == S.PROPOSED and old == S.APPROVED:
-        return f"janus-git: approval not accepted: {p.id}", f"{where}: {p.note}"
+        return f"janus-git: approval not accepted: {pid}", f"{where}: {note}"
     if new == S.REVERTED:
-        return f"janus-git: result reverted: {p.id}", f"{where}: {p.note}"
+        return f"janus-git: result reverted: {pid}", f"{where}: {note}"
     if new == S.SUSPENDED:
-        return f"janus-git: suspended by the emergency stop: {p.id}", where
+        return f"janus-git: suspended by the emergency stop: {pid}", where
     return None
 
 
 def shorten(value: Any, width: int = 120) -> str:
+    """VALUE cut to WIDTH and made inert (chattext): for anything a pusher wrote."""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= width else text[:width - 1] + "…"
+    return inert(text if len(text) <= width else text[:width - 1] + "…")
 
 
 def needs_human(p: Proposal, rule: str, risk: str | None = None) -> tuple[str, str]:
     """An approval request: one entry of the approvals digest, with what to run."""
-    risk = risk or (p.risk if p.risk != "unknown" else "see the tool registry")
-    return (f"janus-git: approval needed: {p.id}",
-            f"• {p.id}: {p.tool} {shorten(p.args)} (risk {risk}, mission {p.mission}; "
-            f"{rule})\n  why: {shorten(p.rationale, 200)}\n"
-            f"  approve: `janus-git approve {p.id}` (or set status: approved in {p.path} "
-            f"and commit, or merge janus/proposal/{p.id})\n"
-            f"  reject:  `janus-git reject {p.id} --reason ...`")
+    risk = inert(risk or (p.risk if p.risk != "unknown" else "see the tool registry"))
+    pid = inert(p.id)  # (the id pattern allows no mention or link: inert all the same)
+    return (f"janus-git: approval needed: {pid}",
+            f"• {pid}: {inert(p.tool)} {shorten(p.args)} (risk {risk}, mission "
+            f"{inert(p.mission)}; {inert(rule)})\n  why: {shorten(p.rationale, 200)}\n"
+            f"  approve: `janus-git approve {pid}` (or set status: approved in {p.path} "
+            f"and commit, or merge janus/proposal/{pid})\n"
+            f"  reject:  `janus-git reject {pid} --reason ...`")
 
 
 class Notifier:
@@ -116,6 +126,7 @@ class Notifier:
     def post(self, title: str, body: str, kind: str = "alert") -> None:
         if not self.enabled():
             return  # nobody to tell: nothing piles up in the outbox
+        title, body = inert(title), inert(body)  # see the module's docstring
         if kind == "approval" and not self.outbox.first_time(title):
             return
         self.outbox.add(title, body, kind)

@@ -8,7 +8,11 @@ could push, so nothing may expand it, recurse over it or convert it before it is
   unexpanded one (a "billion laughs" is refused in microseconds);
 - libyaml is quadratic in flow nesting and its composer recurses in C (a segfault near 25,000
   levels), so a document that could be nested beyond _BLIND levels is first streamed as parser
-  events, stopping at the depth or node limit, before it is composed.
+  events, stopping at the depth or node limit, before it is composed;
+- a key twice in one mapping is refused, at any depth: PyYAML keeps the last value while a
+  forge's file view (and a person reading top to bottom) shows the first, so a reviewer would
+  approve one value and the daemon act on another.  Keys are compared as PyYAML builds them
+  (`yes` and `true`, `1` and `0x1` are one key), in the same walk that measures the graph.
 
 Every refusal, and any parse failure, is a ConfigError that names the reason."""
 from __future__ import annotations
@@ -48,7 +52,12 @@ SAFE_TAGS = frozenset(_T + t for t in ("null", "bool", "int", "float", "str", "t
                                        "merge", "seq", "map"))
 _INT = _T + "int"
 _NOT_INT = SAFE_TAGS - {_INT}
+_STR = _T + "str"
 _Scalar, _Sequence = yaml.ScalarNode, yaml.SequenceNode
+# builds a non-string key as PyYAML would; called through the table, never construct_object,
+# which would remember every node it built (this one is shared by every load)
+_KEYS = yaml.constructor.SafeConstructor()
+_BUILD_KEY = yaml.constructor.SafeConstructor.yaml_constructors
 _DIGITS = frozenset("0123456789abcdefABCDEF")
 _BUSY = (-1, -1)  # memo entry of a collection being measured: meeting it again is a cycle
 _HINT = "fix the file or `git revert` the commit that brought it"
@@ -159,6 +168,8 @@ class _Budget:
                 break
         if nodes > self.max_nodes:
             _too_many(self.path, self.max_nodes)
+        if node.__class__ is not _Sequence:
+            self._unique_keys(node)
         self.seen[id(node)] = (nodes, height + 1)
         return nodes, height + 1
 
@@ -170,6 +181,33 @@ class _Budget:
         if depth > self.max_depth or (known and depth + known[1] - 1 > self.max_depth):
             _too_deep(self.path, self.max_depth)
         return known or self.measure(node, depth)
+
+    def _unique_keys(self, node: yaml.MappingNode) -> None:
+        """Refuse a mapping that holds one key twice.  Called once every scalar under it
+        was checked (an integer's length before it is converted).  The common case, every
+        key a distinct string, costs one set comprehension; otherwise _duplicate looks."""
+        pairs = node.value
+        if len({k.value for k, _ in pairs if k.tag == _STR}) < len(pairs):
+            self._duplicate(pairs)
+
+    def _duplicate(self, pairs: list) -> None:
+        """A key of the str tag is its text; another scalar is built as PyYAML would (a
+        merge key `<<` has no constructor: its text); a collection key cannot be hashed,
+        which construction refuses anyway."""
+        first: dict[Any, int] = {}
+        for key, _value in pairs:
+            if key.__class__ is not _Scalar:
+                continue
+            tag = key.tag
+            build = None if tag == _STR else _BUILD_KEY.get(tag)
+            value = key.value if build is None else build(_KEYS, key)
+            line = key.start_mark.line + 1
+            if value in first:
+                raise ConfigError(self.path, None, f"line {line}: the key {key.value!r} appears "
+                                  f"twice in one mapping (first at line {first[value]}); "
+                                  "PyYAML would keep the last value, a forge shows the first",
+                                  "keep one of them")
+            first[value] = line
 
     def _scalar(self, node: yaml.ScalarNode) -> None:
         tag = node.tag

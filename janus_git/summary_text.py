@@ -1,9 +1,15 @@
 """The daily summary as people read it: markdown whose first lines fit a chat preview (runs,
 success rate, what waits for you, anything unusual), then the details.  The text sparkline
-stands in for the chart where a target takes no attachment."""
+stands in for the chart where a target takes no attachment.
+
+Every name and reason in it comes from committed files anyone can push (proposal files,
+tool_use.jsonl lines, missions): each goes in through chattext.inert, so the summary, in chat
+and on the forge, mentions no one and links nowhere; its own markdown stays as it is."""
 from __future__ import annotations
 
 from typing import Any
+
+from .chattext import inert
 
 BARS = "▁▂▃▄▅▆▇█"
 
@@ -42,7 +48,8 @@ def top(s: dict[str, Any]) -> list[str]:
              else "nothing waits for you")
     lines = [f"# janus-git daily summary {s['date']} ({s['timezone']})", "",
              f"**{s['executed']} runs, {percent(s['success_rate'])} succeeded** · {waits}", "",
-             "unusual: " + ("; ".join(s["unusual"]) if s["unusual"] else "nothing"), "",
+             "unusual: " + ("; ".join(map(inert, s["unusual"])) if s["unusual"] else "nothing"),
+             "",
              sparklines(s), ""]
     return lines
 
@@ -66,15 +73,16 @@ def _waiting(s: dict[str, Any]) -> list[str]:
         return lines + ["Nothing."]
     lines += ["| proposal | tool | mission | waiting | approve / reject |", "|---|---|---|---|---|"]
     for w in s["waiting"]:
-        lines.append(f"| {w['id']} | {w['tool']} ({w['type']}) | {w['mission']} | "
-                     f"{age(w['age_hours'])} | `janus-git approve {w['id']}` / "
-                     f"`janus-git reject {w['id']}` |")
+        pid = inert(w["id"])
+        lines.append(f"| {pid} | {inert(w['tool'])} ({inert(w['type'])}) | "
+                     f"{inert(w['mission'])} | {age(w['age_hours'])} | "
+                     f"`janus-git approve {pid}` / `janus-git reject {pid}` |")
     return lines
 
 
 def _missions(s: dict[str, Any]) -> list[str]:
     lines = ["## Missions", ""]
-    lines += [f"- {m['id']} ({m['status']}): {m['text']}"
+    lines += [f"- {inert(m['id'])} ({inert(m['status'])}): {inert(m['text'])}"
               + (f", {m['in_flight']} in flight" if m["in_flight"] else "")
               for m in s["missions"]] or ["No missions."]
     return lines
@@ -83,7 +91,8 @@ def _missions(s: dict[str, Any]) -> list[str]:
 def _failures(s: dict[str, Any]) -> list[str]:
     lines = ["## Failures, limits, reverts and stops", ""]
     for f in s["failures"]:
-        lines.append(f"- {f['proposal']} ({f['tool']}) {f['status']}: {f['reason']}")
+        lines.append(f"- {inert(f['proposal'])} ({inert(f['tool'])}) {inert(f['status'])}: "
+                     f"{inert(f['reason'])}")
     m = s["moves"]
     lines.append(f"- limits hit: {_counts(s['limits_hit'])}; reverted {m['reverted']}, "
                  f"suspended {m['suspended']}, emergency stops {m['stops']}"
@@ -128,7 +137,7 @@ def _activity(s: dict[str, Any]) -> list[str]:
 
 
 def _counts(d: dict[str, int]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "none"
+    return ", ".join(f"{inert(k)} {v}" for k, v in sorted(d.items())) or "none"
 
 
 def _num(v: float | None) -> str:

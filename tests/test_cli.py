@@ -167,8 +167,9 @@ def crowded(filled):
     root, a, b, c = filled
     jg(root, "reject", b["id"], "--reason", "first line\nsecond line\n" + "and on " * 40)
     path = root / shard_path(a["id"])
-    path.write_text(path.read_text().replace("status: proposed", "status: interrupted")
-                    + "note: 'killed by the stop [bold]x[/] [/]'\n")
+    data = yaml.safe_load(path.read_text())  # one `note:` key: a second makes it invalid
+    data.update(status="interrupted", note="killed by the stop [bold]x[/] [/]")
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
     broken = propose(root, "-m", A, "-t", "analysis", "--tool", "shell", "--", "true")
     (root / shard_path(broken["id"])).write_text("id: [what happened\n")
     git(root, "commit", "-qam", "crowd")

@@ -194,3 +194,62 @@ def test_waiting_proposals_are_reminded_once_per_interval(sr, receiver, monkeypa
     notifier.close()
     assert "still waiting for approval" in receiver.messages[0]["title"]
     assert f"janus-git approve {pid}" in receiver.messages[0]["message"]
+
+
+# What whoever can push writes (args, rationale, a note, a mission, a STOP reason) must reach
+# chat as text: no mention that pages a channel, no link that hides where it goes.
+LIVE = ("@channel", "@here", "@everyone", "@room", "<!", "<@", "<http", "http://", "https://",
+        "](", "|click>", "channel>")
+HOSTILE_ARGS = ["echo", "@channel", "<!here>", "[docs](http://evil.example/login)",
+                "<http://evil.example|click>", "!channel>"]
+HOSTILE_WHY = ("@everyone @here @room: urgent, read https://evil.example/x and "
+               "[the runbook](http://evil.example/r) or ping <@U024BE7LH>")
+
+
+def assert_inert(text: str) -> None:
+    for live in LIVE:
+        assert live not in text, (live, text)
+
+
+def test_pusher_text_reaches_chat_inert(tmp_path, receiver):
+    from janus_git.lifecycle import new_proposal
+    from janus_git.notify import Notifier, alert_for, needs_human
+    from janus_git.proposal import Status
+    p = new_proposal(mission="TEST @here", type_="maintenance", tool="python",
+                     args=HOSTILE_ARGS, rationale=HOSTILE_WHY, created_by="mallory")
+    p.note = "exit 1: see <http://evil.example|the log> @channel"
+    notifier = Notifier(tmp_path, [receiver.url])
+    notifier.post(*needs_human(p, "manual tool python", "high"), kind="approval")
+    notifier.post(*alert_for(p, Status.RUNNING, Status.FAILED))
+    # what the daemon posts with text it did not write: a STOP file's reason
+    notifier.post("janus-git: EMERGENCY STOP in force",
+                  "stopped by mallory@example.com: @channel see http://evil.example", kind="stop")
+    notifier.cycle(force=True)
+    assert len(receiver.messages) == 3
+    by_title = {m["title"]: m["message"] for m in receiver.messages}
+    approval = by_title[f"janus-git: approval needed: {p.id}"]
+    for title, body in by_title.items():
+        assert_inert(title)
+        assert_inert(body)
+    # still readable, and the agent's own text is as it wrote it
+    assert "@\u200bchannel" in approval and "hxxp[:]//evil.example/login" in approval
+    assert f"  approve: `janus-git approve {p.id}` (or set status: approved in {p.path}" \
+        in approval
+    assert f"janus-git: run failed: {p.id}" in by_title
+    assert "hxxp[:]//evil.example" in by_title["janus-git: EMERGENCY STOP in force"]
+
+
+def test_a_digest_of_hostile_approvals_is_inert(tmp_path, receiver):
+    from janus_git.lifecycle import new_proposal
+    from janus_git.notify import Notifier, needs_human
+    notifier = Notifier(tmp_path, [receiver.url])
+    for n in range(3):
+        p = new_proposal(mission="TEST", type_="maintenance", tool="python",
+                         args=[*HOSTILE_ARGS, str(n)], rationale=HOSTILE_WHY,
+                         created_by="mallory")
+        notifier.post(*needs_human(p, "manual tool python"), kind="approval")
+    notifier.cycle(force=True)
+    [message] = receiver.messages
+    assert message["title"] == "janus-git: 3 proposals need approval"
+    assert_inert(message["message"])
+    assert "merging its branch janus/proposal/<id>" in message["message"]  # the agent's own

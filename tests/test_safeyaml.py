@@ -255,3 +255,70 @@ def test_the_ordinary_proposal_still_parses():
     assert p.execution["resources"]["max_rss_kb"] == 3120
     small_alias = _proposal_with_args("[&f missions, *f]")
     assert parse_proposal(small_alias, PROPOSAL_PATH).args == ["missions", "missions"]
+
+
+# Duplicate keys: PyYAML keeps the last value, a forge's file view shows the reviewer the
+# first (and so does a person reading top to bottom).  Every mapping, at any depth, in every
+# file janus-git parses, refuses them.
+@pytest.mark.parametrize("text,key,line,first", [
+    ("a: 1\nb: 2\na: 3\n", "a", 3, 1),
+    ("top:\n  x: 1\n  y: 2\n  x: 3\n", "x", 4, 2),
+    ("- {k: 1, k: 2}\n", "k", 1, 1),
+    ("'a': 1\na: 2\n", "a", 2, 1),               # quoted or not, the same string
+    ('"\\x61": 1\na: 2\n', "a", 2, 1),           # an escape that spells the same string
+    ("yes: 1\ntrue: 2\n", "true", 2, 1),          # both are the boolean True to PyYAML
+    ("1: a\n0x1: b\n", "0x1", 2, 1),              # both are the integer 1
+    ("1: a\n1.0: b\n", "1.0", 2, 1),              # 1 == 1.0 as a dict key
+    ("~: a\nnull: b\n", "null", 2, 1),
+    ("<<: {a: 1}\n<<: {b: 2}\n", "<<", 2, 1),
+])
+def test_a_duplicate_key_is_refused_naming_the_key_and_its_lines(loader, text, key, line, first):
+    e = _refused(text)
+    assert e.problem.startswith(f"line {line}: the key {key!r} appears twice in one mapping "
+                                f"(first at line {first})"), e.problem
+
+
+def test_keys_that_only_look_alike_or_repeat_in_other_mappings_load(loader):
+    for text in ("a: 1\nA: 2\n'1': x\n1: y\n",          # distinct keys to PyYAML too
+                 "x: {k: 1}\ny: {k: 2}\nz: [{k: 1}, {k: 2}]\n",
+                 "base: &b {a: 1, b: 2}\nover: {<<: *b, a: 9}\n",  # a merge is not a duplicate
+                 "a: &k {n: 1}\nb: *k\nc: *k\n"):
+        assert safeyaml.load(text, "x.yaml") == yaml.safe_load(text)
+
+
+def test_a_proposal_with_a_duplicate_field_is_invalid():
+    """The classic: a reviewer sees the first `args`, the daemon would run the last."""
+    text = PROPOSAL.replace("rationale:", "args:\n- cat\n- .git/config\nrationale:")
+    with pytest.raises(ConfigError) as e:
+        parse_proposal(text, PROPOSAL_PATH)
+    assert str(e.value).startswith(f"{PROPOSAL_PATH}: line 9: the key 'args' appears twice "
+                                   "in one mapping (first at line 5)"), str(e.value)
+
+
+def test_a_proposal_with_a_duplicate_nested_key_is_invalid():
+    text = PROPOSAL.replace("  rule: auto:whitelist\n", "  rule: auto:whitelist\n  rule: x\n")
+    with pytest.raises(ConfigError, match="the key 'rule' appears twice"):
+        parse_proposal(text, PROPOSAL_PATH)
+
+
+def test_a_proposal_the_fast_reader_would_read_is_refused_the_slow_way_too():
+    from janus_git import fastrow
+    text = PROPOSAL.replace("risk: low\n", "risk: low\nrisk: high\n")
+    assert fastrow.fast_proposal(PROPOSAL_PATH, text.encode()) is None
+    with pytest.raises(ConfigError, match="the key 'risk' appears twice"):
+        parse_proposal(text, PROPOSAL_PATH)
+
+
+def test_agent_yaml_with_a_duplicate_key_is_invalid():
+    text = (ROOT / AGENT_PATH).read_text() + "\napprovers: []\n"
+    with pytest.raises(ConfigError) as e:
+        config_from_text(text)
+    assert str(e.value).startswith(f"{AGENT_PATH}: line ") and "'approvers' appears twice" \
+        in str(e.value)
+
+
+def test_a_mission_with_a_duplicate_key_is_invalid():
+    from janus_git.missions import parse_mission
+    text = (ROOT / "missions" / "OPT-001-BETA.yaml").read_text() + "status: done\n"
+    with pytest.raises(ConfigError, match="the key 'status' appears twice"):
+        parse_mission(text, "missions/x.yaml")

@@ -245,3 +245,33 @@ def test_a_running_daemon_makes_the_summary_when_its_time_comes(state_dir, monke
                    "logs/summaries").stdout.split("\n")
     assert [s[-10:] for s in subjects if s] == [
         "2026-11-21", "2026-11-22", "2026-11-23", "2026-11-24"]  # each once, oldest first
+
+
+def test_the_summary_message_carries_pushed_text_inert(sr, history, receiver):  # noqa: F811
+    """A waiting proposal's mission and a run's error are anyone's text, committed."""
+    from test_notify import assert_inert
+
+    from janus_git.notify import Notifier
+    from janus_git.summary import build
+    from janus_git.summary_text import render
+    p = new_proposal(mission="TEST @channel <!here> [runbook](http://evil.example)",
+                     type_="maintenance", tool="shell", args=["echo", "x"], rationale="r",
+                     created_by="mallory")
+    p.created_at = _utc(dt.datetime(2026, 11, 20, 9, 0, tzinfo=ZONE))
+    _write(sr.root, p)
+    log = sr.root / "logs" / "tool_use.jsonl"
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    failed = next(x for x in reversed(lines)  # (the first failed run has a forged line too)
+                  if x.get("error") == "exit 2" and x["ended_at"] >= "2026-11-20")
+    failed["error"] = "exit 2: @everyone see <https://evil.example|the log>"
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    git(sr.root, "add", "proposals", "logs/tool_use.jsonl")
+    git(sr.root, "commit", "-qm", "mallory's text")
+    text = render(build(sr, DAY, TZ, as_of=AS_OF))
+    assert "@\u200beveryone" in text and "TEST @\u200bchannel" in text
+    notifier = Notifier(sr.root, [receiver.url])
+    assert notifier.post_message("janus-git daily summary", text, "summary")
+    notifier.cycle(force=True)
+    [message] = receiver.messages
+    assert_inert(message["message"])
+    assert "**" in message["message"] and "`janus-git approve " in message["message"]

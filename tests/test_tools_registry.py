@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 import yaml
 
+from conftest import git
 from janus_git import audit, tools
 from janus_git.config import config_from_text
 from janus_git.lifecycle import new_proposal
@@ -39,9 +40,13 @@ def prop(tool: str, args, type_: str = "analysis"):
 
 @pytest.fixture
 def repo(tmp_path) -> Path:
+    """A real repository: the in-process tools read committed blobs (tools/blobs.py)."""
     root = tmp_path / "repo"
     (root / "docs").mkdir(parents=True)
     (root / "docs" / "a.json").write_text('{"a": [1, 2, 3]}\n')
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "docs")
     return root
 
 
@@ -158,14 +163,9 @@ def test_network_only_for_tools_that_declare_it(repo, isolation):
 
 
 def test_git_tool_sees_the_repository_read_only(repo):
-    import subprocess
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
-    subprocess.run(["git", "-C", str(repo), "add", "docs"], check=True)
-    subprocess.run(["git", "-C", str(repo), "-c", "user.name=T", "-c", "user.email=t@x",
-                    "commit", "-qm", "first"], check=True)
     res = tools.execute(prop("git", ["log", "--format=%s"]), config(), repo)
     assert res.status == "succeeded", res.output
-    assert res.output == b"first\n"
+    assert res.output == b"docs\n"  # the fixture's one commit
     res = tools.execute(prop("git", ["commit", "--allow-empty", "-m", "x"]), config(), repo)
     assert res.status == "failed"
 

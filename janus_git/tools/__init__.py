@@ -101,7 +101,9 @@ def path_problem(root: Path, value: str) -> str | None:
     """Why VALUE is not a path inside the repository ROOT, or None when it is.
 
     Refused: absolute paths, ``~``, ``..`` components, ``.git`` (it can hold credentials) and
-    any path whose real location (symlinks resolved) is outside the repository."""
+    any path whose real location (symlinks resolved) is outside the repository or inside its
+    ``.git`` (``notes/g -> ../.git``: what hides .git in the sandbox is not there everywhere,
+    and an in-process tool has no sandbox)."""
     if "\x00" in value:
         return "a NUL byte in a path"
     if value.startswith("/"):
@@ -117,6 +119,8 @@ def path_problem(root: Path, value: str) -> str | None:
     real = os.path.realpath(os.path.join(real_root, value))
     if real != real_root and not real.startswith(real_root + os.sep):
         return f"{value!r} leads out of the repository through a symlink (to {real})"
+    if os.path.relpath(real, real_root).split(os.sep)[0] == ".git":
+        return f"{value!r} leads into .git through a symlink, which tools may not read"
     return None
 
 

@@ -1,24 +1,24 @@
-"""The `file_chunker` tool: one 5,000-line chunk of a document in the repository.
+"""The `file_chunker` tool: one 5,000-line chunk of a document committed in the repository.
 
 Args: ``{"path": "docs/x.txt", "chunk": 1}``.  The output is a header line ``chunk N of M:
 PATH lines A-B of L`` and the chunk's text, truncated at ``output_kb`` with the same marker as
-sandboxed runs.  It runs in-process (reading a file needs no child) and stays inside the
-repository: no absolute paths, no ``..``, no ``.git``, no symlink that resolves outside, and
-the file is opened component by component with O_NOFOLLOW after resolving, so a symlink
-swapped in meanwhile fails instead of being followed.  Only regular files are read (a FIFO
-would block, a device never ends).  It streams in 1 MiB blocks: a 1 GB single-line file costs
-at most ``output_kb`` of memory.
+sandboxed runs.  It runs in-process (reading a file needs no child), so it reads no file at
+all: the content is the blob PATH names in HEAD's tree (blobs.py), a regular file reached
+through folders only.  Absolute paths, ``..``, ``.git``, a symlink anywhere on the way (even
+one to a file beside it), a submodule and a file HEAD does not have are refused with the
+reason; what the working tree holds meanwhile (a FIFO, a symlink swapped in) is never opened.
+It streams: a 1 GB single-line file costs at most ``output_kb`` of memory.
 """
 from __future__ import annotations
 
 import os
-import stat
 import time
 from pathlib import Path
 from typing import Any
 
 from ..util import utcnow
 from . import RunResult, ToolRefused, path_problem
+from .blobs import blob_id, check_worktree, open_blob
 
 CHUNK_LINES = 5000
 BLOCK = 1 << 20
@@ -41,42 +41,24 @@ def chunk_args(proposal: Any, tool: str = "file_chunker") -> tuple[str, int]:
 
 
 def check_chunk_file(proposal: Any, root: Path, tool: str = "file_chunker") -> None:
+    """Static (tools.check): the working tree's view; the run asks HEAD's tree again."""
     path, _ = chunk_args(proposal, tool)
     problem = path_problem(root, path)
     if problem:
         raise ToolRefused(f"{tool}: {problem}")
-    if not (Path(root) / path).is_file():
-        raise ToolRefused(f"{tool}: {path!r} is not a file in the repository")
+    check_worktree(Path(root), path, tool)
 
 
 def check(proposal: Any, config: Any, root: Path) -> None:
     check_chunk_file(proposal, root)
 
 
-def open_confined(root: Path, rel: str) -> int:
-    """A read fd for REL inside ROOT, refusing anything but a regular file reached without
-    symlinks once the path is resolved."""
-    problem = path_problem(root, rel)
+def committed_blob(root: Path, path: str, tool: str = "file_chunker") -> str:
+    """The blob id of PATH in HEAD's tree, after the same path rules as the check."""
+    problem = path_problem(root, path)
     if problem:
-        raise ToolRefused(f"file_chunker: {problem}")
-    real_root = os.path.realpath(root)
-    parts = os.path.relpath(os.path.realpath(os.path.join(real_root, rel)), real_root).split(os.sep)
-    fd = os.open(real_root, os.O_PATH | os.O_DIRECTORY)
-    try:
-        for part in parts[:-1]:
-            nxt = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
-        f = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                    dir_fd=fd)
-    except OSError as e:
-        raise ToolRefused(f"file_chunker: cannot open {rel!r} safely: {e.strerror}") from None
-    finally:
-        os.close(fd)
-    if not stat.S_ISREG(os.fstat(f).st_mode):
-        os.close(f)
-        raise ToolRefused(f"file_chunker: {rel!r} is not a regular file")
-    return f
+        raise ToolRefused(f"{tool}: {problem}")
+    return blob_id(Path(root), path, tool)
 
 
 class _Stopped(Exception):
@@ -128,10 +110,11 @@ def execute(proposal: Any, config: Any, root: Path, *, cancel=None, on_start=Non
     started, t0, c0 = utcnow(), time.monotonic(), time.thread_time()
     if on_start is not None:
         on_start(os.getpid())
-    fd = open_confined(root, path)
+    oid = committed_blob(root, path)
     limit, error, out, size = None, "", b"", 0
     try:
-        body, size, total = read_chunk(fd, chunk, keep, t0 + limits["timeout_s"], cancel)
+        with open_blob(Path(root), oid) as fd:
+            body, size, total = read_chunk(fd, chunk, keep, t0 + limits["timeout_s"], cancel)
         chunks = max(1, -(-total // CHUNK_LINES))
         if chunk > chunks:
             error = f"chunk {chunk} of {chunks} does not exist ({path} has {total} lines)"
@@ -146,8 +129,6 @@ def execute(proposal: Any, config: Any, root: Path, *, cancel=None, on_start=Non
         limit = str(e)
         error = "cancelled" if limit == "cancelled" else \
             f"killed: timeout after {limits['timeout_s']} s"
-    finally:
-        os.close(fd)
     wall = time.monotonic() - t0
     return RunResult(
         status="failed" if error else "succeeded", exit_code=None if error else 0,

@@ -4,6 +4,7 @@ Args: ``{"path": "missions/docs/x.txt", "chunk": N}`` (the chunk file_chunker re
 has two parts: what can be counted (line range, the releases/versions and dates the chunk
 spans, the most frequent names and words), which needs no model and is always right, and a
 short summary with themes from the local model, given a quoted sample of the chunk as data.
+Like file_chunker it reads the file as the blob HEAD's tree holds, never the working tree.
 Without a model the note says so and keeps the counted part.  The note is returned in
 RunResult.files; the daemon commits it with the result.
 """
@@ -17,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..util import utcnow
-from .file_chunker import CHUNK_LINES, check_chunk_file, chunk_args, open_confined, read_chunk
+from .blobs import open_blob
+from .file_chunker import CHUNK_LINES, check_chunk_file, chunk_args, committed_blob, read_chunk
 from .node_generator import in_process_result
 
 NOTES_DIR = "notes"
@@ -110,12 +112,10 @@ def execute(proposal: Any, config: Any, root: Path, *, cancel=None, on_start=Non
     if on_start is not None:
         on_start(os.getpid())
     limits = config.tool_limits(proposal.tool)
-    fd = open_confined(Path(root), path)
-    try:
+    oid = committed_blob(Path(root), path, "process_chunk")  # a blob of HEAD: see blobs.py
+    with open_blob(Path(root), oid) as fd:
         body, _size, total = read_chunk(fd, chunk, MAX_CHUNK_BYTES, t0 + limits["timeout_s"],
                                         cancel)
-    finally:
-        os.close(fd)
     chunks = max(1, -(-total // CHUNK_LINES))
     if chunk > chunks:
         return in_process_result(proposal, config, output=b"", files={}, started=started,

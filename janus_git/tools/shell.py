@@ -8,8 +8,14 @@ same way).  Checked token by token, in this order, the first problem refusing it
 2. the command: a bare name on the allow-list (not a path), never a forbidden word such as
    ``sudo`` or ``rm``, which are refused wherever they appear;
 3. the command's forbidden flags (``find -exec/-delete...``, ``sed`` without ``-n``, ``sed -i``,
-   ``sort -o``, ``tail -f``...);
+   ``sort -o``, ``tail -f``...), also abbreviated (getopt takes ``--deref`` for
+   ``--dereference``), and every option that reads a list of names or patterns from a file
+   (``--files0-from``, ``du -X``, ``sha256sum -c``, ``grep -f``, ``find -files0-from``...):
+   the list's own path would be checked, the names inside it never are;
 4. every path operand and option value stays inside the repository (tools.path_problem).
+
+No allowed command expands ``@file`` arguments (an ``@name`` is an ordinary name, checked as
+a path), and a ``-`` operand reads the run's stdin, which is /dev/null.
 
 Then it runs in the sandbox with the repository read-only as its working directory.
 """
@@ -45,39 +51,52 @@ class Rule:
     """How a command's operands and flags are read.
 
     operands: "paths" (every operand a path), "data" (operands are text, never opened),
-    "pattern" (first operand is text, the rest paths).  flags: refused exactly, or as
-    ``--flag=...``; letters: short options refused even inside a cluster (``-ni``)."""
+    "pattern" (first operand is text, the rest paths).  flags: refused exactly, as
+    ``--flag=...`` or abbreviated; letters: short options refused even inside a cluster
+    (``-ni``).  lists: the same for options that read a list of names from a file."""
     operands: str = "paths"
     flags: frozenset[str] = frozenset()
     letters: str = ""
     value_letters: str = ""  # short options whose value is the next token
+    lists: frozenset[str] = frozenset()
+    list_letters: str = ""
 
 
 def _r(operands: str = "paths", flags: str = "", letters: str = "",
-       value_letters: str = "") -> Rule:
-    return Rule(operands, frozenset(flags.split()), letters, value_letters)
+       value_letters: str = "", lists: str = "", list_letters: str = "") -> Rule:
+    return Rule(operands, frozenset(flags.split()), letters, value_letters,
+                frozenset(lists.split()), list_letters)
 
 
 FIND_WRITES = ("-exec -execdir -ok -okdir -delete -fprint -fprint0 -fprintf -fls "
                "-L -H -follow")
+# Each command's options that read names (or patterns, or checksummed names) from a file,
+# from GNU coreutils 9, grep 3 and findutils 4.9; `--files0-from=-` reads them from stdin.
 RULES: dict[str, Rule] = {
     # diff is left out: it follows symlinks met while recursing into directories.
-    "cat": _r(), "cut": _r(), "nl": _r(), "wc": _r(), "tac": _r(), "head": _r(), "comm": _r(),
-    "md5sum": _r(), "sha256sum": _r(), "realpath": _r(),
+    "cat": _r(), "cut": _r(), "nl": _r(), "tac": _r(), "head": _r(), "comm": _r(),
+    "wc": _r(lists="--files0-from"),
+    "md5sum": _r(lists="--check", list_letters="c"),
+    "sha256sum": _r(lists="--check", list_letters="c"),
+    "realpath": _r(),
     "stat": _r(flags="--dereference", letters="L"),
-    "du": _r(flags="--dereference", letters="L"),
+    "du": _r(flags="--dereference", letters="L", lists="--files0-from --exclude-from",
+             list_letters="X"),
     "ls": _r(flags="--dereference", letters="L"),
     "tail": _r(flags="--follow --retry", letters="fF"),
-    "sort": _r(flags="--output --temporary-directory --compress-program", letters="oT"),
+    "sort": _r(flags="--output --temporary-directory --compress-program", letters="oT",
+               lists="--files0-from"),
     "uniq": _r(),
     "grep": _r("pattern", flags="--dereference-recursive", letters="R",
-               value_letters="efmABCdD"),
-    "find": _r(flags=FIND_WRITES),
+               value_letters="emABCdD", lists="--file --exclude-from", list_letters="f"),
+    "find": _r(flags=FIND_WRITES, lists="-files0-from"),
     "sed": _r("pattern", flags="--in-place --file --separate", letters="ifs",
               value_letters="e"),
     "echo": _r("data"), "printf": _r("data"), "basename": _r("data"), "dirname": _r("data"),
     "seq": _r("data"), "tr": _r("data"), "true": _r("data"), "false": _r("data"),
-    "pwd": _r("data"), "date": _r("data", flags="--set --file", letters="sf"),
+    "pwd": _r("data"),
+    # date -r FILE / --reference=FILE: a data command's next token is never path-checked
+    "date": _r("data", flags="--set --file --reference", letters="sfr"),
 }
 ALLOWED = frozenset(RULES)
 
@@ -130,17 +149,37 @@ def _check_tokens(argv: list[str]) -> None:
 
 
 _WHY = "it writes, runs a command, follows symlinks out of the repository or never ends"
+_LIST = ("reads the names to open from a file, which are never checked: name the files "
+         "themselves")
+
+
+# Options that begin a refused one (du's and grep's --exclude, a glob, beside --exclude-from):
+# given whole they are themselves, as getopt reads them, not an abbreviation.
+WHOLE_OPTIONS = frozenset({"--exclude"})
+
+
+def _named(name: str, flags: frozenset[str]) -> str | None:
+    """The flag of FLAGS that the option NAME is, exactly or abbreviated (``--deref``)."""
+    if name in flags:
+        return name
+    if name.startswith("--") and len(name) > 2 and name not in WHOLE_OPTIONS:
+        return next((f for f in sorted(flags) if f.startswith(name)), None)
+    return None
 
 
 def _check_flags(cmd: str, rule: Rule, tok: str) -> None:
     name = tok.split("=", 1)[0]
-    if name in rule.flags:
-        raise _refuse(f"{cmd} {name} is not allowed ({_WHY})")
-    if rule.letters and tok.startswith("-") and not tok.startswith("--") and cmd != "find":
+    for flags, why in ((rule.flags, f"is not allowed ({_WHY})"), (rule.lists, _LIST)):
+        flag = _named(name, flags)
+        if flag:
+            raise _refuse(f"{cmd} {flag} {why}")
+    if tok.startswith("-") and not tok.startswith("--") and cmd != "find":
         cluster = re.match(r"-[A-Za-z]*", tok).group(0)[1:]
-        for letter in rule.letters:
-            if letter in cluster:
-                raise _refuse(f"{cmd} -{letter} is not allowed ({_WHY})")
+        for letters, why in ((rule.letters, f"is not allowed ({_WHY})"),
+                             (rule.list_letters, _LIST)):
+            for letter in letters:
+                if letter in cluster:
+                    raise _refuse(f"{cmd} -{letter} {why}")
 
 
 def _option_value(tok: str) -> str | None:
