@@ -357,8 +357,9 @@ def test_a_forged_lease_neither_takes_the_lead_nor_keeps_a_claim_alive(state_dir
 def test_killed_between_its_push_and_its_own_branch_the_daemon_starts_again(
         state_dir, tmp_path):
     """kill -9 after a push landed but before the clone's branch moved: the remote has the
-    commit, the clone has its files half-written.  The next start puts the tree back,
-    fetches the commit, and carries on; nothing runs twice."""
+    commit, the clone nothing of it (a commit is built from blobs: no file is written before
+    its branch moves).  The next start fetches the commit and carries on; nothing runs
+    twice."""
     from fleet import runs_in_history
     with GitDaemonRemote(tmp_path / "server") as remote:
         url = shared(state_dir, remote)
@@ -370,7 +371,8 @@ def test_killed_between_its_push_and_its_own_branch_the_daemon_starts_again(
                                 env={"JANUS_GIT_CRASHPOINT": "after-push"})
         crashed.proc.wait(30)
         assert crashed.proc.returncode == -9
-        assert list((daemon_clone / ".git/janus").glob("intent-*.json"))  # half-written
+        assert git(daemon_clone, "status", "--porcelain",  # nothing half-written
+                   "--untracked-files=no").stdout == ""
         with DaemonProcess(daemon_clone, "--instance", "d1"):
             wait_for(lambda: pulled_status(alice, pid) in ("succeeded", "interrupted"), 30,
                      "the proposal to end")
@@ -388,3 +390,237 @@ def test_remote_mode_without_that_remote_in_the_clone_says_how_to_add_it(state_d
     out = subprocess.run(["python3", "-m", "janus_git.cli", "daemon", str(state_dir), "--once"],
                          capture_output=True, text=True)
     assert out.returncode == 1 and "remote add upstream" in out.stderr
+
+
+# -- leases: a deletion or a forgery by someone who can push -------------------------------
+
+LEASE_SECONDS = 3
+
+
+def remote_ref(remote, ref: str) -> str | None:
+    """What REF names in the bare repository itself (no fetch, no clone in between)."""
+    return git(remote.path, "rev-parse", "--verify", "-q", ref, check=False).stdout.strip() \
+        or None
+
+
+def moves(root: Path, pid: str) -> list[str]:
+    """Every transition of PID in the remote's history, oldest first."""
+    out = git(root, "log", "--reverse", "origin/main",
+              "--format=%(trailers:key=Janus-Proposal,valueonly,separator=%x2C)"
+              "|%(trailers:key=Janus-Transition,valueonly,separator=%x2C)").stdout
+    found = []
+    for line in out.splitlines():
+        pids, _, steps = line.partition("|")
+        found += [s.strip() for p, s in zip(pids.split(","), steps.split(",")) if p.strip() == pid]
+    return found
+
+
+def poll(pred, timeout: float, what: str, every: float = 0.3):
+    """wait_for for a predicate that fetches (not every 50 ms)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := pred():
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def forged_heartbeat(root: Path, name: str) -> str:
+    """A heartbeat for lease NAME as anyone can write one: not the agent's signed commit."""
+    tree = git(root, "hash-object", "-t", "tree", "-w", "/dev/null").stdout.strip()
+    return git(root, "commit-tree", tree, "-m", f"janus lease {name}: alive\n\n"
+               "renewed_at: 2099-01-01T00:00:00.000000Z\n").stdout.strip()
+
+
+def one_nap_on_two_daemons(state_dir: Path, tmp_path: Path, remote, seconds: str, **cfg):
+    """Two daemons, one nap filed by Alice and claimed by one of them.  Returns
+    (alice, mallory, roots, daemons, pid, owner)."""
+    from fleet import SLEEPER, fleet, file_many, share as share_fleet, start
+    url = share_fleet(state_dir, remote, tools={"nap": SLEEPER}, claim_batch=1,
+                      lease_seconds=LEASE_SECONDS, **cfg)
+    alice = clone(url, tmp_path / "alice")
+    mallory = clone(url, tmp_path / "mallory")  # may push, as anyone with access may
+    roots = fleet(url, tmp_path, 2)
+    [pid] = file_many(alice, 1, "nap", [seconds])
+    push(alice)
+    daemons = start(roots)
+    try:
+        poll(lambda: record_at_fetched(alice, pid).get("status") == "running", 30,
+             "the nap to start")
+    except BaseException:
+        for d in daemons:
+            d.stop()
+        raise
+    owner = record_at(alice, pid)["execution"]["instance"]
+    return alice, mallory, roots, daemons, pid, owner
+
+
+def record_at_fetched(root: Path, pid: str) -> dict:
+    git(root, "fetch", "-q", "origin")
+    try:
+        return record_at(root, pid) or {}
+    except subprocess.CalledProcessError:
+        return {}
+
+
+def just_renewed(remote, ref: str) -> str:
+    """Wait for REF to move (a renewal just landed: the longest wait for the next one)."""
+    last = remote_ref(remote, ref)
+    return wait_for(lambda: (now := remote_ref(remote, ref)) != last and now, 5,
+                    f"a renewal of {ref}")
+
+
+def test_a_live_daemons_lease_deleted_or_replaced_is_put_back_and_its_run_ends_once(
+        state_dir, tmp_path):
+    """Anyone who can push can delete refs/janus/lease/<name>, or delete it and push a
+    forgery there, or (where the forge allows forced pushes) put it back to an old
+    heartbeat.  None of it ends the lease: the other daemon goes on counting from the last
+    signed heartbeat (no interrupt within lease_seconds), the daemon whose lease it is puts
+    it back at once and posts an alert, and its run ends once and is reported.  A clean exit
+    still releases the lease at once."""
+    from test_notify import Receiver
+    receiver = Receiver()
+    configure(state_dir, notifications={"urls": [receiver.url], "batch_seconds": 0})
+    try:
+        with GitDaemonRemote(tmp_path / "server") as remote:
+            alice, mallory, roots, daemons, pid, owner = one_nap_on_two_daemons(
+                state_dir, tmp_path, remote, "8")
+            other = "d1" if owner == "d2" else "d2"
+            ref = f"refs/janus/lease/{owner}"
+            seen: list[bool] = []  # the other daemon's view of the owner's lease, sampled
+
+            def watching(pred):
+                def sample():
+                    lease = ((daemon_status(roots[int(other[1]) - 1]).get("remote") or {})
+                             .get("leases") or {}).get(owner)
+                    if lease:
+                        seen.append(lease["alive"])
+                    return pred()
+                return sample
+            try:
+                # 1. deleted just after a renewal: the next one is lease_seconds/3 away
+                last = just_renewed(remote, ref)
+                git(mallory, "push", "-q", "origin", f":{ref}")
+                t0 = time.monotonic()
+                back = wait_for(watching(lambda: remote_ref(remote, ref)), 10,
+                                "the lease pushed again")
+                repushed = time.monotonic() - t0
+                assert git(remote.path, "merge-base", "--is-ancestor", last, back,
+                           check=False).returncode == 0  # its chain goes on
+                # 2. deleted and a forgery pushed in its place: the daemon builds on it
+                forged = forged_heartbeat(mallory, owner)
+                git(mallory, "push", "-q", "origin", f":{ref}")
+                git(mallory, "push", "-q", "origin", f"{forged}:{ref}")
+                t1 = time.monotonic()
+                on_top = wait_for(watching(lambda: remote_ref(remote, ref) not in
+                                           (None, forged) and remote_ref(remote, ref)), 10,
+                                  "the lease pushed on top of the forgery")
+                rebuilt = time.monotonic() - t1
+                assert git(remote.path, "merge-base", "--is-ancestor", forged, on_top,
+                           check=False).returncode == 0
+                # 3. put back to its first heartbeat (a forced push, where a forge allows it)
+                first = git(remote.path, "rev-list", "--max-parents=0", ref).stdout.split()[0]
+                git(remote.path, "update-ref", ref, first)
+                t3 = time.monotonic()
+                wait_for(watching(lambda: remote_ref(remote, ref) not in (None, first)), 10,
+                         "the lease pushed on top of its old heartbeat")
+                rewound = time.monotonic() - t3
+                final = poll(watching(lambda: (s := record_at_fetched(alice, pid)
+                                               .get("status")) != "running" and s), 30,
+                             "the nap to end")
+                after_end = time.monotonic() - t0
+                # 4. a clean exit releases the lease at once
+                daemons[int(owner[1]) - 1].stop()
+                t2 = time.monotonic()
+                wait_for(lambda: ((daemon_status(roots[int(other[1]) - 1]).get("remote")
+                                   or {}).get("leases") or {}).get(owner, {}).get("released"),
+                         LEASE_SECONDS, "the release seen by the other daemon")
+                released = time.monotonic() - t2
+                wait_for(lambda: len(receiver.messages) >= 3, 10, "the alerts")
+            finally:
+                for d in daemons:
+                    d.stop()
+            steps = moves(alice, pid)
+            assert final == "succeeded", (final, steps)
+            assert steps.count("approved -> running") == 1, steps
+            assert not any(s.endswith("-> interrupted") for s in steps), steps
+            assert record_at(alice, pid)["execution"]["instance"] == owner
+            assert seen and all(seen), f"{seen.count(False)} of {len(seen)} samples: expired"
+            st = daemon_status(roots[int(owner[1]) - 1])["remote"]
+            assert st["lease_tampered"] == 3, st
+            titles = [m["title"] for m in receiver.messages]
+            assert f"janus-git: lease {owner} deleted by someone else" in titles, titles
+            assert any(t.startswith(f"janus-git: lease {owner} overwritten with {forged[:10]}")
+                       for t in titles), titles
+            assert f"janus-git: lease {owner} reset to an older heartbeat by someone else" \
+                in titles, titles
+            body = next(m["message"] for m in receiver.messages if "deleted" in m["title"])
+            assert f"deleted by someone other than its daemon '{owner}'" in body, body
+            print(f"lease {owner} deleted: pushed again {repushed:.2f} s after; replaced by a "
+                  f"forgery: built on {rebuilt:.2f} s after; rewound: pushed on top "
+                  f"{rewound:.2f} s after; nap ended {after_end:.1f} s after the deletion "
+                  f"(lease_seconds {LEASE_SECONDS}), alive in all {len(seen)} samples of "
+                  f"{other}'s view; released seen {released:.2f} s after the exit")
+            for root in [alice, *roots]:
+                fsck_clean(root)
+    finally:
+        receiver.close()
+
+
+def test_a_killed_daemons_claim_expires_on_time_though_its_lease_is_deleted_and_forged(
+        state_dir, tmp_path):
+    """kill -9 holding a claim: it is interrupted lease_seconds after its last signed
+    heartbeat, not sooner because someone deleted the lease, not later because someone
+    put back its heartbeats (its last, an older one), another daemon's, or a forgery."""
+    import threading
+    with GitDaemonRemote(tmp_path / "server") as remote:
+        alice, mallory, roots, daemons, pid, owner = one_nap_on_two_daemons(
+            state_dir, tmp_path, remote, "60")
+        other = "d1" if owner == "d2" else "d2"
+        ref = f"refs/janus/lease/{owner}"
+        expired: list[float] = []  # when the other daemon first counted the owner dead
+        done = threading.Event()
+
+        def sample() -> None:  # the other daemon's view, from its status file
+            while not done.wait(0.05):
+                leases = (daemon_status(roots[int(other[1]) - 1]).get("remote")
+                          or {}).get("leases")
+                if leases is not None and not (leases.get(owner) or {}).get("alive"):
+                    expired.append(time.monotonic())
+                    return
+        try:
+            just_renewed(remote, ref)
+            renewed = time.monotonic()  # (its last heartbeat landed just before)
+            daemons[int(owner[1]) - 1].kill9()
+            killed = time.monotonic()
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            git(mallory, "fetch", "-q", "origin", "+refs/janus/lease/*:refs/leases/*")
+            chain = git(mallory, "rev-list", f"refs/leases/{owner}").stdout.split()
+            others = git(mallory, "rev-parse", f"refs/leases/{other}").stdout.strip()
+            forgeries = [chain[0], chain[-1], others, forged_heartbeat(mallory, owner)]
+            n = 0
+            while time.monotonic() - killed < 15:
+                if record_at_fetched(alice, pid).get("status") != "running":
+                    break
+                git(mallory, "push", "-q", "origin", f":{ref}")
+                time.sleep(0.6)  # longer than a poll: the other daemon fetches meanwhile
+                git(mallory, "push", "-q", "origin", f"{forgeries[n % 4]}:{ref}")
+                n += 1
+                time.sleep(0.3)
+        finally:
+            done.set()
+            for d in daemons:
+                d.stop()
+        rec = record_at_fetched(alice, pid)
+        assert rec["status"] == "interrupted", rec["status"]
+        assert "stopped renewing its lease" in rec.get("note", ""), rec.get("note")
+        assert expired, "the other daemon's status never showed the lease expired"
+        took = expired[0] - renewed
+        print(f"{owner} killed; {n} deletions and forgeries of its lease; {other} counted it "
+              f"expired {took:.2f} s after its last heartbeat, {expired[0] - killed:.2f} s "
+              f"after the kill (lease_seconds {LEASE_SECONDS})")
+        # it saw a heartbeat within lease_seconds/3 (a renewal's period) of the last one:
+        # not sooner than that less a little; no forgery or replay made it much later
+        assert LEASE_SECONDS * 2 / 3 - 0.3 <= took < LEASE_SECONDS + 3, took
+        assert moves(alice, pid).count("approved -> running") == 1

@@ -15,6 +15,12 @@ Git is the coordination; there is no service of our own:
   has expired; the claims of its daemon become `interrupted`, never run twice.  The live
   daemon with the least instance name leads: it alone decides new proposals, thinks, and
   makes the daily summary and hygiene.
+  Only the agent's signed heartbeats count, and only forward: anyone who can push can delete
+  or rewrite a lease ref, and that neither ends a lease sooner nor keeps one alive longer.  A lease
+  that vanished expires `lease_seconds` after its last genuine move, as one that stopped;
+  its daemon puts it back (from its heartbeat thread, at its next renewal or as soon as a
+  fetch shows it gone) and posts an alert.  Only its own signed "released" heartbeat (a clean
+  exit) ends a lease at once.
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import Conflict, GitError, JanusError
 from ..gitrepo import PUBLISHERS, GitRepo, Publisher
@@ -47,6 +53,7 @@ class Lease:
     changed: float  # monotonic: when this observer saw it move
     released: bool = False
     renewed_at: str = ""  # what its daemon wrote: a heartbeat only ever moves forward
+    gone: bool = False  # its ref was missing at the last fetch (deleted: by someone else)
 
 
 class Leases:
@@ -58,10 +65,14 @@ class Leases:
 
     def observe(self, moved: dict[str, Lease], present: set[str]) -> None:
         """MOVED: the leases whose heartbeat moved (already checked genuine); PRESENT: every
-        lease name on the remote."""
+        lease name on the remote.  A lease missing from the remote is kept, as it was last
+        seen: anyone who can push can delete a ref, and a deletion is no heartbeat of its
+        daemon's (it never deletes its lease: a clean exit pushes a signed "released").  It
+        expires `lease_seconds` after its last genuine move, like one that stopped moving,
+        and its last renewed_at still refuses an older heartbeat put back in its place."""
         self.seen.update(moved)
-        for name in set(self.seen) - present:
-            del self.seen[name]
+        for name, lease in self.seen.items():
+            lease.gone = name not in present
 
     def alive(self, name: str, seconds: float) -> bool:
         lease = self.seen.get(name)
@@ -74,47 +85,128 @@ class Leases:
     def view(self, seconds: float) -> dict[str, Any]:
         now = time.monotonic()
         return {name: {"alive": self.alive(name, seconds), "released": lease.released,
-                       "moved_seconds_ago": round(now - lease.changed, 1)}
+                       "moved_seconds_ago": round(now - lease.changed, 1),
+                       "deleted": lease.gone}
                 for name, lease in sorted(self.seen.items())}
 
 
 class Heartbeat:
     """This daemon's lease, renewed by push from a thread of its own: a busy main loop (a
-    long commit, a held step) must not look like a dead daemon."""
+    long commit, a held step) must not look like a dead daemon.
 
-    def __init__(self, root, remote: str, instance: str, identity, every: float) -> None:
+    Each push names the heartbeat it expects the ref to hold (--force-with-lease), so a ref
+    that someone else deleted or rewrote is noticed at the next renewal: it is put back (the
+    chain goes on from what is there when that is this daemon's own heartbeat, or a
+    stranger's commit the main thread has read: `adopt`), and ON_TAMPERED is told."""
+
+    def __init__(self, root, remote: str, instance: str, identity, every: float,
+                 on_tampered: Callable[[str], None] | None = None) -> None:
         self.repo = GitRepo(root)  # its own: GitPython's pipes are not shared across threads
+        self.root = root
         self.remote = remote
         self.ref = f"{LEASE_REFS}{instance}"
         self.instance = instance
         self.identity = identity
         self.every = every
-        self.sha: str | None = None
+        self.on_tampered = on_tampered
+        self.sha: str | None = None  # the last heartbeat known to be on the remote
+        self.made: str | None = None  # the last one made (a timed-out push may have landed)
+        self.adopt: str | None = None  # a stranger's commit on the ref, to build on
         self.renewed = 0.0  # monotonic time of the last renewal that landed
+        self.tampered = 0  # times the ref was found changed by someone else
+        self.last_tampered = ""
+        self.repushed_ms: float | None = None  # from noticing to the lease being back
         self.error = ""
         self.stop = threading.Event()
+        self.now = threading.Event()  # renew at once (a fetch showed the lease missing)
         self.thread = threading.Thread(target=self._run, name="lease", daemon=True)
 
     def start(self, current: str | None) -> None:
-        self.sha = current  # the chain goes on from the remote's last heartbeat
+        self.sha = self.made = current  # the chain goes on from the remote's last heartbeat
         self.renew()
         self.thread.start()
+
+    def renew_soon(self) -> None:
+        self.now.set()
 
     def renew(self, note: str = "alive") -> bool:
         msg = (f"janus lease {self.instance}: {note}\n\nrenewed_at: {utcnow()}\n"
                f"pid: {os.getpid()}\nhost: {socket.gethostname()}\n")
-        sha = self.repo.empty_commit([self.sha] if self.sha else [], msg, self.identity)
-        ok, words = self.repo.push(self.remote, [f"{sha}:{self.ref}"], timeout=10)
+        tip = self.made or self.sha
+        parents = [tip] if tip else []
+        adopt = self.adopt
+        if adopt and adopt != tip and not (tip and self.repo.is_ancestor(adopt, tip)):
+            parents.append(adopt)  # a stranger's commit on our ref: we build on it
+        sha = self.repo.empty_commit(parents, msg, self.identity)
+        self.made = sha
+        expect = adopt or self.sha
+        ok, words = self._push(sha, expect)
+        what = f"overwritten with {adopt[:10]}, which is not its heartbeat" if adopt else ""
+        if not ok and expect and "stale info" in words:
+            ok, words, what = self._mend(sha)
         if ok:
             self.sha, self.renewed, self.error = sha, time.monotonic(), ""
+            if self.adopt == adopt:
+                self.adopt = None
+            if what:
+                self._tampered(what)
             return True
         self.error = (f"could not renew the lease {self.ref}: {words[-300:]} (another daemon "
                       f"with the instance name {self.instance!r}?)")
         log.error("%s", self.error)
         return False
 
+    def _push(self, sha: str, expect: str | None) -> tuple[bool, str]:
+        """Push SHA to the lease ref if the remote holds EXPECT there ("": nothing; None:
+        no expectation, the first heartbeat of a lease never seen)."""
+        lease = [] if expect is None else [f"--force-with-lease={self.ref}:{expect}"]
+        return self.repo.push(self.remote, [*lease, f"{sha}:{self.ref}"], timeout=10)
+
+    def _mend(self, sha: str) -> tuple[bool, str, str]:
+        """The ref is not the heartbeat we last pushed: look at what is there instead.
+        Returns (landed, git's words, what someone else did: "" if nothing)."""
+        t0 = time.monotonic()
+        ok, there = self.repo.ls_remote(self.remote, self.ref)
+        if not ok:
+            return False, there or "", ""
+        if there == self.sha:
+            return (*self._push(sha, there), "")  # (it moved back and forth meanwhile)
+        if there is None:
+            what = "deleted"
+        elif self.repo.is_ancestor(there, sha):
+            if there == self.made_before(sha):
+                return (*self._push(sha, there), "")  # our timed-out push had landed
+            what = f"reset to an older heartbeat ({there[:10]})"
+        else:
+            return False, (f"the remote holds {there[:10]} there, which is not this "
+                           "daemon's heartbeat"), ""
+        ok, words = self._push(sha, there or "")
+        if ok:
+            self.repushed_ms = round((time.monotonic() - t0) * 1000, 1)
+        return ok, words, what
+
+    def made_before(self, sha: str) -> str | None:
+        """The heartbeat SHA was made on (its first parent)."""
+        info = self.repo.commit_info(sha)
+        return info.parents[0] if info.parents else None
+
+    def _tampered(self, what: str) -> None:
+        self.tampered += 1
+        self.last_tampered = f"{utcnow()}: {what}"
+        log.warning("the lease %s was %s by someone other than this daemon; pushed again",
+                    self.ref, what)
+        if self.on_tampered is not None:
+            try:
+                self.on_tampered(what)
+            except Exception:
+                log.exception("could not post the lease alert")
+
     def _run(self) -> None:
-        while not self.stop.wait(self.every):
+        while True:
+            self.now.wait(self.every)
+            self.now.clear()
+            if self.stop.is_set():
+                return
             try:
                 self.renew()
             except Exception as e:  # a heartbeat failure must not take the daemon down
@@ -124,8 +216,9 @@ class Heartbeat:
     def close(self) -> None:
         """A clean exit releases the lease at once: nobody waits for it to expire."""
         self.stop.set()
+        self.now.set()
         if self.thread.is_alive():
-            self.thread.join(5)
+            self.thread.join(15)  # (a renewal in flight: up to a push, a look, a push)
         try:
             self.renew("released")
         except Exception:
@@ -184,7 +277,8 @@ class Remote(Publisher):
         PUBLISHERS[self.repo.root] = self
         seconds = float(self.cfg["lease_seconds"])
         self.heartbeat = Heartbeat(self.repo.root, self.name, self.instance,
-                                   self.state.config.identity, every=seconds / 3)
+                                   self.state.config.identity, every=seconds / 3,
+                                   on_tampered=self._lease_tampered)
         self.heartbeat.start(self.repo.refs(SEEN_LEASES).get(
             f"{SEEN_LEASES}{self.instance}"))
         self._start_webhook()
@@ -197,6 +291,19 @@ class Remote(Publisher):
             self.webhook.close()
         if self.heartbeat is not None:
             self.heartbeat.close()
+
+    def _lease_tampered(self, what: str) -> None:
+        """(The heartbeat's thread.)  Someone other than this daemon changed its lease."""
+        ref = f"{LEASE_REFS}{self.instance}"
+        self.notifier.post(
+            f"janus-git: lease {self.instance} {what.split(' (')[0].split(',')[0]} by "
+            "someone else",
+            f"{ref} on {self.name} ({self.url}) was {what} by someone other than its daemon "
+            f"{self.instance!r} (which never deletes or rewinds it: a clean exit pushes a "
+            "signed 'released' heartbeat).  The daemon pushed its lease again; the other "
+            "daemons count from its last signed heartbeat, so its claims stay its own while "
+            "it renews within lease_seconds.  Someone who can push to this remote did it.",
+            kind="alert")
 
     def _start_webhook(self) -> None:
         hook = self.cfg.get("webhook")
@@ -327,7 +434,31 @@ class Remote(Publisher):
             elif known is None or known.sha != sha:
                 log.warning("lease %s moved to %s, which is not the agent's signed heartbeat "
                             "for it; ignored", name, sha[:10])
-        self.leases.observe(moved, {ref[len(SEEN_LEASES):] for ref in refs})
+        present = {ref[len(SEEN_LEASES):] for ref in refs}
+        self.leases.observe(moved, present)
+        self._check_own(refs.get(f"{SEEN_LEASES}{self.instance}"))
+
+    def _check_own(self, sha: str | None) -> None:
+        """This daemon's own lease as fetched: missing (deleted) or a stranger's commit
+        (deleted and pushed again by someone): the heartbeat puts it back now, not at its
+        next renewal (the others keep counting from its last signed heartbeat meanwhile)."""
+        hb = self.heartbeat
+        if hb is None or hb.sha is None:
+            return  # not pushed yet: nothing of ours to be missing
+        if sha is None:
+            hb.renew_soon()
+            return
+        known = self.leases.seen.get(self.instance)
+        if sha in (hb.sha, hb.made) or (known is not None and known.sha == sha):
+            return  # ours, or a genuine heartbeat (another daemon with our name: its error)
+        if not self._ours(sha):
+            hb.adopt = sha  # (an older heartbeat of ours put back: the heartbeat sees it)
+        hb.renew_soon()
+
+    def _ours(self, sha: str) -> bool:
+        """Whether SHA is a heartbeat this daemon made (an older one of its chain)."""
+        hb = self.heartbeat
+        return hb is not None and hb.made is not None and self.repo.is_ancestor(sha, hb.made)
 
     def _genuine(self, name: str, sha: str, known: Lease | None) -> Lease | None:
         commit = self.repo.commit_info(sha)
@@ -391,6 +522,9 @@ class Remote(Publisher):
         return {"name": self.name, "url": self.url,
                 "branch": self.branch, "instance": self.instance, "leader": self.leader(),
                 **self.stats, "lease_error": self.heartbeat.error if self.heartbeat else "",
+                "lease_tampered": self.heartbeat.tampered if self.heartbeat else 0,
+                "lease_last_tampered": self.heartbeat.last_tampered if self.heartbeat else "",
+                "lease_repushed_ms": self.heartbeat.repushed_ms if self.heartbeat else None,
                 "leases": self.leases.view(seconds),
                 "webhook": self.webhook.stats if self.webhook is not None else None}
 
