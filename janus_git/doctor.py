@@ -36,7 +36,34 @@ def diagnose(root: Path) -> dict[str, Any]:
         except Exception as e:
             info["config"] = f"INVALID: {e}"
         info["trust"] = _trust(root)
+        info["hosting"] = _hosting(root)
     return info
+
+
+def _hosting(root: Path) -> str:
+    """Whether this repository keeps a pusher from changing what git shows (gitrepo/refs.py):
+    the settings the daemon applies at start, replacements present, and the branch's
+    protection against rewinds."""
+    from .gitrepo import GitRepo
+    from .gitrepo.refs import HARDENING, NEUTRAL_ATTRIBUTES
+    repo = GitRepo(root)
+    missing = [f"{k}={v}" for k, v in HARDENING.items()
+               if v not in repo.config_values(k, local=True)]
+    attributes = root / ".git" / "info" / "attributes"
+    if not attributes.is_file() or NEUTRAL_ATTRIBUTES not in attributes.read_text():
+        missing.append(".git/info/attributes")
+    if repo.config_values("receive.denyNonFastForwards") != ["true"]:
+        missing.append("receive.denyNonFastForwards=true")
+    found = sorted(repo.replace_refs())
+    parts = []
+    if found:
+        parts.append(f"REPLACEMENTS PRESENT ({', '.join(found[:3])}): the daemon deletes them "
+                     "at start; find who pushed them")
+    if missing:
+        parts.append(f"NOT HARDENED: {', '.join(missing)} (the daemon sets its own at start; "
+                     "set them on a shared bare remote too)")
+    return "; ".join(parts) or ("hardened: replacements off and refused, no content filters, "
+                                "no rewinds")
 
 
 def _trust(root: Path) -> str:
@@ -97,4 +124,6 @@ def render(info: dict[str, Any]) -> list[str]:
         out.append(f"config:     {info['config']}")
     if "trust" in info:
         out.append(f"trust:      {info['trust']}")
+    if "hosting" in info:
+        out.append(f"hosting:    {info['hosting']}")
     return out

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import configure
+from conftest import configure, git
 
 
 def test_doctor_names_isolation_model_and_config(state_dir):
@@ -64,3 +64,21 @@ def test_doctor_cgroups_line_per_version():
                                              "tree": True}, "cgroup_advice": "add X"}
     assert _cgroups(bare).startswith("v2: a cgroup per run") and _cgroups(bare).endswith(
         "TO FIX: add X")
+
+
+def test_doctor_says_when_the_repository_lets_a_pusher_change_what_git_shows(state_dir):
+    """A repository made before the hardening (or a pushed replacement) is named; the
+    daemon's start puts it right."""
+    from janus_git.doctor import diagnose
+    assert diagnose(state_dir)["hosting"].startswith("hardened")
+    git(state_dir, "config", "--unset-all", "transfer.hideRefs")
+    blob = git(state_dir, "rev-parse", "HEAD:state/agent.yaml").stdout.strip()
+    evil = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=state_dir, input="x\n",
+                          capture_output=True, text=True).stdout.strip()
+    git(state_dir, "update-ref", f"refs/replace/{blob}", evil)
+    hosting = diagnose(state_dir)["hosting"]
+    assert "REPLACEMENTS PRESENT" in hosting and "transfer.hideRefs=refs/replace" in hosting
+    from daemonkit import burst
+    burst(state_dir)
+    assert diagnose(state_dir)["hosting"].startswith("hardened")
+    assert git(state_dir, "for-each-ref", "refs/replace").stdout == ""

@@ -649,3 +649,26 @@ def test_a_proposal_filed_with_duplicate_args_is_unreadable_and_never_runs(state
         listed_error(state_dir, pid)
     assert names_duplicate(said, "args"), said
     legit_approval_runs(state_dir, signed, "after the doubled args")
+
+
+# -- the audit log ---------------------------------------------------------------------------
+def test_a_pushed_change_to_the_audit_log_is_taken_out_and_answered(state_dir, signed):
+    """logs/tool_use.jsonl is the agent's: a pusher's megabyte in it would weigh on every
+    result commit after, and a rewritten line would hide a run.  Their change comes out
+    again; the agent's lines stay."""
+    pid = auto_shell(state_dir, "counted")
+    settle(state_dir)
+    log_path = state_dir / "logs/tool_use.jsonl"
+    before = log_path.read_bytes()
+    assert tool_use_lines(state_dir, pid)
+    since = head(state_dir)
+    commit_as(state_dir, MALLORY, "pad the log", {
+        "logs/tool_use.jsonl": before + b'{"forged": true}\n' + b"x" * 1_000_000 + b"\n"})
+    settle(state_dir)
+    assert git(state_dir, "show", "HEAD:logs/tool_use.jsonl").stdout.encode() == before
+    assert "only the agent appends to it" in answers(state_dir, since)
+    assert "mallory@example.com" in answers(state_dir, since)
+    later = auto_shell(state_dir, "after")  # the agent's own appends go on as before
+    settle(state_dir)
+    assert status(state_dir, later) == "succeeded" and tool_use_lines(state_dir, later)
+    assert log_path.read_bytes().startswith(before)

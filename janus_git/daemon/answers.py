@@ -5,7 +5,9 @@ rewritten.
 - a proposal filed as anything but `proposed` (or with a decision of its own) is filed again;
 - a change to type, tool or args after filing is put back as filed, and voids every approval;
 - a file left unreadable gets its last readable version back, its approvals void;
-- a refused change to the rules (trust.py) puts the guarded files back as they are in force.
+- a refused change to the rules (trust.py) puts the guarded files back as they are in force;
+- a person's change to the audit log `logs/tool_use.jsonl`, which only the agent appends to,
+  is taken out again (whatever the agent appended since stays).
 """
 from __future__ import annotations
 
@@ -109,6 +111,28 @@ class Answers:
             return
         log.error("%s: no readable version to put back (%s)", path, error)
 
+    def tool_log(self, c: Commit) -> None:
+        """C, a person's commit, changed the audit log: their change comes out again, in a
+        commit that says why (every result commit rewrites the file: a pushed megabyte of it
+        would weigh on each)."""
+        before = self.repo.read_blob(c.parents[0], TOOL_LOG) if c.parents else None
+        theirs = self.repo.read_blob(c.sha, TOOL_LOG)
+        head = self.repo.read_blob("HEAD", TOOL_LOG)
+        fixed = without_change(head or b"", before or b"", theirs or b"")
+        reason = (f"{c.author_email} changed {TOOL_LOG} in {c.sha[:10]}; only the agent "
+                  "appends to it")
+        if fixed is None or fixed == head:
+            log.warning("%s (left as it is: later commits rewrote it)", reason)
+            self.notifier.post("janus-git: the audit log was edited", reason, kind="alert")
+            return
+        msg = format_message(f"janus: put back {TOOL_LOG}", f"{reason}; their change is "
+                             "taken out, what the agent appended since stays.",
+                             {"Janus-Refused": c.sha})
+        with self.state.writes:
+            self.repo.commit_files({TOOL_LOG: fixed}, msg, self.state.config.identity,
+                                   guard=self.repo.guard_for([TOOL_LOG]))
+        self.notifier.post("janus-git: the audit log was edited", reason, kind="alert")
+
     def correct(self, p: Proposal, text: bytes | None, reason: str,
                 update: Callable[[Proposal], None]) -> None:
         log.warning("%s: %s", p.id, reason)
@@ -145,6 +169,17 @@ class Answers:
             self.repo.commit_files(files, msg, self.state.config.identity,
                                    guard=self.repo.guard_for(files))
         self.notifier.post("janus-git: refused a change to the rules", reasons, kind="alert")
+
+
+TOOL_LOG = "logs/tool_use.jsonl"
+
+
+def without_change(head: bytes, before: bytes, theirs: bytes) -> bytes | None:
+    """HEAD's audit log with a person's change (BEFORE -> THEIRS) taken out, keeping what was
+    appended after it; None when HEAD no longer extends their version (cannot be told)."""
+    if not head.startswith(theirs):
+        return None
+    return before + head[len(theirs):]
 
 
 def _regular_or_absent(repo, path: str) -> bool:

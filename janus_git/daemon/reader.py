@@ -23,7 +23,7 @@ from ..proposal import HUMAN_TRANSITIONS, Proposal, Status, parse_proposal
 from ..state import StateRepo
 from ..store import check_placement, id_from_path, is_proposal_path
 from ..trust import Rules
-from .answers import Answers
+from .answers import TOOL_LOG, Answers
 from .judge import ApprovalJudge
 from .state import CursorFile, DaemonState, Ticket
 
@@ -74,6 +74,8 @@ class CommitReader:
             if c.sha not in MADE:
                 self._others_decisions(c)
             return
+        if TOOL_LOG in c.changes:
+            self.answers.tool_log(c)
         for path, change in c.changes.items():
             if not is_proposal_path(path):
                 continue

@@ -57,6 +57,11 @@ class Refs(Process):
     def set_config(self, key: str, value: str) -> None:
         self._run("config", key, value)
 
+    def config_values(self, key: str, local: bool = False) -> list[str]:
+        """Every value KEY has (in this repository's own config alone, with LOCAL)."""
+        return self._run("config", *(["--local"] if local else []), "--get-all", key,
+                         check=False).split()
+
     def refs(self, prefix: str) -> dict[str, str]:
         """Refs under PREFIX (full names) and the objects they name."""
         out = self._run("for-each-ref", "--format=%(objectname) %(refname)", prefix)
@@ -86,8 +91,7 @@ class Refs(Process):
         """Apply the settings above where they are missing; what was changed."""
         changed = []
         for key, value in HARDENING.items():
-            status, out, _ = self._run_status("config", "--local", "--get-all", key)
-            if value not in out.split():
+            if value not in self.config_values(key, local=True):
                 self._run("config", "--local", "--add" if key.endswith("hideRefs") else
                           "--replace-all", key, value)
                 changed.append(f"{key}={value}")
