@@ -672,3 +672,95 @@ def test_a_pushed_change_to_the_audit_log_is_taken_out_and_answered(state_dir, s
     settle(state_dir)
     assert status(state_dir, later) == "succeeded" and tool_use_lines(state_dir, later)
     assert log_path.read_bytes().startswith(before)
+
+
+# -- a person's `git add -A && git commit` in the daemon's own tree ----------------------------
+def test_a_persons_add_all_and_commit_beside_finishing_runs_never_sweeps_a_result(state_dir):
+    """An approver commits everything in the daemon's working tree, again and again, while
+    runs finish, with malformed files mixed in.  The agent's commits are built from blobs and
+    land under index.lock, so no person's commit ever carries a half-written result (which
+    the reader would take for their edit and turn into a revert)."""
+    from daemonkit import DaemonProcess, wait_status
+    pids = [auto_shell(state_dir, f"run {i}") for i in range(12)]
+    mine: list[str] = []
+    with DaemonProcess(state_dir):
+        for k in range(60):
+            target = state_dir / ("proposals/2026/12/20261208-000000000-bad%03d.yaml" % k
+                                  if k % 6 == 5 else f"notes/person-{k}.md")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text("id: [not yaml\n" if k % 6 == 5 else f"person {k}\n")
+            for _attempt in range(200):
+                r = git(state_dir, "add", "-A", who=ALICE, check=False)
+                if r.returncode == 0:
+                    r = git(state_dir, "commit", "-qm", f"person {k}", who=ALICE, check=False)
+                if r.returncode == 0 or "nothing to commit" in r.stdout:
+                    break
+            if r.returncode == 0:
+                mine.append(head(state_dir))
+        for pid in pids:
+            wait_status(state_dir, pid, "succeeded", "failed", "reverted", "interrupted",
+                        timeout=60)
+    ours = {path_of(pid) for pid in pids} | {"logs/tool_use.jsonl"}
+    swept = {sha: set(git(state_dir, "diff-tree", "--no-commit-id", "--name-only", "-r",
+                          sha).stdout.split()) & ours for sha in mine}
+    assert not any(swept.values()), f"a person's commit swept the agent's files: {swept}"
+    assert len(mine) > 40
+    assert [status(state_dir, pid) for pid in pids] == ["succeeded"] * len(pids)
+    assert git(state_dir, "status", "--porcelain", "--untracked-files=no").stdout == ""
+
+
+# -- liveness: a live daemon answers each hostile commit and goes on ---------------------------
+def test_after_each_hostile_commit_a_signed_approval_starts_within_5_s(state_dir, signed,
+                                                                       tmp_path):
+    """A live daemon; after each kind of hostile push, Alice's signed approval of a manual
+    proposal must start its run within 5 s of her commit (the reader is never stalled)."""
+    import time
+
+    from daemonkit import DaemonProcess, wait_for
+    clone = tmp_path / "pusher"  # (tmp_path/mallory is her key)
+    victim = auto_shell(state_dir, "victim")
+    settle(state_dir)
+    g = agent_commits(state_dir)[0]
+    hostile = {
+        "forged record": lambda: commit_as(state_dir, MALLORY, "x" + forged_record(
+            state_dir, g), {"notes/x.md": "x\n"}),
+        "separator bytes": lambda: commit_as(state_dir, MALLORY, "a\x1e\x1fb",
+                                             {"notes/y.md": "y\n"}),
+        "replace ref push": lambda: git(clone_of(state_dir, clone), "push", "-q", "origin",
+                                        f"{blob(clone, 'evil')}:refs/replace/"
+                                        f"{git(state_dir, 'rev-parse', 'HEAD:' + AGENT_YAML).stdout.strip()}",
+                                        check=False),
+        "agent.yaml symlink": lambda: push_entries(state_dir, clone, MALLORY, "link", {
+            AGENT_YAML: ("120000", blob(clone, "../notes/evil.yaml"))}),
+        "proposal gitlink": lambda: push_entries(state_dir, clone, MALLORY, "gitlink", {
+            path_of(victim): ("160000", g)}),
+        "gitattributes crlf": lambda: push_entries(state_dir, clone, MALLORY, "attrs", {
+            ".gitattributes": "* text eol=crlf\n"}),
+        "dangling symlink": lambda: push_entries(state_dir, clone, MALLORY, "dangle", {
+            "proposals/2026/12/20261208-000000000-dangle.yaml": (
+                "120000", blob(clone, "/nonexistent"))}),
+        "audit log padding": lambda: push_entries(state_dir, clone, MALLORY, "pad", {
+            "logs/tool_use.jsonl": "x" * 100_000 + "\n"}),
+    }
+    took: dict[str, float] = {}
+    with DaemonProcess(state_dir) as d:
+        for name, attack in hostile.items():
+            for attempt in range(10):  # the live daemon may commit between fetch and push
+                try:
+                    attack()
+                    break
+                except AssertionError:
+                    if attempt == 9:
+                        raise
+            pid = propose(state_dir, "-c", f"print({name!r})", tool="python", type_=MANUAL)
+            set_status(state_dir, pid, "approved", sign_key=signed["alice"])
+            t0 = time.monotonic()
+            wait_for(lambda: status(state_dir, pid) in ("running", "succeeded", "failed"), 20,
+                     f"{name}: the approval to start")
+            took[name] = time.monotonic() - t0
+            assert d.alive(), d.text()[-2000:]
+    print("approval -> start after each hostile commit (s):",
+          {k: round(v, 2) for k, v in took.items()})
+    slow = {k: v for k, v in took.items() if v > 5.0}
+    assert not slow, f"an approval waited more than 5 s after a hostile commit: {slow}"
+    assert replace_refs(state_dir) == []
