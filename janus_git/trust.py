@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .config import AGENT_PATH, Config, config_from_text
 from .errors import ConfigError, JanusError
-from .gitrepo import MADE, REGULAR_MODES, Commit, GitRepo, mode_name, parse_commit
+from .gitrepo import REGULAR_MODES, Commit, GitRepo, mode_name, parse_commit
 from .util import atomic_write
 
 log = logging.getLogger("janus_git.trust")
@@ -165,7 +165,7 @@ class Trust:
         agent = rules.config.identity.email.lower()
         if commit.malformed or commit.author_email.lower() != agent:
             return False
-        if commit.sha in MADE:
+        if commit.sha in self.repo.made:
             return True
         return self.signed_by(commit.sha, agent, rules)[0]
 

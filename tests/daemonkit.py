@@ -146,8 +146,6 @@ def burst(root: Path, **kw) -> int:
     subprocess, no sleeps.  Each burst is a restart: the agent's earlier commits are known by
     their signatures again, as a new process would know them."""
     from janus_git.daemon import Daemon
-    from janus_git.gitrepo import MADE
-    MADE.clear()
     return Daemon(root, think=False, **kw).work(burst=True)
 
 

@@ -15,7 +15,7 @@ from janus_git.approvals import (APPROVAL_BRANCH_PREFIX, TRAILER_APPROVAL_BRANCH
                                  branch_approval, check_approval, counted, describe_change,
                                  filing, is_revert_of_result)
 from janus_git.config import AGENT_PATH, config_from_text
-from janus_git.gitrepo import MADE, Commit, GitRepo, Identity, format_message
+from janus_git.gitrepo import Commit, GitRepo, Identity, format_message
 from janus_git.proposal import Proposal, Status, compute_digest
 from janus_git.trust import Rules, Trust
 
@@ -132,7 +132,7 @@ def test_the_agents_own_commit_is_no_approval(repo, trust):
     sha = lifecycle.correct(repo, p, trust.rules.config.identity, reason="x",
                             update=lambda q: setattr(q, "status", Status.APPROVED))
     c = repo.commit_info(sha)
-    MADE.discard(sha)  # known by its signature, as after a restart
+    repo.made.discard(sha)  # known by its signature, as after a restart
     assert trust.is_agent(c)
     verdict = check_approval(trust, trust.rules, c, p, filing(repo, p.path))
     assert not verdict.ok and verdict.reason == "the agent's own commit is no approval"

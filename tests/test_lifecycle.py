@@ -6,7 +6,7 @@ import pytest
 from conftest import AGENT, ALICE, git
 from janus_git import lifecycle
 from janus_git.errors import Conflict, TransitionError
-from janus_git.gitrepo import MADE, Identity
+from janus_git.gitrepo import Identity
 from janus_git.proposal import Status, parse_proposal
 
 S = Status
@@ -180,7 +180,7 @@ def test_transition_many_is_one_commit_checked_and_published(sr):
         lifecycle.unsubscribe(listen)
     c = sr.repo.commit_info("HEAD")
     assert n == 2 and c.sha == sha and c.parents == [head] and c.author_name == AGENT[0]
-    assert sr.repo.agent_key() is None or sha in MADE  # signed as the agent
+    assert sr.repo.agent_key() is None or sha in sr.repo.made  # signed as the agent
     assert c.subject == "janus: test: 2 moved" and c.trailers()["Janus-Batch"] == "2"
     assert heard == [(p.id, S.PROPOSED, S.DUPLICATE, ps[0].id, sha) for p in ps[1:]]
     assert parse_proposal((sr.root / ps[2].path).read_bytes(), ps[2].path).status == S.DUPLICATE

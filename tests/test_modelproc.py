@@ -188,7 +188,7 @@ def thinker_for(root, notifier=None):
     trust.load(repo.head())
     state = DaemonState(trust, cursor=repo.head())
     slot = ModelSlot(root, state)
-    return Thinker(root, state, slot, enabled=True, once=False, notifier=notifier), slot
+    return Thinker(repo, state, slot, enabled=True, once=False, notifier=notifier), slot
 
 
 def cycle(thinker) -> bool:

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import git
 from janus_git.errors import Conflict
-from janus_git.gitrepo import PUBLISHERS, GitRepo
+from janus_git.gitrepo import GitRepo
 from remotekit import GitPublisher, clone, make_bare, seed_remote
 
 X = "proposals/2026/11/20261130-000000000-aaaaaa.yaml"
@@ -34,10 +34,14 @@ def two_clones(state_dir, tmp_path):
     bare = make_bare(tmp_path / "remote.git")
     seed_remote(str(bare), state_dir)
     mine, other = clone(str(bare), tmp_path / "mine"), clone(str(bare), tmp_path / "other")
-    publisher = GitPublisher(mine)
-    PUBLISHERS[GitRepo(mine).root] = publisher
-    yield mine, other, bare, publisher
-    PUBLISHERS.pop(GitRepo(mine).root, None)
+    yield mine, other, bare, GitPublisher(mine)
+
+
+def published(mine, publisher) -> GitRepo:
+    """Our clone's repository, its commits going through PUBLISHER (as remote mode's)."""
+    repo = GitRepo(mine)
+    repo.publisher = publisher
+    return repo
 
 
 def land(root: Path, changes: dict[str, str], message: str = "other") -> str:
@@ -58,7 +62,7 @@ def test_a_refused_push_lands_on_the_new_tip_when_only_other_files_moved(two_clo
     mine, other, bare, publisher = two_clones
     theirs = land(other, {Y: "id: y\nstatus: running\n",
                           AUDIT: '{"line": "base"}\n{"line": "theirs"}\n'})
-    repo = GitRepo(mine)
+    repo = published(mine, publisher)
     sha = repo.commit_files({X: b"id: x\nstatus: running\n",
                              AUDIT: b'{"line": "base"}\n{"line": "ours"}\n'}, "ours\n")
     assert publisher.refused == 1 and publisher.replays == 1
@@ -77,7 +81,7 @@ def test_a_refused_push_lands_on_the_new_tip_when_only_other_files_moved(two_clo
 def test_a_file_someone_else_changed_is_not_passed_over_and_is_named(two_clones):
     mine, other, bare, publisher = two_clones
     theirs = land(other, {X: "id: x\nstatus: rejected\n"})  # a person's edit of the same one
-    repo = GitRepo(mine)
+    repo = published(mine, publisher)
     before = repo.head()
     with pytest.raises(Conflict) as refused:
         repo.commit_files({X: b"id: x\nstatus: running\n"}, "ours\n")
@@ -92,7 +96,7 @@ def test_a_file_someone_else_changed_is_not_passed_over_and_is_named(two_clones)
 def test_a_change_to_the_rules_or_the_stop_is_never_passed_over(two_clones, path):
     mine, other, bare, publisher = two_clones
     land(other, {path: "changed: by someone\n"})
-    repo = GitRepo(mine)
+    repo = published(mine, publisher)
     with pytest.raises(Conflict) as refused:
         repo.commit_files({X: b"id: x\nstatus: running\n"}, "ours\n")
     assert refused.value.paths == frozenset()  # read everything again, decide again
@@ -108,7 +112,7 @@ def test_a_stop_committed_and_removed_meanwhile_is_still_not_passed_over(two_clo
     git(other, "rm", "-q", "state/STOP")
     git(other, "commit", "-qm", "resume")
     git(other, "push", "-q", "origin", "HEAD:main")
-    repo = GitRepo(mine)
+    repo = published(mine, publisher)
     with pytest.raises(Conflict) as refused:
         repo.commit_files({X: b"id: x\nstatus: running\n"}, "ours\n")
     assert refused.value.paths == frozenset() and publisher.replays == 0
@@ -130,7 +134,7 @@ def test_a_merge_that_brings_in_a_rules_change_is_not_passed_over(two_clones):
     git(other, "push", "-q", "origin", "HEAD:main")
     assert base != git(other, "rev-parse", "HEAD").stdout.strip()
     with pytest.raises(Conflict):
-        GitRepo(mine).commit_files({X: b"id: x\nstatus: running\n"}, "ours\n")
+        published(mine, publisher).commit_files({X: b"id: x\nstatus: running\n"}, "ours\n")
     assert publisher.replays == 0
 
 
@@ -138,17 +142,17 @@ def test_an_audit_log_that_ours_does_not_extend_is_refused(two_clones):
     mine, other, bare, publisher = two_clones
     land(other, {AUDIT: '{"line": "base"}\n{"line": "theirs"}\n'})
     with pytest.raises(Conflict):
-        GitRepo(mine).commit_files({AUDIT: b'{"line": "rewritten"}\n'}, "ours\n")
+        published(mine, publisher).commit_files({AUDIT: b'{"line": "rewritten"}\n'}, "ours\n")
     assert remote_file(bare, AUDIT) == '{"line": "base"}\n{"line": "theirs"}\n'
 
 
 CRASH = """
 import sys
 sys.path.insert(0, {tests!r})
-from janus_git.gitrepo import PUBLISHERS, GitRepo
+from janus_git.gitrepo import GitRepo
 from remotekit import GitPublisher
 repo = GitRepo({mine!r})
-PUBLISHERS[repo.root] = GitPublisher(repo.root)
+repo.publisher = GitPublisher(repo.root)
 repo.commit_files({{{x!r}: b"id: x\\nstatus: running\\n",
                     {audit!r}: b'{{"line": "base"}}\\n{{"line": "ours"}}\\n'}}, "ours\\n")
 """

@@ -45,8 +45,6 @@ class LiveDaemon:
 
     def __init__(self, root: Path, think: bool = False) -> None:
         from janus_git.daemon import Daemon
-        from janus_git.gitrepo import MADE
-        MADE.clear()
         self.starts: dict[str, float] = {}
         self.d = Daemon(root, think=think,
                         on_start=lambda pid, _os: self.starts.setdefault(pid, time.monotonic()))

@@ -35,8 +35,6 @@ def settle(root: Path, limit: float = 40.0) -> int:
     a daemon that waits forever on a hostile commit (a Conflict it can never clear) fails the
     test instead of hanging it."""
     from janus_git.daemon import Daemon
-    from janus_git.gitrepo import MADE
-    MADE.clear()
     waits: list[str] = []
 
     class Waits(logging.Handler):

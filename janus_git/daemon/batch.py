@@ -97,7 +97,6 @@ class Batcher:
         self.lengths: deque[float] = deque(maxlen=8)  # the last auto runs' seconds
         self.flight: Flight | None = None  # the batch commit under way in the background
         self.landing = 0.2  # seconds a claim takes to land (a moving average)
-        self.handle: GitRepo | None = None  # that thread's repository handle
 
     def takes(self, t: Ticket) -> bool:
         return t.lane == "auto" and not self.ex._exclusive(t)
@@ -248,8 +247,6 @@ class Batcher:
             if flight.error is not None:
                 raise flight.error
             return
-        if self.handle is None:
-            self.handle = GitRepo(ex.repo.root)  # GitPython's object pipes are per thread
         flight.thread = threading.Thread(target=self._fly, args=(flight,), name="claim",
                                          daemon=True)
         self.flight = flight
@@ -257,7 +254,7 @@ class Batcher:
 
     def _fly(self, flight: "Flight") -> None:
         try:
-            flight.land(self.handle, self.state)
+            flight.land(self.ex.repo, self.state)  # one repository for all its threads
         finally:
             self.state.wake.set()
 

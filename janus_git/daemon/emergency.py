@@ -87,7 +87,7 @@ class StopWatch:
 
     def _watch(self) -> None:
         state = self.state
-        repo = GitRepo(self.root)  # GitPython's cat-file pipe is not shared across threads
+        repo = GitRepo(self.root)  # its own: it only reads the stop
         seen = None
         try:
             while not state.exiting and not self.done.is_set():

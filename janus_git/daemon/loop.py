@@ -77,7 +77,7 @@ class Daemon:
                                  on_start, thinking=lambda: self.thinker.alive())
         self.stop = EmergencyStop(self.sr, state, self.notifier)
         self.stop_watch = StopWatch(self.root, state)
-        self.thinker = Thinker(self.root, state, model, enabled=think, once=once,
+        self.thinker = Thinker(self.repo, state, model, enabled=think, once=once,
                                notifier=self.notifier)
         self.summary = DailySummary(self.sr, state, self.notifier)
         self.instance = instance or default_instance()

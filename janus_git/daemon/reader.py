@@ -18,7 +18,7 @@ from .. import lifecycle
 from ..approvals import TRAILER_APPROVAL_BRANCH, Filing, is_revert_of_result
 from ..errors import ConfigError
 from ..faults import crashpoint
-from ..gitrepo import MADE, REGULAR_MODES, Commit, mode_name
+from ..gitrepo import REGULAR_MODES, Commit, mode_name
 from ..proposal import HUMAN_TRANSITIONS, Proposal, Status, parse_proposal
 from ..state import StateRepo
 from ..store import check_placement, id_from_path, is_proposal_path
@@ -71,7 +71,7 @@ class CommitReader:
         self.trust.apply(c)  # the state's config is now the rules' after C
         if own:
             self._note_filings(c)
-            if c.sha not in MADE:
+            if c.sha not in self.repo.made:
                 self._others_decisions(c)
             return
         if TOOL_LOG in c.changes:

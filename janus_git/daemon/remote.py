@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import Conflict, GitError, JanusError
-from ..gitrepo import PUBLISHERS, GitRepo, Publisher
+from ..gitrepo import GitRepo, Publisher
 from ..notify import Notifier
 from ..util import utcnow
 from .state import DaemonState
@@ -101,7 +101,7 @@ class Heartbeat:
 
     def __init__(self, root, remote: str, instance: str, identity, every: float,
                  on_tampered: Callable[[str], None] | None = None) -> None:
-        self.repo = GitRepo(root)  # its own: GitPython's pipes are not shared across threads
+        self.repo = GitRepo(root)  # its own: heartbeats go to the lease ref, never the branch
         self.root = root
         self.remote = remote
         self.ref = f"{LEASE_REFS}{instance}"
@@ -274,7 +274,7 @@ class Remote(Publisher):
                              f"has none: `git -C {self.repo.root} remote add {self.name} URL`")
         self.url = _redact(url)
         self.sync()
-        PUBLISHERS[self.repo.root] = self
+        self.repo.publisher = self
         seconds = float(self.cfg["lease_seconds"])
         self.heartbeat = Heartbeat(self.repo.root, self.name, self.instance,
                                    self.state.config.identity, every=seconds / 3,
@@ -284,7 +284,7 @@ class Remote(Publisher):
         self._start_webhook()
 
     def close(self) -> None:
-        PUBLISHERS.pop(self.repo.root, None)
+        self.repo.publisher = None
         if self.fetcher is not None:
             self.fetcher.join(35)  # (a fetch has a 30 s limit)
         if self.webhook is not None:

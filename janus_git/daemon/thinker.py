@@ -71,10 +71,11 @@ class Health:
 
 
 class Thinker:
-    def __init__(self, root: Path, state: DaemonState, model: ModelSlot, *,
+    def __init__(self, repo: GitRepo, state: DaemonState, model: ModelSlot, *,
                  enabled: bool, once: bool, notifier: Any = None,
                  backoff_cap: float = BACKOFF_CAP) -> None:
-        self.root = root
+        self.repo = repo  # the daemon's: its commits go through the same publisher
+        self.root = repo.root
         self.state = state
         self.model = model
         self.enabled = enabled
@@ -112,12 +113,7 @@ class Thinker:
 
     def _think(self) -> None:
         try:
-            # its own GitRepo: GitPython's persistent cat-file pipe is not shared across threads
-            repo = GitRepo(self.root)
-            try:
-                skipped = self._cycle(repo)
-            finally:
-                repo.close()
+            skipped = self._cycle(self.repo)
         except JanusError as e:  # modelproc.ModelFailed among them: the child is gone, we live
             self._failed(str(e))
         except Exception as e:

@@ -11,8 +11,9 @@
 - refs.py: refs, the shared remote, and the settings that keep a pusher from changing what
   git shows (`harden`).
 
-GitPython's `repo.index` is never used (measured ~9x slower than the CLI on a 10k-commit
-repository), and neither is its `cat-file` pipe any more: pygit2 reads objects in-process.
+GitPython is no longer used: its `repo.index` measured ~9x slower than the CLI on a 10k-commit
+repository, and its `cat-file` pipe (one thread only, honouring replacements unless told not
+to) gave way to pygit2's in-process reads.
 """
 from __future__ import annotations
 
@@ -28,15 +29,6 @@ from .refs import REPLACE_REFS, Refs
 
 TRAILER_PROPOSAL = "Janus-Proposal"
 TRAILER_TRANSITION = "Janus-Transition"
-
-# Commits this process signed as the agent: known to be its own without a signature check.
-MADE: set[str] = set()
-# Remote mode (daemon/remote.py): a repository whose commits must land on a shared remote
-# first.  Its publisher pushes each new commit before the local branch moves (git's refusal of
-# a non-fast-forward push is the compare-and-swap); every GitRepo on that root, in any thread,
-# goes through it.
-PUBLISHERS: dict[Path, "Publisher"] = {}
-
 
 def format_message(subject: str, body: str = "", trailers: dict[str, str] | None = None) -> str:
     parts = [subject.strip()]
@@ -67,18 +59,28 @@ class Publisher:
 
 
 class GitRepo(Reading, Commits, Refs):
-    """One repository's working tree, its objects and its refs."""
+    """One repository's working tree, its objects and its refs.
+
+    One instance serves all of a daemon's threads (each gets its own libgit2 handle), so
+    what it holds is the daemon's:
+    - `made`: the commits it signed as the agent, known to be its own without a signature
+      check (a new process knows them by their signatures again);
+    - `publisher`: remote mode's (daemon/remote.py), which pushes each new commit before the
+      local branch moves: git's refusal of a non-fast-forward push is the compare-and-swap.
+    """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
         self.objects = ObjectReader(self.root)
+        self.made: set[str] = set()
+        self.publisher: Publisher | None = None
         self._key: Path | None | bool = False  # False: not looked up yet
 
     def close(self) -> None:
         self.objects.close()
 
     def _publisher(self) -> Publisher | None:
-        return PUBLISHERS.get(self.root)
+        return self.publisher
 
     # -- the agent's signature -----------------------------------------------------------
     def agent_key(self) -> Path | None:
@@ -94,7 +96,7 @@ class GitRepo(Reading, Commits, Refs):
 
     def _made(self, sha: str, identity: Identity | None) -> str:
         if identity is not None and self.agent_key() is not None:
-            MADE.add(sha)
+            self.made.add(sha)
         return sha
 
 
@@ -119,7 +121,7 @@ def read_blobs(repo: GitRepo, shas: list[str]) -> list[bytes]:
 
 
 __all__ = [
-    "EMPTY_TREE", "MADE", "PUBLISHERS", "REGULAR_MODES", "REPLACE_REFS", "TRAILER_PROPOSAL",
+    "EMPTY_TREE", "REGULAR_MODES", "REPLACE_REFS", "TRAILER_PROPOSAL",
     "TRAILER_TRANSITION", "Commit", "GitRepo", "HistoryError", "Identity", "ObjectReader",
     "Publisher", "UnsafePath", "check_no_symlink", "crashpoint", "format_message", "git_env",
     "git_version", "init_repo", "is_sha", "mode_name", "parse_commit", "read_blobs",

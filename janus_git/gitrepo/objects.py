@@ -13,8 +13,9 @@ Where a walk is git's own (history with path filters, which git answers from its
 commit-graph), git is asked for commit ids alone (`--format=%H`, with replacements and grafts
 off: proc.git_env), each checked to be 40 hex digits, and everything else is read here.
 
-Measured against GitPython's `cat-file --batch` pipe: a blob read in ~6 µs against ~45 µs, and
-no pipe that only one thread may use (each thread gets its own pygit2 handle).
+Measured against GitPython's `cat-file --batch` pipe (2,000 proposal blobs of a 10,000-proposal
+repository, by path at HEAD): ~90 µs a read either way, with no pipe that only one thread may
+use (each thread gets its own libgit2 handle) and no process to keep alive.
 """
 from __future__ import annotations
 
