@@ -482,7 +482,12 @@ def _write_worktree(root: Path, path: str, data: bytes | None) -> None:
 
 
 def _ssh_sign(key: Path, payload: bytes) -> bytes:
-    """An SSH signature of PAYLOAD in git's namespace, as `git commit -S` makes it."""
+    """An SSH signature of PAYLOAD in git's namespace, as `git commit -S` makes it: in
+    process for an ed25519 key (sshsig.py), else by ssh-keygen."""
+    from .sshsig import sign
+    made = sign(key, payload)
+    if made is not None:
+        return made
     try:
         proc = subprocess.run(["ssh-keygen", "-q", "-Y", "sign", "-n", "git", "-f", str(key)],
                               input=payload, capture_output=True)
