@@ -680,7 +680,7 @@ def test_a_persons_add_all_and_commit_beside_finishing_runs_never_sweeps_a_resul
     the reader would take for their edit and turn into a revert)."""
     from daemonkit import DaemonProcess, wait_status
     pids = [auto_shell(state_dir, f"run {i}") for i in range(12)]
-    mine: list[str] = []
+    since = head(state_dir)
     with DaemonProcess(state_dir):
         for k in range(60):
             target = state_dir / ("proposals/2026/12/20261208-000000000-bad%03d.yaml" % k
@@ -693,11 +693,11 @@ def test_a_persons_add_all_and_commit_beside_finishing_runs_never_sweeps_a_resul
                     r = git(state_dir, "commit", "-qm", f"person {k}", who=ALICE, check=False)
                 if r.returncode == 0 or "nothing to commit" in r.stdout:
                     break
-            if r.returncode == 0:
-                mine.append(head(state_dir))
         for pid in pids:
             wait_status(state_dir, pid, "succeeded", "failed", "reverted", "interrupted",
                         timeout=60)
+    mine = git(state_dir, "log", f"--author={ALICE[1]}", "--format=%H",  # (HEAD may already
+               f"{since}..HEAD").stdout.split()                          # be the agent's)
     ours = {path_of(pid) for pid in pids} | {"logs/tool_use.jsonl"}
     swept = {sha: set(git(state_dir, "diff-tree", "--no-commit-id", "--name-only", "-r",
                           sha).stdout.split()) & ours for sha in mine}
