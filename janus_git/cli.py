@@ -398,8 +398,8 @@ def schema(out: Optional[Path] = typer.Option(None, "--out", "-o",
 @app.command()
 def demo(directory: Path = typer.Argument(Path("janus-demo")),
          verbose: bool = typer.Option(False, "--verbose", "-v")):
-    """The main job on built-in defaults: a new state repo worked once by the daemon with the
-    built-in model, then what it left."""
+    """Try janus-git: make a state repository in DIRECTORY, file one request, let the daemon
+    work it once with the built-in model, and show what it committed."""
     from .demo import run_demo
     from .logsetup import setup_logging
     setup_logging(directory, verbose)

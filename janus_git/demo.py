@@ -1,4 +1,4 @@
-"""The main job on built-in defaults: a state repository worked once by the daemon."""
+"""`janus-git demo`: a state repository made, given one request and worked once by the daemon."""
 from __future__ import annotations
 
 from pathlib import Path

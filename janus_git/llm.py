@@ -107,7 +107,7 @@ def get_llama(path: Path, n_ctx: int = 2048, threads: int | None = None) -> Any:
 # -- the grammar guard ------------------------------------------------------------------------
 # llama-cpp-python 0.3.36 does not check that llama.cpp parsed a grammar: a rule with an empty
 # body (what the converter writes for `anyOf: []` or `enum: []`) fails to parse, the sampler is
-# NULL, and the first sampled token segfaults the process (issue 13).  Nothing that can end up
+# NULL, and the first sampled token segfaults the process.  Nothing that can end up
 # empty reaches the converter, and what it writes is checked twice before it is used.
 _ALTERNATIVES = ("anyOf", "oneOf", "allOf", "enum", "type")
 _BOUNDS = (("minItems", "maxItems"), ("minLength", "maxLength"), ("minimum", "maximum"),

@@ -1,6 +1,6 @@
 """The model in its own process: a native crash, a hang or running out of memory in llama.cpp
-ends the child, never the daemon (issue 13: an empty grammar rule segfaulted the sampler and
-took the daemon down with it).
+ends the child, never the daemon (an empty grammar rule once segfaulted the sampler and took
+the daemon down with it).
 
 `ModelProcess` is what the daemon holds: the interface of `llm.Model` (name, n_ctx,
 count_tokens, chat -> Reply), answered by `python -m janus_git.modelproc` over a pipe, one
