@@ -283,6 +283,10 @@ def _check_program(path: str, tool: str, word: str) -> None:
 
 def load_config(root: Path) -> Config:
     path = root / AGENT_PATH
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise ConfigError(AGENT_PATH, None, "is not a regular file (a symlink, a folder or a "
+                          "submodule)", "the daemon puts the rules in force back; or restore "
+                          "it with `git checkout HEAD -- state/agent.yaml`")
     try:
         text = path.read_bytes()
     except FileNotFoundError:

@@ -762,3 +762,30 @@ def test_after_each_hostile_commit_a_signed_approval_starts_within_5_s(state_dir
     slow = {k: v for k, v in took.items() if v > 5.0}
     assert not slow, f"an approval waited more than 5 s after a hostile commit: {slow}"
     assert replace_refs(state_dir) == []
+
+
+def test_agent_yaml_turned_into_a_folder_is_refused_and_put_back(state_dir, signed, tmp_path):
+    """A file replaced by a folder of the same name: a deletion of the file and an addition
+    under it.  Both are refused and the file comes back in place of the folder."""
+    settle(state_dir)
+    before = agent_yaml(state_dir)
+    since = head(state_dir)
+    clone = clone_of(state_dir, tmp_path / "pusher")
+    git(clone, "rm", "-q", AGENT_YAML)
+    (clone / AGENT_YAML).mkdir()
+    (clone / AGENT_YAML / "x").write_text(permissive(state_dir))
+    git(clone, "add", "--", f"{AGENT_YAML}/x")
+    git(clone, "commit", "-qm", "a folder now", who=MALLORY)
+    git(clone, "push", "-q", "origin", "HEAD:main")
+    out = subprocess.run(["janus-git", "list", "-C", str(state_dir)], capture_output=True,
+                         text=True)  # a command before the daemon answers: a clear error
+    assert out.returncode in (0, 1) and "Traceback" not in out.stderr, out.stderr
+    settle(state_dir)
+    pid = auto_python(state_dir)
+    settle(state_dir)
+    assert never_ran(state_dir, pid)
+    assert regular_file(state_dir, AGENT_YAML) and agent_yaml(state_dir) == before
+    assert entry(state_dir, f"{AGENT_YAML}/x") is None
+    assert (state_dir / AGENT_YAML).is_file()
+    assert MALLORY[1] in answers(state_dir, since)
+    legit_approval_runs(state_dir, signed, "after the folder")

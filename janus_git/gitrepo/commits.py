@@ -261,9 +261,11 @@ class Commits(Process):
         raise GitError(["update-ref", sha], status, "", err)
 
     def _follow_files(self, files: dict[str, bytes | None], info: str) -> None:
-        """The working tree and the index take FILES (the caller holds index.lock)."""
-        for path, data in files.items():
-            _write_worktree(self.root, path, data)
+        """The working tree and the index take FILES (the caller holds index.lock): what goes
+        first, deepest first, so that a file can take the place of a folder it empties."""
+        order = sorted(files, key=lambda p: (files[p] is not None, -p.count("/")))
+        for path in order:
+            _write_worktree(self.root, path, files[path])
         self._update_index(info)
 
     def _update_index(self, info: str) -> None:
@@ -452,8 +454,9 @@ def _check_guard(repo: "Commits", guard: dict[str, bytes | None]) -> None:
             if found is not None and (
                     (found[0] == SYMLINK and link is not None
                      and repo.read_object(found[1]) == link)  # type: ignore[attr-defined]
-                    or (found[0] == GITLINK and link is None)):
-                continue
+                    or (found[0] in (GITLINK, TREE) and link is None)):
+                continue  # as a checkout of HEAD left it (a folder's files have guards of
+                # their own where they are changed)
         elif _read_or_none(target) == expected:
             continue
         raise Conflict(f"{path} has uncommitted changes in the working tree; commit or "
