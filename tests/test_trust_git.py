@@ -468,10 +468,14 @@ def test_agent_yaml_turned_into_a_symlink_is_refused_and_put_back(state_dir, sig
     settle(state_dir)
     before = agent_yaml(state_dir)
     since = head(state_dir)
+    pid = auto_python(state_dir)  # filed before: the CLI reads no config through a symlink
     push_entries(state_dir, tmp_path / "mallory-clone", MALLORY, "config lives in notes now", {
         "notes/evil.yaml": permissive(state_dir),
         AGENT_YAML: ("120000", blob(state_dir, "../notes/evil.yaml"))})
-    pid = auto_python(state_dir)
+    out = subprocess.run(["janus-git", "propose", "-C", str(state_dir), "-m", "TEST", "-t",
+                          "analysis", "--tool", "python", "--", "-c", "print(1)"],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "not a regular file" in out.stderr, out.stderr
     settle(state_dir)
     assert never_ran(state_dir, pid)
     assert regular_file(state_dir, AGENT_YAML), entry(state_dir, AGENT_YAML)
@@ -488,6 +492,7 @@ def test_agent_yaml_as_a_symlink_is_invalid_even_from_an_approver(state_dir, sig
     settle(state_dir)
     before = agent_yaml(state_dir)
     since = head(state_dir)
+    pid = auto_python(state_dir)  # filed before: the CLI reads no config through a symlink
     commit_as(state_dir, ALICE, "permissive notes", {"notes/evil.yaml": permissive(state_dir)},
               sign_key=signed["alice"])
     (state_dir / AGENT_YAML).unlink()
@@ -495,7 +500,6 @@ def test_agent_yaml_as_a_symlink_is_invalid_even_from_an_approver(state_dir, sig
     git(state_dir, "add", "--", AGENT_YAML)
     git(state_dir, "-c", "gpg.format=ssh", "-c", f"user.signingkey={signed['alice']}",
         "commit", "-q", "-S", "-m", "config by link", who=ALICE)
-    pid = auto_python(state_dir)
     settle(state_dir)
     assert never_ran(state_dir, pid)
     assert regular_file(state_dir, AGENT_YAML), entry(state_dir, AGENT_YAML)
@@ -789,3 +793,58 @@ def test_agent_yaml_turned_into_a_folder_is_refused_and_put_back(state_dir, sign
     assert (state_dir / AGENT_YAML).is_file()
     assert MALLORY[1] in answers(state_dir, since)
     legit_approval_runs(state_dir, signed, "after the folder")
+
+
+def test_a_reviewers_pull_merge_keeps_the_agents_audit_lines(state_dir, tmp_path):
+    """A reviewer commits in their clone, `git pull`s (a merge: main's new runs come in as
+    its second parent) and pushes.  The merge's first-parent change to the audit log is the
+    agent's lines, brought in: they stay, and nothing is answered."""
+    clone = clone_of(state_dir, tmp_path / "reviewer")
+    (clone / "notes" / "review.md").write_text("looked at it\n")
+    git(clone, "add", "notes/review.md")
+    git(clone, "commit", "-qm", "review notes", who=ALICE)
+    pid = auto_shell(state_dir, "ran meanwhile")
+    settle(state_dir)
+    lines = (state_dir / "logs/tool_use.jsonl").read_bytes()
+    assert tool_use_lines(state_dir, pid)
+    git(clone, "pull", "-q", "--no-rebase", "--no-edit", "origin", "main", who=ALICE)
+    since = head(state_dir)
+    git(clone, "push", "-q", "origin", "HEAD:main")
+    settle(state_dir)
+    assert git(state_dir, "show", "HEAD:logs/tool_use.jsonl").stdout.encode() == lines
+    assert "put back logs/tool_use.jsonl" not in answers(state_dir, since)
+    assert status(state_dir, pid) == "succeeded"
+
+
+def test_a_merge_of_an_agent_commit_never_on_main_is_still_judged_as_the_persons(
+        state_dir, tmp_path):
+    """Mallory merges an agent-signed commit that never landed on main (here: one the
+    agent made beside the branch, as a refused claim or an approval branch's tip is) whose
+    version of a finished proposal reads `approved`.  It is her act: put back, never run
+    again."""
+    from janus_git import lifecycle
+    from janus_git.gitrepo import GitRepo, Identity
+    pid = auto_shell(state_dir, "once only")
+    settle(state_dir)
+    assert status(state_dir, pid) == "succeeded"
+    path = path_of(pid)
+    old = git(state_dir, "log", "--format=%H", "-1", "--grep", "proposed -> approved",
+              "--", path).stdout.strip()
+    approved = (git(state_dir, "show", f"{old}:{path}").stdout  # a version of its own there
+                + "note: beside the branch\n").encode()
+    repo = GitRepo(state_dir)
+    side = repo.create_commit_on(old, {path: approved}, "janus: beside the branch\n",
+                                 Identity(*AGENT))  # agent-signed, never on main
+    since = head(state_dir)
+    clone = clone_of(state_dir, tmp_path / "pusher")
+    git(clone, "fetch", "-q", "origin", side)
+    r = git(clone, "merge", "-q", "--no-edit", "-s", "ours", side, who=MALLORY, check=False)
+    assert r.returncode == 0, r.stderr
+    (clone / path).write_bytes(approved)
+    git(clone, "add", path)
+    git(clone, "commit", "-q", "--amend", "--no-edit", who=MALLORY)
+    git(clone, "push", "-q", "origin", "HEAD:main")
+    settle(state_dir)
+    assert len(tool_use_lines(state_dir, pid)) == 1, "a finished run ran again"
+    assert status(state_dir, pid) == "succeeded"
+    assert answers(state_dir, since), "the merge was not answered"

@@ -41,6 +41,7 @@ class CommitReader:
         self.judge = judge
         self.answers = answers
         self.commits_read = 0  # since start (the commit-graph is rewritten every so many)
+        self.read_before: str | None = None  # the cursor when this catch-up began
 
     @property
     def trust(self):
@@ -53,6 +54,7 @@ class CommitReader:
         if state.cursor is None:
             state.cursor = head
         elif head != state.cursor:
+            self.read_before = state.cursor
             for commit in self.repo.first_parent_log(state.cursor, head):
                 self._process_commit(commit)
                 state.cursor = commit.sha
@@ -74,16 +76,63 @@ class CommitReader:
             if c.sha not in self.repo.made:
                 self._others_decisions(c)
             return
-        if TOOL_LOG in c.changes:
+        taken = self._taken_from_agent(c)
+        if TOOL_LOG in c.changes and TOOL_LOG not in taken:
             self.answers.tool_log(c)
         for path, change in c.changes.items():
             if not is_proposal_path(path):
+                continue
+            if path in taken:
+                self._agents_change(c, path, change)
                 continue
             try:
                 self._process_change(c, path, change, before)
             except ConfigError as e:
                 log.error("commit %s by %s: %s", c.sha[:10], c.author_email, e)
                 self.state.last_error = str(e)
+
+    def _taken_from_agent(self, c: Commit) -> set[str]:
+        """The proposal and audit-log paths a person's merge C took exactly as the agent's
+        signed commit on its other side left them, where that commit is one this daemon had
+        already read on the watched branch: a reviewer's `git pull` merge of main, pushed.
+        Against its first parent such a merge shows every run that landed meanwhile; those
+        versions are the agent's acts, not the person's.  An agent commit that never was on
+        the branch (an approval branch's tip, a refused claim) is no such thing: a merge of
+        it is judged as the person's, as before."""
+        if not c.is_merge or self.read_before is None:
+            return set()
+        paths = [p for p in c.changes if is_proposal_path(p) or p == TOOL_LOG]
+        if not paths:
+            return set()
+        by_path: dict[str, list[Commit]] = {}
+        for side in self.repo.side_commits(c, *paths):
+            for p in side.changes:
+                by_path.setdefault(p, []).append(side)
+        taken = set()
+        for p in paths:
+            commits = by_path.get(p)  # newest first: the first made the side's version
+            if not commits or not self.trust.is_agent(commits[0]) or \
+                    not self.repo.is_ancestor(commits[0].sha, self.read_before):
+                continue
+            mine = self.repo.entry(c.sha, p)
+            if any(self.repo.entry(q, p) == mine for q in c.parents[1:]):
+                taken.add(p)
+        return taken
+
+    def _agents_change(self, c: Commit, path: str, change: str) -> None:
+        """PATH as the agent's commits left it, brought in by C: kept as theirs (a filing
+        noted, the queue following the status), never judged as a person's edit."""
+        try:
+            p = parse_proposal(self.repo.read_blob(c.sha, path) or b"", path)
+        except ConfigError:
+            return
+        if change == "A":
+            self._filed(c, p)
+        if p.status != S.APPROVED:
+            self.state.queue.pop(p.id, None)
+        elif str(p.decision.get("rule", "")).startswith("auto:"):
+            self.state.queue.setdefault(p.id, Ticket(p.id, {
+                **p.decision, "digest": self.judge.filing(p.id).digest}))
 
     def _note_filings(self, c: Commit) -> None:
         """The agent's own filings, kept as they are read (the approval path then needs no
