@@ -90,3 +90,27 @@ def test_kill9_inside_a_hygiene_batch_commit_leaves_nothing_stuck(state_dir):
     statuses = [record(state_dir, pid)["status"] for pid in ids]
     assert statuses.count("duplicate") == 29
     fsck_clean(state_dir)
+
+
+def test_a_lock_left_by_kill9_is_cleared_by_the_next_command_not_only_the_daemon(state_dir):
+    """kill -9 while the commit engine holds git's index.lock: the lock names the dead
+    process, so a person's next janus-git command puts right what it left and goes on; it
+    neither waits out the lock nor needs a daemon start first."""
+    from daemonkit import propose
+    from janus_git import lifecycle
+    from janus_git.gitrepo import GitRepo
+    repo = GitRepo(state_dir)
+    for _ in range(30):  # a hygiene batch commit: one original and 29 duplicates
+        p = lifecycle.new_proposal(mission="STUDY-004-BETA", type_="maintenance", tool="shell",
+                                   args=["echo", "same"], rationale="r", created_by="agent")
+        lifecycle.create(repo, p, None)
+    crashed = subprocess.run([sys.executable, "-m", "janus_git.cli", "hygiene", "-C",
+                              str(state_dir)], capture_output=True, text=True,
+                             env={**os.environ, "JANUS_GIT_CRASHPOINT": "hygiene-after-ref"})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert (state_dir / ".git" / "index.lock").read_bytes().startswith(b"janus-git ")
+    pid = propose(state_dir, "echo", "after the crash")  # a person's command, no daemon
+    assert record(state_dir, pid)["status"] == "proposed"
+    assert not (state_dir / ".git" / "index.lock").exists()
+    assert git(state_dir, "status", "--porcelain").stdout == ""
+    fsck_clean(state_dir)

@@ -367,11 +367,18 @@ class Commits(Process):
         lock = self.git_dir / "index.lock"
         deadline = time.monotonic() + LOCK_RETRY_SECONDS
         delay = 0.002
+        recovered = False
         while True:
             try:
                 fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                 break
             except FileExistsError:
+                if not recovered and self._dead_lock_owner() is not None:
+                    # a janus-git process killed while it held the lock: put right what it
+                    # left (its journal) and go on, whoever meets it first (a person's CLI)
+                    recovered = True
+                    self.recover_intents()
+                    continue
                 if time.monotonic() > deadline:
                     raise Conflict(f"{lock} was held for {LOCK_RETRY_SECONDS:.0f} s by "
                                    "another git process; if none is running, remove it") \
@@ -426,20 +433,25 @@ class Commits(Process):
                 tmp.unlink(missing_ok=True)
         return restored
 
-    def _recover_index_lock(self) -> None:
-        lock = self.git_dir / "index.lock"
+    def _dead_lock_owner(self) -> int | None:
+        """The pid of the janus-git process that holds index.lock, if it is dead."""
         try:
-            tag = lock.read_bytes()
+            tag = (self.git_dir / "index.lock").read_bytes()
         except (FileNotFoundError, IsADirectoryError):
-            return
-        if tag.startswith(_LOCK_TAG):
-            try:
-                pid = int(tag[len(_LOCK_TAG):].strip() or 0)
-            except ValueError:
-                return
-            if pid and not _alive(pid):
-                log.warning("removed the index.lock left by janus-git process %d", pid)
-                lock.unlink(missing_ok=True)
+            return None
+        if not tag.startswith(_LOCK_TAG):
+            return None  # a person's git: theirs to finish
+        try:
+            pid = int(tag[len(_LOCK_TAG):].strip() or 0)
+        except ValueError:
+            return None
+        return pid if pid and not _alive(pid) else None
+
+    def _recover_index_lock(self) -> None:
+        pid = self._dead_lock_owner()
+        if pid is not None:
+            log.warning("removed the index.lock left by janus-git process %d", pid)
+            (self.git_dir / "index.lock").unlink(missing_ok=True)
 
 
 def _check_guard(repo: "Commits", guard: dict[str, bytes | None]) -> None:
