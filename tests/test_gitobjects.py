@@ -194,6 +194,17 @@ def test_the_daemons_view_of_history_is_gits_own(tmp_path_factory, spec):
     expected = raw_git(root, "rev-list", "--first-parent", "--reverse", "HEAD", "--",
                        "state", "missions", env=REF_ENV).decode().split()
     assert [c.sha for c in guarded] == expected
+    # and what each changed there is what it changed anywhere, under those folders, one at
+    # a time and in a batch
+    batched = [repo.commit_info(c.sha) for c in guarded]
+    repo._diff_many(batched, ("state/", "missions/"))
+    for c, b in zip(guarded, batched):
+        assert (c.changes, c.modes) == (b.changes, b.modes), c.sha
+    for c in guarded:
+        whole = repo.objects.with_changes(repo.commit_info(c.sha))
+        inside = {p: x for p, x in whole.changes.items() if p.startswith(("state/", "missions/"))}
+        assert c.changes == inside, c.sha
+        assert c.modes == {p: whole.modes[p] for p in inside}, c.sha
     repo.close()
 
 
