@@ -143,7 +143,8 @@ SCHEMA: dict[str, Any] = {
             "branch": {"type": ["string", "null"], "pattern": r"^[A-Za-z0-9][A-Za-z0-9_./-]*$"},
             "poll_seconds": {"type": "number", "minimum": 0.1},
             "lease_seconds": {"type": "number", "minimum": 1},
-            # automatic proposals claimed per push (batch.py): pushes are the bottleneck
+            # automatic proposals claimed per push (daemon/remote/batch.py): pushes are the
+            # bottleneck
             "claim_batch": {"type": "integer", "minimum": 1, "maximum": 100},
             "webhook": {"type": ["object", "null"], "additionalProperties": False,
                         "required": ["listen", "secret_env"], "properties": {

@@ -23,7 +23,9 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+
+from .util import Signal
 
 SAMPLE_S = 1.0             # how often the host is measured (from the loop, never blocking it)
 RECENT_FAILURES_S = 300.0  # a failed auto run counts towards the valve for this long
@@ -240,7 +242,7 @@ class Controls:
         self.valve = ReliefValve()
         self.host = HostSampler()
         self.ticks = TickMeter()
-        self.on_valve: Callable[[str], None] | None = None  # "opened" / "closed"
+        self.valve_moved = Signal("relief valve")  # sent "opened" / "closed"
         self.configure(controls_cfg)
 
     # -- configuration --------------------------------------------------------------------
@@ -308,8 +310,8 @@ class Controls:
         self._valve(self.valve.update())
 
     def _valve(self, change: str | None) -> None:
-        if change and self.on_valve is not None:
-            self.on_valve(change)
+        if change:
+            self.valve_moved.send(change)
 
     def status(self) -> dict[str, Any]:
         g, v = self.governor, self.valve

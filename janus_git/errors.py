@@ -46,7 +46,7 @@ class GitError(JanusError):
 class Conflict(JanusError):
     """Someone else changed the same thing at the same time; the caller may retry.  PATHS:
     the files of the caller's commit that others changed meanwhile, when known (a refused
-    push that could not be replayed only because of them: replay.py)."""
+    push that could not be replayed only because of them: daemon/remote/replay.py)."""
 
     def __init__(self, message: str, paths: frozenset[str] = frozenset()) -> None:
         super().__init__(message)

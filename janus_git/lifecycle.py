@@ -15,27 +15,12 @@ from .proposal import (Proposal, Status, check_transition, compute_digest, new_i
                        parse_proposal, utcnow)
 
 Listener = Callable[[Proposal, Status | None, Status, str], None]
-_listeners: list[Listener] = []
 
 
-def subscribe(fn: Listener) -> Listener:
-    """Side effects (notifications, logs) subscribe to transitions; published once per commit."""
-    _listeners.append(fn)
-    return fn
-
-
-def unsubscribe(fn: Listener) -> None:
-    if fn in _listeners:
-        _listeners.remove(fn)
-
-
-def _publish(p: Proposal, old: Status | None, new: Status, sha: str) -> None:
-    for fn in list(_listeners):
-        try:
-            fn(p, old, new, sha)
-        except Exception:  # a broken subscriber must never break the lifecycle
-            import logging
-            logging.getLogger("janus_git").exception("transition listener failed")
+def _publish(repo: GitRepo, p: Proposal, old: Status | None, new: Status, sha: str) -> None:
+    """Side effects (notifications, logs) listen on the repository's `transitions` signal,
+    the daemon's own: sent once per transition committed (a listener that fails is logged)."""
+    repo.transitions.send(p, old, new, sha)
 
 
 def message_for(p: Proposal, old: Status | None, new: Status, reason: str = "") -> str:
@@ -58,7 +43,7 @@ def create(repo: GitRepo, p: Proposal, identity: Identity | None, reason: str = 
     files = {p.path: p.to_yaml(), **(extra_files or {})}
     sha = repo.commit_files(files, message_for(p, None, p.status, reason), identity,
                             guard={p.path: None})
-    _publish(p, None, p.status, sha)
+    _publish(repo, p, None, p.status, sha)
     return sha
 
 
@@ -80,7 +65,7 @@ def transition(repo: GitRepo, p: Proposal, new: Status, identity: Identity | Non
     guard = {q.path: base_text} if base_text is not None else None
     sha = repo.commit_files(files, message_for(q, old, new, reason), identity, guard=guard)
     p.__dict__.update(q.__dict__)
-    _publish(p, old, new, sha)
+    _publish(repo, p, old, new, sha)
     return sha
 
 
@@ -122,7 +107,7 @@ def transition_group(repo: GitRepo, steps: list[Step], identity: Identity,
     for p, q in moved:
         old = p.status
         p.__dict__.update(q.__dict__)
-        _publish(p, old, q.status, sha)
+        _publish(repo, p, old, q.status, sha)
     return sha
 
 
@@ -210,11 +195,11 @@ def transition_many(repo: GitRepo, items: Iterable[tuple[Move, bytes]], identity
     msg = format_message(subject.format(n=n), "\n".join(lines),
                          {k: v.format(n=n) for k, v in trailers.items()})
     sha = repo.commit_many(files, msg, identity, guard)
-    if _listeners:  # parsed only for someone who listens: a batch can hold 100,000
+    if repo.transitions:  # parsed only for someone who listens: a batch can hold 100,000
         for m in moved:
             p = fastrow.fast_proposal(m.path, files[m.path]) or \
                 parse_proposal(files[m.path], m.path)
-            _publish(p, Status.PROPOSED, m.new, sha)
+            _publish(repo, p, Status.PROPOSED, m.new, sha)
     return sha, n
 
 

@@ -1,11 +1,13 @@
 """Small helpers with no dependency on the rest of janus-git (the sandbox imports them too): the
-one atomic file write and the one UTC timestamp."""
+one atomic file write, the one UTC timestamp, and Signal."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
 
 def utcnow() -> str:
@@ -33,3 +35,31 @@ def atomic_write(path: Path, data: bytes, *, make_parents: bool = True) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+class Signal:
+    """Listeners of one event of one owner (huey's Signal, per instance: two daemons in one
+    process never hear each other's).  A listener that raises is logged and never breaks
+    the sender or the listeners after it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._listeners: list[Callable[..., Any]] = []
+
+    def connect(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        self._listeners.append(fn)
+        return fn
+
+    def disconnect(self, fn: Callable[..., Any]) -> None:
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+
+    def __bool__(self) -> bool:
+        return bool(self._listeners)
+
+    def send(self, *args: Any) -> None:
+        for fn in list(self._listeners):
+            try:
+                fn(*args)
+            except Exception:
+                logging.getLogger(__name__).exception("a %s listener failed", self.name)

@@ -294,9 +294,12 @@ if __name__ == "__main__" and sys.argv[1:2] == ["--serve-http"]:
     serve_http(sys.argv[2])
 
 
-class GitPublisher:
-    """The part of daemon/remote.py that gitrepo calls (a Publisher), as plain git against a
-    clone's `origin`: for tests of the commit path alone (tests/test_replay.py)."""
+from janus_git.daemon.remote.replay import Replaying  # noqa: E402 (not for --serve-http)
+
+
+class GitPublisher(Replaying):
+    """The part of daemon/remote/sync.py that gitrepo calls (a Publisher), as plain git
+    against a clone's `origin`: for tests of the commit path alone (tests/test_replay.py)."""
 
     def __init__(self, root: Path, branch: str = "main") -> None:
         self.root, self.branch = Path(root), branch

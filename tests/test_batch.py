@@ -1,9 +1,9 @@
-"""Which daemon claims what, and how much at a time (janus_git/daemon/batch.py): rendezvous
+"""Which daemon claims what, and how much at a time (janus_git/daemon/remote/batch.py): rendezvous
 hashing over the live leases, and batches that shrink as the work runs out.  The fleet
 itself is tested against a real remote in tests/test_remote.py."""
 from __future__ import annotations
 
-from janus_git.daemon.batch import batch_size, claim_order
+from janus_git.daemon.remote.batch import batch_size, claim_order
 from janus_git.daemon.state import Ticket
 
 LIVE = {"d1", "d2", "d3"}

@@ -107,7 +107,7 @@ def test_the_valve_is_announced_once_per_opening():
                   "relief_valve": {**DEFAULTS["controls"]["relief_valve"],
                                    "max_pending_auto": 2}})
     seen = []
-    c.on_valve = seen.append
+    c.valve_moved.connect(seen.append)
     assert [c.defers_auto(n) for n in (0, 1, 2, 3, 2, 1, 0, 2)] == [
         False, False, True, True, True, False, False, True]
     assert seen == ["opened", "closed", "opened"]

@@ -89,14 +89,14 @@ def test_listeners_hear_each_transition_once_and_cannot_break_it(sr):
     def bad(p, old, new, sha):
         raise RuntimeError("a broken notifier")
 
-    lifecycle.subscribe(bad)
-    lifecycle.subscribe(good)
+    sr.repo.transitions.connect(bad)
+    sr.repo.transitions.connect(good)
     try:
         p = _new(sr)
         sha = lifecycle.transition(sr.repo, p, S.APPROVED, AGENT_ID)
     finally:
-        lifecycle.unsubscribe(bad)
-        lifecycle.unsubscribe(good)
+        sr.repo.transitions.disconnect(bad)
+        sr.repo.transitions.disconnect(good)
     assert heard[0][1:3] == (None, S.PROPOSED)
     assert heard[1] == (p.id, S.PROPOSED, S.APPROVED, sha)
     assert len(heard) == 2
@@ -104,15 +104,27 @@ def test_listeners_hear_each_transition_once_and_cannot_break_it(sr):
     assert len(heard) == 2, "unsubscribed"
 
 
+def test_each_repository_has_its_own_listeners(sr, tmp_path):
+    """Two daemons in one process (tests, a fleet on one host) never hear each other's."""
+    from janus_git.gitrepo import GitRepo
+    other, heard = GitRepo(sr.root), []
+    other.transitions.connect(lambda *a: heard.append(a))
+    lifecycle.transition(sr.repo, _new(sr), S.APPROVED, AGENT_ID)
+    assert heard == []
+    lifecycle.transition(other, _new(sr), S.APPROVED, AGENT_ID)
+    assert [a[2] for a in heard] == [S.APPROVED]
+    other.close()
+
+
 def test_refused_transition_publishes_nothing(sr):
     heard = []
-    fn = lifecycle.subscribe(lambda *a: heard.append(a))
+    fn = sr.repo.transitions.connect(lambda *a: heard.append(a))
     try:
         p = _new(sr)
         with pytest.raises(TransitionError):
             lifecycle.transition(sr.repo, p, S.SUCCEEDED, AGENT_ID)
     finally:
-        lifecycle.unsubscribe(fn)
+        sr.repo.transitions.disconnect(fn)
     assert len(heard) == 1  # only the creation
 
 
@@ -167,7 +179,7 @@ def test_transition_many_is_one_commit_checked_and_published(sr):
 
     def listen(p, old, new, sha):
         heard.append((p.id, old, new, p.duplicate_of, sha))
-    lifecycle.subscribe(listen)
+    sr.repo.transitions.connect(listen)
     try:
         head = sr.repo.head()
         moves = [(lifecycle.Move(p.id, p.path, S.DUPLICATE, "same", duplicate_of=ps[0].id),
@@ -177,7 +189,7 @@ def test_transition_many_is_one_commit_checked_and_published(sr):
                                            subject="janus: test: {n} moved",
                                            trailers={"Janus-Batch": "{n}"})
     finally:
-        lifecycle.unsubscribe(listen)
+        sr.repo.transitions.disconnect(listen)
     c = sr.repo.commit_info("HEAD")
     assert n == 2 and c.sha == sha and c.parents == [head] and c.author_name == AGENT[0]
     assert sr.repo.agent_key() is None or sha in sr.repo.made  # signed as the agent
@@ -198,11 +210,11 @@ def test_offer_approval_writes_approved_on_a_side_commit_only(sr):
 
     def listen(q, old, new, sha):
         heard.append(q.id)
-    lifecycle.subscribe(listen)
+    sr.repo.transitions.connect(listen)
     try:
         sha = lifecycle.offer_approval(sr.repo, p, AGENT_ID, f"janus/proposal/{p.id}")
     finally:
-        lifecycle.unsubscribe(listen)
+        sr.repo.transitions.disconnect(listen)
     assert heard == [] and sr.repo.head() == head and p.status == S.PROPOSED
     shown = parse_proposal(sr.repo.read_blob(sha, p.path), p.path)
     assert shown.status == S.APPROVED and sr.repo.commit_info(sha).parents == [head]

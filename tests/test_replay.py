@@ -1,5 +1,5 @@
-"""A refused push made again on the remote's new tip (janus_git/replay.py), against a real
-bare repository and real clones: only when nothing the commit changed moved meanwhile, and
+"""A refused push made again on the remote's new tip (janus_git/daemon/remote/replay.py),
+against a real bare repository and real clones: only when nothing the commit changed moved meanwhile, and
 never past a change to the rules; the append-only audit log is joined, not overwritten; a
 kill -9 between the push and the branch's move leaves a clone the next fetch brings level."""
 from __future__ import annotations

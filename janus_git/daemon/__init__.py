@@ -15,7 +15,9 @@ those rules', never the working tree's agent.yaml.
 
 The parts, each handed what it uses (nothing reaches into another's privates):
 
-- state.py     DaemonState: queue, runs, cursor, approval branches, caches, the rules in force
+- state.py     DaemonState: the run queue, runs, cursor, branches, caches, the rules in force
+- coordinator.py  the seam between a daemon alone (LocalCoordinator) and a fleet on a shared
+               remote (remote/, RemoteCoordinator: imported only when the rules name one)
 - reader.py    CommitReader: people's commits, one first-parent commit at a time
 - judge.py     ApprovalJudge: whether a commit approves, and quorums; start-up re-judging
 - answers.py   Answers: correction commits for what no one may commit
@@ -25,7 +27,8 @@ The parts, each handed what it uses (nothing reaches into another's privates):
 - emergency.py EmergencyStop and the StopWatch thread
 - thinker.py   Thinker: the planner's thinking cycle in its own thread
 - chores.py    the daily summary and the commit-graph
-- loop.py      Daemon: builds them, steps them; `work(burst=True)` runs until idle
+- loop.py      Daemon: builds them (each constructor takes its collaborators), steps them;
+               `work(burst=True)` runs until idle
 The run lock (one daemon per repository, and its status file) is janus_git/runlock.py.
 """
 from .loop import Daemon, run_daemon

@@ -69,7 +69,7 @@ class Answers:
     def changed(self, c: Commit, new: Proposal, filed: Filing) -> None:
         """Type, tool or args changed after filing: put them back as filed; every approval
         so far is void."""
-        self.state.queue.pop(new.id, None)
+        self.state.queue.withdraw(new.id)
         current = self.store.head(new.id)
         if current is None or filed.proposal is None:
             return
@@ -88,7 +88,7 @@ class Answers:
     def unreadable(self, c: Commit, pid: str, error: ConfigError) -> None:
         """A commit left the file unreadable: its approvals are void, and the last readable
         version goes back (as proposed, if it was approved)."""
-        self.state.queue.pop(pid, None)
+        self.state.queue.withdraw(pid)
         path = shard_path(pid)
         if self.store.head(pid) is not None:
             return  # a later commit made it readable again; that one is judged on its own

@@ -31,7 +31,8 @@ ALERT_EVERY_S = 600.0  # the relief valve's alert, at most this often
 
 class Decider:
     def __init__(self, sr: StateRepo, state: DaemonState, branches: ApprovalBranches,
-                 controls: Controls, notifier: Notifier) -> None:
+                 controls: Controls, notifier: Notifier, *,
+                 one_commit_per_pass: bool = False) -> None:
         self.sr = sr  # its index lists the proposals to decide
         self.repo = sr.repo
         self.store = sr.store
@@ -43,10 +44,11 @@ class Decider:
         self.deferred: set[str] = set()  # auto work the open valve holds back
         self._redecide = False
         self._alerted = 0.0
-        controls.on_valve = self._valve_moved
-        # on a shared remote the policy's approvals of one pass go in one commit (one push);
-        # None: one commit each, as a local daemon makes them
-        self.batch: list[tuple[Proposal, bytes, object]] | None = None
+        controls.valve_moved.connect(self._valve_moved)
+        # ONE_COMMIT_PER_PASS (a shared remote's coordinator asks for it): the policy's
+        # approvals of one pass go in one commit, one push; else one commit each
+        self.grouped = one_commit_per_pass
+        self.batch: list[tuple[Proposal, bytes, object]] = []
 
     def due(self) -> bool:
         """Whether deferred work is to be decided again (the valve closed since)."""
@@ -124,11 +126,11 @@ class Decider:
             self._approve(p, text, decision)
 
     def _pending(self) -> int:
-        return self.state.pending_auto() + len(self.batch or ())
+        return self.state.pending_auto() + len(self.batch)
 
     def _approve(self, p: Proposal, text: bytes, decision) -> None:
         """The policy's approval: committed (with the rule that made it), then queued."""
-        if self.batch is not None:
+        if self.grouped:
             self.batch.append((p, text, decision))
             return
         state = self.state
@@ -139,7 +141,7 @@ class Decider:
                                        reason=decision.reason)
         crashpoint("after-auto-approve")
         record["commit"] = sha
-        state.queue[p.id] = Ticket(p.id, record)
+        state.queue.offer(Ticket(p.id, record))
 
     def _record(self, p: Proposal, decision):
         record = {"rule": decision.rule, "by": self.state.config.identity.email,
@@ -153,7 +155,7 @@ class Decider:
     def _approve_batch(self) -> None:
         """The pass's approvals in one commit; queued once it landed (a refused push leaves
         them proposed, decided again after the fetch)."""
-        state, batch = self.state, self.batch or []
+        state, batch = self.state, self.batch
         self.batch = []
         made = [(p, *self._record(p, d), text, d) for p, text, d in batch]
         steps = [lifecycle.Step(p, S.APPROVED, text, d.reason, approve)
@@ -163,7 +165,7 @@ class Decider:
         crashpoint("after-auto-approve")
         for p, record, _, _, _ in made:
             record["commit"] = sha
-            state.queue[p.id] = Ticket(p.id, record)
+            state.queue.offer(Ticket(p.id, record))
 
     def refuse(self, p: Proposal, text: bytes, reason: str) -> None:
         with self.state.writes:

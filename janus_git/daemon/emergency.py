@@ -40,7 +40,7 @@ class EmergencyStop:
         for run in state.runs.values():
             run.cancel.set()
         for pid in list(state.queue):
-            state.queue.pop(pid)
+            state.queue.withdraw(pid)
             current = self.store.head(pid)
             if current and current[0].status == S.APPROVED:
                 with state.writes:

@@ -38,6 +38,7 @@ from ..policy import decide
 from ..proposal import Proposal, Status, utcnow
 from ..state import StateRepo
 from .branches import ApprovalBranches
+from .coordinator import Coordinator
 from .state import DaemonState, Run, Ticket
 
 log = logging.getLogger("janus_git.daemon")
@@ -46,7 +47,7 @@ S = Status
 
 class Executor:
     def __init__(self, sr: StateRepo, state: DaemonState, branches: ApprovalBranches,
-                 controls: Controls, context: Callable[[], object],
+                 controls: Controls, coordinator: Coordinator, context: Callable[[], object],
                  on_start: Callable[[str, int], None] | None = None,
                  thinking: Callable[[], bool] = lambda: False) -> None:
         self.sr = sr
@@ -60,24 +61,26 @@ class Executor:
         self.thinking = thinking  # whether a thinking cycle is under way
         self.exclusive_waiting: str | None = None
         self._tools: dict[str, str | None] = {}  # queued id -> its tool (read once)
-        self.batcher = None  # on a shared remote: claims and results in batches (batch.py)
+        self.claim_record = coordinator.claim  # what a claim records of this daemon
+        # how automatic work is claimed and reported: one commit each here, or in batches
+        # on a shared remote (remote/batch.py)
+        self.claims = coordinator.claims(self)
 
     # -- which ticket starts next -----------------------------------------------------------
     def start_runs(self) -> None:
         state = self.state
         self.controls.configure(state.config["controls"])
         self.controls.sample(state.pending_auto())
-        if self.batcher is not None:
-            self.batcher.step()
+        self.claims.step()
         while state.queue and not state.exiting:
             ticket = self._next()
             if ticket is None:
                 return
-            del state.queue[ticket.id]
+            state.queue.take(ticket.id)
             try:
                 self.start(ticket)
             except Conflict:
-                state.queue[ticket.id] = ticket  # a person is editing it: try again later
+                state.queue.offer(ticket)  # a person is editing it: try again later
                 raise
 
     def _next(self) -> Ticket | None:
@@ -88,21 +91,16 @@ class Executor:
             return None  # an exclusive run has the host to itself
         if state.running() >= c.max_runs:
             return None
-        first = {}
-        for t in state.queue.values():
-            if self.batcher is not None and self.batcher.takes(t):
-                continue  # automatic work on a remote goes in batches
-            first.setdefault(t.lane, t)
         for lane in ("people", "auto"):
-            t = first.get(lane)
+            # (automatic work on a remote is claimed in batches: not here)
+            t = state.queue.next(lane, skip=self.claims.takes)
             if t is None:
                 continue
-            if self._exclusive(t) and (state.runs or self.thinking()):
+            if self.is_exclusive(t) and (state.runs or self.thinking()):
                 self.exclusive_waiting = t.id
                 if lane == "people":
                     # a later approval may go first: people never wait for a queue
-                    t = next((u for u in state.queue.values() if u.lane == "people"
-                              and not self._exclusive(u)), None)
+                    t = state.queue.next("people", skip=self.is_exclusive)
                     if t is not None and self._may_start(t):
                         return t
                 return None  # no automatic work starts while it waits
@@ -122,7 +120,7 @@ class Executor:
             return False
         return c.auto.wait_time(c.governor.scale) == 0
 
-    def _exclusive(self, t: Ticket) -> bool:
+    def is_exclusive(self, t: Ticket) -> bool:
         if t.id not in self._tools:
             if len(self._tools) > 4096:
                 self._tools.clear()
@@ -188,7 +186,7 @@ class Executor:
     def claim(self, ticket: Ticket, started: str | None) -> Callable[[Proposal], None]:
         """What the `approved -> running` commit writes (STARTED None: claimed in a batch,
         started when a slot frees; the result says when)."""
-        claim = self.state.claim
+        claim = self.claim_record
 
         def mark(q: Proposal) -> None:
             q.decision = ticket.decision
@@ -231,7 +229,7 @@ class Executor:
         state = self.state
         (self.controls.people if ticket.lane == "people" else self.controls.auto).take()
         run = Run(p.id, thread=None, lane=ticket.lane,  # type: ignore[arg-type]
-                  exclusive=self._exclusive(ticket), started_at=utcnow())
+                  exclusive=self.is_exclusive(ticket), started_at=utcnow())
         self._tools.pop(p.id, None)
         if run.exclusive:
             run.host_before = self.controls.host.load()
@@ -273,9 +271,7 @@ class Executor:
                           pid, run.result)
                 continue
             state.results.append((run, current[0]))
-        if self.batcher is not None:
-            self.batcher.report()
-        for item in list(state.results) if self.batcher is None else ():
+        for item in list(state.results) if not self.claims.report() else ():
             crashpoint("before-result-commit")
             try:
                 with state.writes:
@@ -288,6 +284,17 @@ class Executor:
             state.activity = "stopped" if state.stopped else "idle"
         else:
             state.activity = "running " + ", ".join(sorted(state.runs))
+
+    def idle(self) -> bool:
+        """Nothing queued, claimed, running or waiting for its result's commit."""
+        s = self.state
+        return not (s.queue or s.runs or s.results or self.claims.backlog)
+
+    def finish(self) -> None:
+        """On the way out: the results committed, and what was claimed but never started
+        given up (may raise Conflict on a shared remote: fetch, and call again)."""
+        self.collect()
+        self.claims.release()
 
     def join(self) -> None:
         """Wait for every running tool to end (the first SIGTERM lets the step in hand

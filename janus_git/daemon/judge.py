@@ -93,15 +93,15 @@ class ApprovalJudge:
                                      base_text=text, reason=f"{required} of {required} "
                                      "approvals", update=lambda q: setattr(q, "approvals",
                                                                            approvals))
-        self.state.queue[p.id] = Ticket(p.id, {"rule": "human", "by": verdict.approver,
+        self.state.queue.offer(Ticket(p.id, {"rule": "human", "by": verdict.approver,
                                                "signer": verdict.signer or None,
                                                "commit": c.sha, "digest": filed.digest,
-                                               "at": utcnow(), "approvals": approvals})
+                                               "at": utcnow(), "approvals": approvals}))
         log.info("%s approved by %s in %s", p.id, verdict.approver, c.sha[:10])
 
     def refuse(self, p: Proposal, text: bytes, reason: str,
                keep: list[dict] | None = None) -> None:
-        self.state.queue.pop(p.id, None)
+        self.state.queue.withdraw(p.id)
         log.warning("%s: %s", p.id, reason)
 
         kept = self.recorded_approvals(p) if keep is None else keep
@@ -157,8 +157,8 @@ class ApprovalJudge:
             commit = self.repo.commit_info(c.sha)
             if self.trust.is_agent(commit) and str(then.decision.get("rule", "")).startswith(
                     "auto:"):
-                self.state.queue[pid] = Ticket(pid, {**then.decision,
-                                                     "digest": self.filing(pid).digest})
+                self.state.queue.offer(Ticket(pid, {**then.decision,
+                                                     "digest": self.filing(pid).digest}))
                 return
             commit.changes = {p.path: "M"}
             rules = self.state.rules

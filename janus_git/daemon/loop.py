@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import lifecycle
 from ..controls import Controls
 from ..errors import Conflict, JanusError
 from ..notify import Notifier
@@ -27,12 +26,12 @@ from ..trust import Trust
 from .answers import Answers
 from .branches import ApprovalBranches
 from .chores import CommitGraph, DailySummary
+from .coordinator import for_config
 from .decider import Decider
 from .emergency import EmergencyStop, StopWatch
 from .executor import Executor
 from .judge import ApprovalJudge
 from .reader import CommitReader
-from .remote import Remote, claimed_by, default_instance
 from .state import CursorFile, DaemonState
 from .thinker import ModelSlot, Thinker
 
@@ -67,32 +66,24 @@ class Daemon:
         # and the executor
         self.controls = Controls(state.config["controls"])
         self.notifier = Notifier(self.root, lambda: state.config["notifications"])
+        # alone, or one of several on a shared remote (`remote:` in the rules in force)
+        self.coordinator = coordinator = for_config(self.sr, state, self.notifier, instance,
+                                                    listen)
+        self.instance = coordinator.instance
         self.model = model = ModelSlot(self.root, state)
         self.branches = ApprovalBranches(self.repo, state)
         self.answers = Answers(self.sr, state, self.notifier)
         self.judge = ApprovalJudge(self.sr, state, self.answers, self.notifier)
         self.reader = CommitReader(self.sr, state, self.cursor_file, self.judge, self.answers)
-        self.decider = Decider(self.sr, state, self.branches, self.controls, self.notifier)
-        self.executor = Executor(self.sr, state, self.branches, self.controls, model.get,
-                                 on_start, thinking=lambda: self.thinker.alive())
-        self.stop = EmergencyStop(self.sr, state, self.notifier)
-        self.stop_watch = StopWatch(self.root, state)
+        self.decider = Decider(self.sr, state, self.branches, self.controls, self.notifier,
+                               one_commit_per_pass=coordinator.one_commit_per_pass)
         self.thinker = Thinker(self.repo, state, model, enabled=think, once=once,
                                notifier=self.notifier)
+        self.executor = Executor(self.sr, state, self.branches, self.controls, coordinator,
+                                 model.get, on_start, thinking=self.thinker.alive)
+        self.stop = EmergencyStop(self.sr, state, self.notifier)
+        self.stop_watch = StopWatch(self.root, state)
         self.summary = DailySummary(self.sr, state, self.notifier)
-        self.instance = instance or default_instance()
-        # a shared remote (remote: in agent.yaml): fetch, integrate, push, keep a lease
-        self.remote = (Remote(self.repo, state, self.instance, self.notifier, listen)
-                       if state.config["remote"] else None)
-        if self.remote is not None:
-            from .batch import Batcher
-            state.claim = {"instance": self.instance}
-            self.executor.batcher = Batcher(self.executor, self.instance,
-                                            int(state.config["remote"]["claim_batch"]),
-                                            peers=self.remote.alive,
-                                            ready=lambda: not self.remote.behind,
-                                            resync=self.remote.sync)
-            self.decider.batch = []  # the policy's approvals of a pass: one push
         self.graph = CommitGraph(self.root)
         self.started = utcnow()
         self.fatal = False
@@ -101,7 +92,6 @@ class Daemon:
         self.dirty = True
         self._opened = False
         self._polled = 0.0
-        self._reaped = 0.0  # when orphaned claims were last looked for
         self._decided_for: str | None = None
         self._last_status: dict[str, Any] | None = None
         self._status_due = 0.0
@@ -150,14 +140,8 @@ class Daemon:
         self._opened = True
         try:
             self.notifier.start()
-            lifecycle.subscribe(self.notifier.on_transition)
-            if self.remote is not None:
-                # what a process killed mid-commit left in the tree goes first: the
-                # fast-forward would refuse to overwrite it
-                for path in self.repo.recover_intents():
-                    log.warning("put %s back to HEAD: a janus-git process died before "
-                                "committing it", path)
-                self.remote.open()  # the remote's news first: start-up reads it
+            self.repo.transitions.connect(self.notifier.on_transition)
+            self.coordinator.open()  # (a shared remote's news first: start-up reads it)
             self._start_up()
         except BaseException:
             self.close()
@@ -169,22 +153,19 @@ class Daemon:
         self.graph.join(60)
         for _ in range(20):  # on a remote, a refused push is fetched and tried again
             try:
-                self.executor.collect()
-                if self.executor.batcher is not None:
-                    self.executor.batcher.release()
+                self.executor.finish()
                 break
             except Conflict as e:
                 log.info("on the way out: %s", e)
-                self.remote.sync()
+                self.coordinator.resync()
         self.cursor_file.save(self.state.cursor)
 
     def close(self) -> None:
         if not self._opened:
             return
         self._opened = False
-        if self.remote is not None:
-            self.remote.close()
-        lifecycle.unsubscribe(self.notifier.on_transition)
+        self.coordinator.close()
+        self.repo.transitions.disconnect(self.notifier.on_transition)
         self.notifier.close()
         self.state.activity = "exited"
         self._write_status(force=True)
@@ -209,10 +190,8 @@ class Daemon:
         self.state.wake.set()
 
     def idle(self) -> bool:
-        s = self.state
-        return (not s.queue and not s.runs and not s.results
-                and not (self.executor.batcher and self.executor.batcher.backlog)
-                and self.repo.fast_head() == s.cursor and not self.thinker.alive())
+        return (self.executor.idle() and self.repo.fast_head() == self.state.cursor
+                and not self.thinker.alive())
 
     # -- signals and the watcher ---------------------------------------------------------
     def _install_signals(self) -> dict[int, Any]:
@@ -229,8 +208,7 @@ class Daemon:
 
     def _nudged(self, *_: Any) -> None:
         self.dirty = True
-        if self.remote is not None:
-            self.remote.poke()  # `janus-git poke`: fetch now
+        self.coordinator.poke()  # `janus-git poke`: a shared remote is fetched now
         self.state.wake.set()
 
     def _on_term(self, *_: Any) -> None:
@@ -301,7 +279,8 @@ class Daemon:
         self.answers.refusals(live=False)  # HEAD must show the rules in force
         s.stopped = s.rules.stopped
         for row in self.sr.index.query(status=[S.RUNNING.value]):
-            if not self._mine(row["id"]):
+            current = self.sr.store.head(row["id"])
+            if current is None or not self.coordinator.owns(current[0]):
                 continue  # another daemon's claim: its lease says when it is orphaned
             self.executor.interrupt(row["id"], "the daemon stopped while this ran; it is not "
                                     "re-run by itself: set status to approved and commit to "
@@ -311,32 +290,6 @@ class Daemon:
         s.activity = "idle"
         log.info("daemon started on %s at %s (%s mode%s)", self.root, head[:10],
                  s.config.mode, ", STOPPED" if s.stopped else "")
-
-    def _mine(self, pid: str) -> bool:
-        """Whether this daemon made the claim on running proposal PID (a local daemon makes
-        them all; on a remote, each claim names its daemon's instance)."""
-        if self.remote is None:
-            return True
-        current = self.sr.store.head(pid)
-        owner = claimed_by(current[0].execution) if current else None
-        return owner in (None, self.instance)
-
-    def _reap_orphans(self) -> None:
-        """The leader's duty: claims of a daemon whose lease expired become interrupted (the
-        run may have happened in part; a person decides whether to run it again).  Looked at
-        once a second: a lease expires in seconds, and every claim is read each time."""
-        now = time.monotonic()
-        if now - self._reaped < 1.0:
-            return
-        self._reaped = now
-        for row in self.sr.index.query(status=[S.RUNNING.value]):
-            current = self.sr.store.head(row["id"])
-            owner = claimed_by(current[0].execution) if current else None
-            if current and self.remote.orphaned(owner):
-                self.executor.interrupt(row["id"], f"the daemon {owner!r} that ran this "
-                                        "stopped renewing its lease; it is not re-run by "
-                                        "itself: set status to approved and commit to run it "
-                                        "again")
 
     def _check_agent_key(self) -> None:
         """The agent signs its commits; say so plainly when its key is not one the rules in
@@ -372,10 +325,7 @@ class Daemon:
         if not self.repo.git_dir.is_dir():
             s.exiting, self.fatal = True, True
             raise JanusError(f"{self.root} is no longer a git repository; stopping")
-        if self.remote is not None and self.remote.due():
-            # others' pushes come in first (a refused push waits on this); the reader
-            # below judges them.  The fetch itself runs beside the loop
-            self.remote.sync(background=True)
+        if self.coordinator.sync():  # others' work first: the reader below judges it
             self.dirty = True
         self.executor.collect()
         now = time.monotonic()
@@ -402,10 +352,10 @@ class Daemon:
         if s.exiting:
             return
         self.executor.start_runs()  # approved work first: it is what a person is waiting for
-        if self.remote is not None and not self.remote.leader():
-            return  # deciding, thinking and the chores are the leader's (remote.py)
-        if self.remote is not None:
-            self._reap_orphans()
+        if not self.coordinator.leads():
+            return  # deciding, thinking and the chores are the leader's (daemon/remote/)
+        for pid, why in self.coordinator.orphans():
+            self.executor.interrupt(pid, why)
         self.summary.maybe()
         self.graph.maybe_write(self.reader.commits_read)
         if head != self._decided_for:
@@ -428,7 +378,7 @@ class Daemon:
         # figures that move every tick (a backoff's countdown, a lease's age) are written
         # with the rest but make no write by themselves
         thinking = self.thinker.report()
-        remote = self.remote.status() if self.remote is not None else None
+        remote = self.coordinator.status()
         status["volatile_key"] = {
             "thinking": {k: thinking[k] for k in ("last", "failures")},
             "remote": remote and {"leader": remote["leader"], "lag": remote["lag_commits"],

@@ -129,9 +129,9 @@ class CommitReader:
         if change == "A":
             self._filed(c, p)
         if p.status != S.APPROVED:
-            self.state.queue.pop(p.id, None)
+            self.state.queue.withdraw(p.id)
         elif str(p.decision.get("rule", "")).startswith("auto:"):
-            self.state.queue.setdefault(p.id, Ticket(p.id, {
+            self.state.queue.offer_once(Ticket(p.id, {
                 **p.decision, "digest": self.judge.filing(p.id).digest}))
 
     def _note_filings(self, c: Commit) -> None:
@@ -157,10 +157,10 @@ class CommitReader:
             except ConfigError:
                 continue
             if p.status != S.APPROVED:
-                self.state.queue.pop(p.id, None)
+                self.state.queue.withdraw(p.id)
             elif str(p.decision.get("rule", "")).startswith("auto:"):
                 digest = self.judge.filing(p.id).digest
-                self.state.queue.setdefault(p.id, Ticket(p.id, {**p.decision,
+                self.state.queue.offer_once(Ticket(p.id, {**p.decision,
                                                                 "digest": digest}))
 
     def _filed(self, c: Commit, p: Proposal) -> None:
@@ -170,7 +170,7 @@ class CommitReader:
         pid = id_from_path(path)
         self.state.filed.pop(pid, None) if change in ("A", "D") else None
         if change == "D":
-            self.state.queue.pop(pid, None)
+            self.state.queue.withdraw(pid)
             log.warning("%s was deleted by %s in %s; its history stays in git", path,
                         c.author_email, c.sha[:10])
             self._remember_deleted(c, path)
@@ -195,7 +195,7 @@ class CommitReader:
             old = parse_proposal(old_text, path) if old_text else None
         except ConfigError:
             old = None  # an unreadable version voids every approval before it
-            self.state.queue.pop(pid, None)
+            self.state.queue.withdraw(pid)
         filed = self.judge.filing(pid)
         if filed.digest is not None and new.recompute_digest() != filed.digest:
             self.answers.changed(c, new, filed)
@@ -233,7 +233,7 @@ class CommitReader:
         if new.status == S.APPROVED:
             self.judge.judge(self.judge.acting(c, p.id, p.path, rules), new, rules)
         elif new.status in (S.PROPOSED, S.REJECTED):
-            self.state.queue.pop(p.id, None)
+            self.state.queue.withdraw(p.id)
             log.info("%s: %s -> %s by %s", p.id, old.status.value, new.status.value,
                      c.author_email)
 

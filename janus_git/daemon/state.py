@@ -30,6 +30,60 @@ class Ticket:
         return "people" if self.decision.get("rule") == "human" else "auto"
 
 
+class RunQueue:
+    """Approved work waiting to start, in the order it was offered: the executor's.
+
+    The reader, the judge, the decider and the stop offer and withdraw tickets; only the
+    executor (and, on a shared remote, its batcher) takes one to start it.  Reading it is
+    a mapping's (`in`, `len`, iteration, `get`, `values`); writing it is only these verbs,
+    so that every change to what will run is one of them."""
+
+    def __init__(self) -> None:
+        self._tickets: dict[str, Ticket] = {}
+
+    def offer(self, ticket: Ticket) -> None:
+        """Queue TICKET (a newer decision for the same proposal replaces the older)."""
+        self._tickets[ticket.id] = ticket
+
+    def offer_once(self, ticket: Ticket) -> None:
+        """Queue TICKET unless its proposal is queued already."""
+        self._tickets.setdefault(ticket.id, ticket)
+
+    def withdraw(self, pid: str) -> Ticket | None:
+        """PID no longer waits (decided otherwise, changed, stopped); its ticket, if any."""
+        return self._tickets.pop(pid, None)
+
+    def next(self, lane: str | None = None, skip=lambda t: False) -> Ticket | None:
+        """The oldest ticket (of LANE) that SKIP does not pass over; it stays queued."""
+        return next((t for t in self._tickets.values()
+                     if (lane is None or t.lane == lane) and not skip(t)), None)
+
+    def take(self, pid: str) -> Ticket:
+        """Take PID's ticket out to start it (the executor's)."""
+        return self._tickets.pop(pid)
+
+    def pending_auto(self) -> int:
+        return sum(1 for t in self._tickets.values() if t.lane == "auto")
+
+    def get(self, pid: str) -> Ticket | None:
+        return self._tickets.get(pid)
+
+    def values(self):
+        return self._tickets.values()
+
+    def __contains__(self, pid: object) -> bool:
+        return pid in self._tickets
+
+    def __iter__(self):
+        return iter(list(self._tickets))
+
+    def __len__(self) -> int:
+        return len(self._tickets)
+
+    def __bool__(self) -> bool:
+        return bool(self._tickets)
+
+
 @dataclass
 class Run:
     """A tool running in a worker thread; RESULT is set when it ends.  LANE is "people" (a
@@ -49,9 +103,7 @@ class Run:
 class DaemonState:
     trust: Trust
     cursor: str | None = None  # the last first-parent commit read
-    # what a claim records of the daemon that made it ({"instance": ...} on a remote)
-    claim: dict[str, str] = field(default_factory=dict)
-    queue: dict[str, Ticket] = field(default_factory=dict)
+    queue: RunQueue = field(default_factory=RunQueue)
     runs: dict[str, Run] = field(default_factory=dict)
     results: list[tuple[Run, Proposal]] = field(default_factory=list)  # awaiting their commit
     branches: set[str] = field(default_factory=set)  # approval branches offered
@@ -78,7 +130,7 @@ class DaemonState:
         return self.rules.config
 
     def pending_auto(self) -> int:
-        return sum(1 for t in self.queue.values() if t.lane == "auto")
+        return self.queue.pending_auto()
 
     def running(self, lane: str | None = None) -> int:
         return sum(1 for r in self.runs.values() if lane is None or r.lane == lane)

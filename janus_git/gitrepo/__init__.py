@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Protocol
 
 from ..faults import crashpoint, stallpoint
+from ..util import Signal
 from .commits import EMPTY_TREE, Commits, Identity, UnsafePath, check_no_symlink
 from .objects import REGULAR_MODES, Commit, ObjectReader, is_sha, mode_name, parse_commit
 from .proc import git_env, git_version
@@ -39,23 +41,18 @@ def format_message(subject: str, body: str = "", trailers: dict[str, str] | None
     return "\n\n".join(parts) + "\n"
 
 
-class Publisher:
-    """What remote mode plugs in (daemon/remote.py implements it)."""
+class Publisher(Protocol):
+    """What remote mode hands the git layer (daemon/remote/sync.py implements it): every
+    commit is landed on the remote before the local branch moves."""
 
-    def publish(self, sha: str, old: str | None) -> None:
-        """Land SHA (a child of OLD) on the remote, or raise Conflict: it moved on."""
-        raise NotImplementedError
+    def land(self, repo: "GitRepo", sha: str, head: str | None,
+             files: dict[str, bytes | None], message: str,
+             identity: Identity | None) -> str:
+        """Land SHA (FILES' commit on HEAD) on the remote and return what landed there: SHA,
+        or the same change made again on the remote's new tip; or raise Conflict."""
 
     def publish_ref(self, ref: str, sha: str | None) -> None:
         """Best effort: make REF on the remote point at SHA (None: delete it)."""
-        raise NotImplementedError
-
-    def tip(self) -> str | None:
-        """Fetch the branch alone and say where the remote has it now (replay.py)."""
-        raise NotImplementedError
-
-    def replayed(self) -> None:
-        """A refused commit landed on the new tip after all (for the status's figures)."""
 
 
 class GitRepo(Reading, Commits, Refs):
@@ -65,7 +62,8 @@ class GitRepo(Reading, Commits, Refs):
     what it holds is the daemon's:
     - `made`: the commits it signed as the agent, known to be its own without a signature
       check (a new process knows them by their signatures again);
-    - `publisher`: remote mode's (daemon/remote.py), which pushes each new commit before the
+    - `transitions`: the signal a proposal's committed transitions are sent on;
+    - `publisher`: remote mode's (daemon/remote/sync.py), which lands each new commit before the
       local branch moves: git's refusal of a non-fast-forward push is the compare-and-swap.
     """
 
@@ -74,6 +72,9 @@ class GitRepo(Reading, Commits, Refs):
         self.objects = ObjectReader(self.root)
         self.made: set[str] = set()
         self.publisher: Publisher | None = None
+        # a proposal's transitions committed through this repository (lifecycle.py sends;
+        # the daemon's notifier listens)
+        self.transitions = Signal("transition")
         self._key: Path | None | bool = False  # False: not looked up yet
 
     def close(self) -> None:

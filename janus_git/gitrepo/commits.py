@@ -286,17 +286,14 @@ class Commits(Process):
                           publisher) -> str:
         """Remote mode: the commit is built beside the index, pushed, and only then does the
         local branch move and the tree follow.  A refused push is made again on the remote's
-        new tip when nothing it changed moved meanwhile (replay.py); otherwise it raises
+        new tip when nothing it changed moved meanwhile (the publisher's `land`); else it raises
         Conflict with the branch untouched."""
         _check_guard(self, guard)
         head = self.head()
         sha = self.tree_commit(head, info, message, identity)
         crashpoint("mid-commit")
-        try:
-            publisher.publish(sha, head)
-        except Conflict as refused:
-            from .. import replay  # only the files it changed moved meanwhile? then again
-            landed = replay.onto_tip(self, publisher, head, files, message, identity, refused)
+        landed = publisher.land(self, sha, head, files, message, identity)
+        if landed != sha:  # made again on the remote's new tip
             crashpoint("after-push")
             journal = self.write_intent(files, guard)
             with self._index_lock():

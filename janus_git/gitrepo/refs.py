@@ -120,7 +120,7 @@ class Refs(Process):
             found["info/grafts"] = "(file)"
         return found
 
-    # -- a shared remote (remote mode: daemon/remote.py) ---------------------------------
+    # -- a shared remote (remote mode: daemon/remote/) ----------------------------------------
     def remote_url(self, name: str) -> str | None:
         out = self._run("remote", "get-url", name, check=False).strip()
         return out or None

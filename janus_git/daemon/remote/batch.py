@@ -1,4 +1,4 @@
-"""Claims and results in batches, for a daemon on a shared remote (remote.py).
+"""Claims and results in batches, for a daemon on a shared remote (sync.py).
 
 Every push to the shared branch costs a network round trip and is a compare-and-swap that
 any other daemon's push refuses: one push per transition would cap a fleet at the remote's
@@ -11,20 +11,20 @@ from the far end of another's order (what that owner would reach last), so two d
 want the same proposal only at the very end.  (Each daemon merely ordering the work its own
 way, as first built, collided on a third of the claims: each refused push then re-read.)
 
-Claims are made in the background, pipelined, and sized to the work left.  The commit and
-its push run in a thread of their own (a Flight), so the loop goes on starting runs while
-the network works.  While the runs are short (a median under AHEAD_UNDER seconds), the next
-batch is claimed once the claimed runs left to start would take less than twice as long as
-a claim takes to land (an average of the last ones), so its push overlaps the runs instead
-of idling the slot between batches (measured: a claim took 0.1 s to land for one daemon and
-0.3-1 s for three on this 2-core host, against a 0.2 s run).  Long runs are claimed only for a free slot: a batch must not wait
-behind an hour-long run while another daemon is idle.  A batch takes at most `claim_batch`,
-and no more than the work left shared by the live daemons (guided self-scheduling), so the
-fleet's last runs end together rather than on one daemon.  (Halving that share as well was
-measured and dropped: at the tail every run became a push of its own, and the others' last
-reports waited up to 2 s on them.)  A refused push is made again on
-the new tip when nothing it changed moved (gitrepo, replay.py); a claim that lost its race
-is dropped from the batch and the rest goes again.
+Claims are made in the background, pipelined, and sized to the work left.  The commit and its
+push run in a thread of their own (a Flight), so the loop goes on starting runs while the
+network works.  While the runs are short (a median under AHEAD_UNDER seconds), the next batch
+is claimed once the claimed runs left to start would take less than twice as long as a claim
+takes to land (an average of the last ones), so its push overlaps the runs instead of idling
+the slot between batches (measured: a claim took 0.1 s to land for one daemon and 0.3-1 s
+for three on a 2-core host, against a 0.2 s run).  Long runs are claimed only for a free
+slot: a batch must not wait behind an hour-long run while another daemon is idle.  A batch
+takes at most `claim_batch`, and no more than the work left shared by the live daemons
+(guided self-scheduling), so the fleet's last runs end together rather than on one daemon.
+(Halving that share as well was measured and dropped: at the tail every run became a push of
+its own, and the others' last reports waited up to 2 s on them.) A refused push is made
+again on the new tip when nothing it changed moved (gitrepo, replay.py); a claim that lost
+its race is dropped from the batch and the rest goes again.
 
 A claimed proposal not yet started shows `running` with `execution.claimed_at` (its result
 gives `started_at`); if its daemon dies it is interrupted with the rest of its claims, never
@@ -42,14 +42,14 @@ import time
 from collections import deque
 from typing import Callable
 
-from .. import lifecycle
-from ..errors import Conflict
-from ..gitrepo import GitRepo
-from ..lifecycle import Step
-from ..proposal import Proposal, Status, utcnow
-from .state import Run, Ticket
+from ... import lifecycle
+from ...errors import Conflict
+from ...gitrepo import GitRepo
+from ...lifecycle import Step
+from ...proposal import Proposal, Status, utcnow
+from ..state import Run, Ticket
 
-log = logging.getLogger("janus_git.daemon")
+log = logging.getLogger(__name__)
 S = Status
 TRIES = 3  # a batch's commit, with the claims others made first dropped each time
 REPORT_AFTER = 3.0  # seconds a finished run's result may wait for the next claim
@@ -99,7 +99,7 @@ class Batcher:
         self.landing = 0.2  # seconds a claim takes to land (a moving average)
 
     def takes(self, t: Ticket) -> bool:
-        return t.lane == "auto" and not self.ex._exclusive(t)
+        return t.lane == "auto" and not self.ex.is_exclusive(t)
 
     # -- the executor's hooks ----------------------------------------------------------------
     def step(self) -> None:
@@ -210,7 +210,7 @@ class Batcher:
         for t in mine:
             if len(out) >= want:
                 break
-            del state.queue[t.id]
+            state.queue.take(t.id)
             admitted = self.ex.admit(t)
             if admitted is not None:
                 out.append((t, *admitted))
@@ -281,10 +281,10 @@ class Batcher:
 
     def _settle(self, flight: "Flight") -> None:
         for t in flight.lost:
-            self.state.queue[t.id] = t  # admitted afresh: `admit` reads the file as it is
+            self.state.queue.offer(t)  # admitted afresh: `admit` reads the file as it is
         if flight.error is not None:
             for t, _, _ in flight.batch:
-                self.state.queue[t.id] = t  # decided again after the fetch
+                self.state.queue.offer(t)  # decided again after the fetch
             return
         self._done(flight.reported)
         for t, _, _ in flight.batch:

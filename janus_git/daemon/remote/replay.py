@@ -22,18 +22,43 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from .errors import Conflict
+from ...errors import Conflict
 
 if TYPE_CHECKING:
-    from .gitrepo import GitRepo, Identity, Publisher
+    from ...gitrepo import GitRepo, Identity
 
-log = logging.getLogger("janus_git")
+log = logging.getLogger(__name__)
 APPEND_ONLY = frozenset({"logs/tool_use.jsonl"})
 PASSABLE = ("proposals/", "logs/")  # what others may have changed for a replay to go ahead
 TRIES = 3
 
 
-def onto_tip(repo: "GitRepo", publisher: "Publisher", head: str | None,
+class Replaying:
+    """A publisher (gitrepo's `Publisher`) whose refused pushes are made again on the
+    remote's new tip where nothing they changed moved.  What mixes it in pushes (`publish`),
+    fetches the tip (`tip`) and counts replays (`replayed`)."""
+
+    def publish(self, sha: str, old: str | None) -> None:
+        raise NotImplementedError
+
+    def tip(self) -> str | None:
+        raise NotImplementedError
+
+    def replayed(self) -> None:
+        pass
+
+    def land(self, repo: "GitRepo", sha: str, head: str | None,
+             files: dict[str, bytes | None], message: str,
+             identity: "Identity | None") -> str:
+        """Push SHA (FILES' commit on HEAD); refused, replay it on the tip.  What landed."""
+        try:
+            self.publish(sha, head)
+            return sha
+        except Conflict as refused:
+            return onto_tip(repo, self, head, files, message, identity, refused)
+
+
+def onto_tip(repo: "GitRepo", publisher: Replaying, head: str | None,
              files: dict[str, bytes | None], message: str,
              identity: "Identity | None", refused: Conflict) -> str:
     """FILES' commit (first built on HEAD, whose push was REFUSED) made again on the
