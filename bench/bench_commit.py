@@ -84,8 +84,10 @@ def main() -> int:
     ours_t, base_t = ours_t[2:], base_t[2:]
     o, b = common.summary(ours_t), common.summary(base_t)
     ratio = o["median"] / b["median"]
-    print(f"# load average {__import__('os').getloadavg()[0]:.1f}; repo: {size} proposals, {common.git(root, 'rev-list', '--count', 'HEAD').stdout.decode().strip()} "
-          f"commits, commit-graph: {args.commit_graph}; {len(ours_t)} commits each side")
+    n_commits = common.git(root, "rev-list", "--count", "HEAD").stdout.decode().strip()
+    print(f"# load average {__import__('os').getloadavg()[0]:.1f}; repo: {size} proposals, "
+          f"{n_commits} commits, commit-graph: {args.commit_graph}; "
+          f"{len(ours_t)} commits each side")
     print(f"baseline git add && git commit : median {common.fmt_s(b['median'])}  "
           f"p90 {common.fmt_s(b['p90'])}")
     print(f"ours lifecycle.transition      : median {common.fmt_s(o['median'])}  "

@@ -31,8 +31,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-import common  # noqa: E402
 from bench_slots import MISSION, person, wait_for  # noqa: E402
+
+import common  # noqa: E402
 
 SPIN = ("import multiprocessing as m, time\n"
         "def spin(s):\n"

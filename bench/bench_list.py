@@ -28,7 +28,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-
 CPU: dict[str, list[float]] = {}  # label -> CPU seconds (user+sys) of each measured run
 
 
@@ -156,7 +155,8 @@ def main() -> int:
         add_row(f"(3) `show ID`, {label} commit-graph", 0.3, base, "git log -- PATH", ours,
                 f"show{with_graph}")
     print(common.report(rows))
-    (common.WORK / f"result-list-{n_prop}{args.label.replace(' ', '-')}.json").write_text(json.dumps(rows, indent=1))
+    out = common.WORK / f"result-list-{n_prop}{args.label.replace(' ', '-')}.json"
+    out.write_text(json.dumps(rows, indent=1))
     return 0
 
 

@@ -41,8 +41,9 @@ PRINT_TIME = ["-c", "import time; print(repr(time.time()))"]
 
 
 def make_state(base: Path) -> Path:
-    from conftest import AGENT, ALICE, TEST_MISSION, configure
     from janus_git.state import init_state
+
+    from conftest import AGENT, ALICE, TEST_MISSION, configure
     root, _ = init_state(base / "state")
     (root / "missions" / "TEST.yaml").write_text(TEST_MISSION)
     configure(root, agent={"name": AGENT[0], "email": AGENT[1]},
@@ -77,6 +78,7 @@ def tool_started(root: Path, pid: str, rev: str, timeout: float = 30) -> float:
 def approve_and_time(reviewer: Path, rev: str, n: int, port: int | None) -> float:
     from janus_git import actions
     from janus_git.state import StateRepo
+
     from conftest import git
     if rev != "HEAD":
         git(reviewer, "pull", "-q", "--ff-only")

@@ -186,12 +186,13 @@ def fmt_s(x: float) -> str:
 def report(rows: list[dict]) -> str:
     """A markdown table: target, baseline, ours, ratio, verdict, date."""
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = ["| benchmark | target | baseline | ours (wall) | ours (CPU) | ratio | verdict | date |",
+    lines = ["| benchmark | target | baseline | ours (wall) | ours (CPU) | ratio | verdict "
+             "| date |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = f"{r['ours'] / r['baseline']:.2f}×" if r.get("baseline") else "—"
         base = f"{fmt_s(r['baseline'])} ({r['baseline_what']})" if r.get("baseline") else "—"
         cpu = fmt_s(r["cpu"]) if r.get("cpu") else "—"
-        lines.append(f"| {r['name']} | {r['target']} | {base} | {fmt_s(r['ours'])} | {cpu} | {ratio} | "
-                     f"{'PASS' if r['ok'] else 'MISS'} | {date} |")
+        lines.append(f"| {r['name']} | {r['target']} | {base} | {fmt_s(r['ours'])} | {cpu} "
+                     f"| {ratio} | {'PASS' if r['ok'] else 'MISS'} | {date} |")
     return "\n".join(lines)

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import lifecycle
-from .runlock import read_status
 from .errors import JanusError
 from .gitrepo import format_message
 from .policy import decide
 from .proposal import Proposal, Status, utcnow
+from .runlock import read_status
 from .state import STOP_PATH, StateRepo
 
 S = Status

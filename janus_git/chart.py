@@ -34,7 +34,7 @@ def _runs(ax: Any, s: dict[str, Any]) -> None:
     for kind, colour in COLOURS.items():
         values = [h[kind] for h in s["hourly"]]
         ax.bar(hours, values, bottom=bottom, color=colour, label=kind, width=0.85)
-        bottom = [b + v for b, v in zip(bottom, values)]
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     from matplotlib.ticker import MaxNLocator
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # runs are whole
     ax.set_title("runs per hour", fontsize=9)

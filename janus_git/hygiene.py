@@ -14,8 +14,18 @@ from . import lifecycle
 from .config import Config
 from .errors import ConfigError
 from .gitrepo import GitRepo, read_blobs
-from .novelty import (BLOB, CREATED, ID, MISSION, NOV, STATUS, TOOL, NoveltyIndex,
-                      parse_timestamp, timestamp)
+from .novelty import (
+    BLOB,
+    CREATED,
+    ID,
+    MISSION,
+    NOV,
+    STATUS,
+    TOOL,
+    NoveltyIndex,
+    parse_timestamp,
+    timestamp,
+)
 from .proposal import LIVE, Proposal, Status, parse_proposal
 from .store import PROPOSALS_DIR
 
@@ -140,7 +150,7 @@ def _apply_batched(repo: GitRepo, config: Config, actions: list[Action]) -> int:
     commits = 0
     texts = dict(zip([a.path for a in actions],
                      read_blobs(repo, [a.blob for a in actions]) if all(a.blob for a in actions)
-                     else _read_head_blobs(repo, [a.path for a in actions])))
+                     else _read_head_blobs(repo, [a.path for a in actions]), strict=True))
     for start in range(0, len(actions), BATCH_SIZE):
         batch = actions[start:start + BATCH_SIZE]
         sha, _ = lifecycle.transition_many(

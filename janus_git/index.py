@@ -65,7 +65,7 @@ _layout_memo: _Layout | None = None
 
 def columns(p: Proposal, path: str) -> dict[str, Any]:
     """The index row of P (what `list --json` prints), the same whichever reader parsed it."""
-    return dict(zip(_layout().names, _values(p, path)))
+    return dict(zip(_layout().names, _values(p, path), strict=True))
 
 
 def _values(p: Proposal, path: str) -> list[Any]:
@@ -89,7 +89,7 @@ def row_for(path: str, blob: str, text: bytes) -> tuple:
         # else, and every broken file, goes the slow way (which writes the exact error)
         p = fast_proposal(path, text) or parse_proposal(text, path)
         values = _values(p, path)
-        row = dict(zip(layout.names, values))
+        row = dict(zip(layout.names, values, strict=True))
         nov = novelty_digest(p.type, p.tool, p.args)
     except ConfigError as e:
         row = dict.fromkeys(layout.names)
@@ -114,7 +114,7 @@ PARALLEL_MIN = 4000  # below this a second process costs more than it saves
 
 def _rows(repo: GitRepo, entries: list[tuple[str, str]]) -> list[tuple]:
     texts = read_blobs(repo, [blob for _, blob in entries])
-    return [row_for(path, blob, text) for (path, blob), text in zip(entries, texts)]
+    return [row_for(path, blob, text) for (path, blob), text in zip(entries, texts, strict=True)]
 
 
 def _rows_child(root: Path, entries: list[tuple[str, str]], conn) -> None:
@@ -281,7 +281,7 @@ CREATE TABLE IF NOT EXISTS forgotten (novelty TEXT PRIMARY KEY, id TEXT);
                        "WHERE path=? AND novelty IS NOT NULL", gone)
         db.executemany("DELETE FROM proposals WHERE path=?", gone)
         db.executemany(self._insert("INSERT OR REPLACE"),
-                       [row_for(p, b, t) for (p, b), t in zip(changed, texts)])
+                       [row_for(p, b, t) for (p, b), t in zip(changed, texts, strict=True)])
         db.execute("COMMIT")
 
     def _blob(self, sha: str) -> bytes:

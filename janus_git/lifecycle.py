@@ -11,8 +11,15 @@ from typing import Any, Callable, Iterable
 from . import fastrow
 from .errors import ConfigError
 from .gitrepo import TRAILER_PROPOSAL, TRAILER_TRANSITION, GitRepo, Identity, format_message
-from .proposal import (Proposal, Status, check_transition, compute_digest, new_id,
-                       parse_proposal, utcnow)
+from .proposal import (
+    Proposal,
+    Status,
+    check_transition,
+    compute_digest,
+    new_id,
+    parse_proposal,
+    utcnow,
+)
 
 Listener = Callable[[Proposal, Status | None, Status, str], None]
 
@@ -131,7 +138,8 @@ def correct(repo: GitRepo, p: Proposal, identity: Identity, *, reason: str,
     q.note = reason
     subject = f"janus: {q.id} correct {shown.value} -> {q.status.value}"
     msg = format_message(subject, reason, {TRAILER_PROPOSAL: q.id,
-                                           "Janus-Correction": f"{shown.value} -> {q.status.value}"})
+                                           "Janus-Correction":
+                                               f"{shown.value} -> {q.status.value}"})
     guard = {q.path: base_text} if base_text is not None else None
     sha = repo.commit_files({q.path: q.to_yaml()}, msg, identity, guard=guard)
     p.__dict__.update(q.__dict__)

@@ -16,10 +16,10 @@ import jsonschema
 
 from . import lifecycle, missions
 from .config import Config
-from .gitrepo import GitRepo, format_message
-from .novelty import NoveltyIndex
 from .errors import JanusError
+from .gitrepo import GitRepo, format_message
 from .llm import as_model, check_schema
+from .novelty import NoveltyIndex
 from .prompt import MAX_PER_CYCLE, NEXT_CHUNKS, Surface, build_messages, read_proposal
 from .proposal import Proposal, new_id, utcnow
 

@@ -25,7 +25,8 @@ def decide(p: Proposal, config: Config) -> Decision:
     risk = spec["risk"]
     policy = config["policy"]
     if config.mode != "beta":
-        return Decision(False, risk, "manual:alpha-mode", "alpha mode: every proposal needs a human")
+        return Decision(False, risk, "manual:alpha-mode",
+                        "alpha mode: every proposal needs a human")
     if p.type not in policy["auto_types"]:
         return Decision(False, risk, "manual:type-not-whitelisted",
                         f"type {p.type!r} is not on the auto-exec whitelist")

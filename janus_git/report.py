@@ -103,7 +103,8 @@ def summary_on_demand(sr: Any, day: str | None, *, send: bool = False, as_json: 
     import tempfile
 
     from .errors import JanusError
-    from .notify import send as deliver, settings
+    from .notify import send as deliver
+    from .notify import settings
     conf = settings(sr.config)
     try:
         when = dt.date.fromisoformat(day) if day else last_due(conf, clock.now())

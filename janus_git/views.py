@@ -116,11 +116,11 @@ def table(rows: list[dict], title: str, width: int, wide: bool = False):
     natural = [max([len(c)] + [len(line[i]) for line in cells]) for i, c in enumerate(columns)]
     t = Table(title=title or None, title_justify="left", box=None, pad_edge=False,
               padding=(0, GAP // 2), header_style="bold", show_edge=False)
-    for c, w in zip(columns, _fit(columns, natural, width, wide)):
+    for c, w in zip(columns, _fit(columns, natural, width, wide), strict=True):
         fold = wide and c == "note"
         t.add_column(c, width=w, no_wrap=not fold, overflow="fold" if fold else "ellipsis",
                      justify="right" if c == "age" else "left")
-    for r, line in zip(rows, cells):
+    for r, line in zip(rows, cells, strict=True):
         # Text, not markup: a note is anyone's text, and "[x]" in it is not a style
         t.add_row(*(Text(v) for v in line), style=STATUS_STYLE.get(r.get("status") or ""))
     return t

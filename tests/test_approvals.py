@@ -8,16 +8,24 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import AGENT, ALICE, MALLORY, git
-
 from janus_git import lifecycle
-from janus_git.approvals import (APPROVAL_BRANCH_PREFIX, TRAILER_APPROVAL_BRANCH, Filing,
-                                 branch_approval, check_approval, counted, describe_change,
-                                 filing, is_revert_of_result)
+from janus_git.approvals import (
+    APPROVAL_BRANCH_PREFIX,
+    TRAILER_APPROVAL_BRANCH,
+    Filing,
+    branch_approval,
+    check_approval,
+    counted,
+    describe_change,
+    filing,
+    is_revert_of_result,
+)
 from janus_git.config import AGENT_PATH, config_from_text
 from janus_git.gitrepo import Commit, GitRepo, Identity, format_message
 from janus_git.proposal import Proposal, Status, compute_digest
 from janus_git.trust import Rules, Trust
+
+from conftest import AGENT, ALICE, MALLORY, git
 
 BOB = ("Bob Second", "bob@example.com")
 
@@ -328,7 +336,8 @@ def test_an_early_signature_check_fills_the_cache_and_never_changes_a_verdict(tm
     run("commit", "-qm", "root")
     (root / "f").write_text("x\n")
     run("add", "f")
-    run("-c", "gpg.format=ssh", "-c", f"user.signingkey={key}", "commit", "-q", "-S", "-m", "signed")
+    run("-c", "gpg.format=ssh", "-c", f"user.signingkey={key}", "commit", "-q", "-S",
+        "-m", "signed")
     repo = GitRepo(root)
     sha = repo.head()
     early = Trust(repo)

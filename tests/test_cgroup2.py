@@ -20,9 +20,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from test_resources import LIMITS, PROGRAMS, check
 
 from janus_git.sandbox import cgroup2, measure
-from test_resources import LIMITS, PROGRAMS, check
 
 MOUNT = cgroup2.mount_point()
 REAL = MOUNT is not None and os.access(MOUNT / "cgroup.procs", os.W_OK)

@@ -15,10 +15,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import AGENT, ALICE, MALLORY, git
 from janus_git import cli
 from janus_git.cli import app
 from janus_git.proposal import shard_path
+
+from conftest import AGENT, ALICE, MALLORY, git
 
 runner = CliRunner()
 

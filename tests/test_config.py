@@ -4,9 +4,10 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from conftest import ROOT
-from janus_git.config import (AGENT_PATH, DEFAULTS, SCHEMA, config_from_text, load_config)
+from janus_git.config import AGENT_PATH, DEFAULTS, SCHEMA, config_from_text, load_config
 from janus_git.errors import ConfigError
+
+from conftest import ROOT
 
 
 def _err(text: str) -> ConfigError:

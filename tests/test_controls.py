@@ -6,11 +6,10 @@ import time
 
 import pytest
 
+from janus_git.controls import MIN_AUTO_SCALE, RECENT_FAILURES_S, Escapement, Governor, ReliefValve
+
 from conftest import configure
 from daemonkit import burst, propose, record
-
-from janus_git.controls import (MIN_AUTO_SCALE, RECENT_FAILURES_S, Escapement, Governor,
-                                ReliefValve)
 
 
 # -- escapement --------------------------------------------------------------------------------
@@ -101,8 +100,8 @@ def test_relief_valve_opens_on_memory_and_on_failures_in_a_row():
 
 
 def test_the_valve_is_announced_once_per_opening():
-    from janus_git.controls import Controls
     from janus_git.config import DEFAULTS
+    from janus_git.controls import Controls
     c = Controls({**DEFAULTS["controls"],
                   "relief_valve": {**DEFAULTS["controls"]["relief_valve"],
                                    "max_pending_auto": 2}})

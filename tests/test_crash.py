@@ -96,9 +96,10 @@ def test_a_lock_left_by_kill9_is_cleared_by_the_next_command_not_only_the_daemon
     """kill -9 while the commit engine holds git's index.lock: the lock names the dead
     process, so a person's next janus-git command puts right what it left and goes on; it
     neither waits out the lock nor needs a daemon start first."""
-    from daemonkit import propose
     from janus_git import lifecycle
     from janus_git.gitrepo import GitRepo
+
+    from daemonkit import propose
     repo = GitRepo(state_dir)
     for _ in range(30):  # a hygiene batch commit: one original and 29 duplicates
         p = lifecycle.new_proposal(mission="STUDY-004-BETA", type_="maintenance", tool="shell",

@@ -7,9 +7,6 @@ import json
 import time
 
 import pytest
-
-from conftest import configure
-from daemonkit import DaemonProcess, propose, run_once, wait_for
 from test_notify import Receiver, receiver  # noqa: F401  (the fixture)
 
 from janus_git import digest
@@ -17,6 +14,9 @@ from janus_git.lifecycle import new_proposal
 from janus_git.notify import Notifier, needs_human, send
 from janus_git.outbox import Outbox
 from janus_git.proposal import Status
+
+from conftest import configure
+from daemonkit import DaemonProcess, propose, run_once, wait_for
 
 
 def _proposal(n: int = 0, tool: str = "shell", args=("ls", "missing")):
@@ -84,7 +84,8 @@ def test_twenty_manual_proposals_in_5s_arrive_as_at_most_2_messages(state_dir, r
             ids.append(p.id)
             time.sleep(0.05)
         assert time.monotonic() - t0 < 5
-        named = lambda: {i for m in receiver.messages for i in ids if i in m["message"]}
+        def named() -> set[str]:
+            return {i for m in receiver.messages for i in ids if i in m["message"]}
         wait_for(lambda: len(named()) == 20, 30, "every proposal named")
         time.sleep(0.5)  # every item is in a message by now: none is left for a third
     assert 1 <= len(receiver.messages) <= 2, [m["title"] for m in receiver.messages]

@@ -9,14 +9,15 @@ import random
 
 import pytest
 import yaml
-
-from conftest import AGENT
 from mutate import edit
+from test_store_index import TRICKY, _commit_raw, _variants
+
 from janus_git import fastrow, index, lifecycle, proposal, safeyaml
 from janus_git.errors import ConfigError
 from janus_git.gitrepo import Identity
 from janus_git.proposal import Status
-from test_store_index import TRICKY, _commit_raw, _variants
+
+from conftest import AGENT
 
 AGENT_ID = Identity(*AGENT)
 

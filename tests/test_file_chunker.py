@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import git
 from janus_git import tools
 from janus_git.audit import validate_line
 from janus_git.config import config_from_text
 from janus_git.lifecycle import new_proposal
 from janus_git.tools import ToolRefused
 from janus_git.tools.file_chunker import CHUNK_LINES
+
+from conftest import git
 
 PROJECT = Path(__file__).resolve().parent.parent
 TOKEN = "ghp_SECRETTOKEN1234"  # what a forge token in the remote URL looks like

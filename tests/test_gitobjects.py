@@ -240,7 +240,8 @@ def signing(tmp_path_factory):
     key = root.parent / "agent_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     signers = root.parent / "allowed_signers"
-    signers.write_text(f"janus-agent@localhost {' '.join(Path(f'{key}.pub').read_text().split()[:2])}\n")
+    public = " ".join(Path(f"{key}.pub").read_text().split()[:2])
+    signers.write_text(f"janus-agent@localhost {public}\n")
     return root, key, signers
 
 

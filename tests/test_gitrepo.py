@@ -2,21 +2,21 @@
 person committing in the same working tree at the same time without either side losing work."""
 from __future__ import annotations
 
-from typing import Callable
-
 import subprocess
 import sys
 import threading
 import time
 import warnings
+from typing import Callable
 
 import pytest
 
-from conftest import AGENT, ALICE, git
 from janus_git import gitrepo, lifecycle
 from janus_git.errors import Conflict, GitError
 from janus_git.gitrepo import GitRepo, Identity, format_message, read_blobs
 from janus_git.proposal import Status
+
+from conftest import AGENT, ALICE, git
 
 AGENT_ID = Identity(*AGENT)
 
@@ -317,7 +317,7 @@ def test_concurrent_human_and_agent_commits_lose_nothing(sr):
     assert len(human_done) == 15
     if lost_adds:
         warnings.warn(f"git's read-before-lock race undid {len(lost_adds)} `git add`(s) of the "
-                      "person; they added again (see _human_loop)")
+                      "person; they added again (see _human_loop)", stacklevel=1)
 
     # every commit of both sides is there, in one line of history
     log = git(root, "log", "--format=%H %ae", f"{start}..HEAD").stdout.splitlines()

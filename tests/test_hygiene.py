@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-from conftest import git
-
 from janus_git import hygiene, lifecycle, novelty
 from janus_git.config import load_config
 from janus_git.gitrepo import GitRepo
 from janus_git.proposal import Status, new_id, parse_proposal
 from janus_git.store import Store
+
+from conftest import git
 
 NOW = dt.datetime.now(dt.timezone.utc)
 

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from conftest import ALICE, git
 from janus_git.state import TEMPLATE_DIRS, StateRepo, init_state, template_root
+
+from conftest import ALICE, git
 
 
 def _exe() -> list[str]:

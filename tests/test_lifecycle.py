@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import AGENT, ALICE, git
 from janus_git import lifecycle
 from janus_git.errors import Conflict, TransitionError
 from janus_git.gitrepo import Identity
 from janus_git.proposal import Status, parse_proposal
+
+from conftest import AGENT, ALICE, git
 
 S = Status
 AGENT_ID = Identity(*AGENT)

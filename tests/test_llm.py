@@ -5,10 +5,11 @@ import json
 import time
 
 import pytest
-from tinymodel import CHATML, tiny_gguf, write_tiny_model  # noqa: F401 (fixture)
 
 from janus_git import llm
 from janus_git.errors import JanusError
+
+from tinymodel import CHATML, tiny_gguf, write_tiny_model  # noqa: F401 (fixture)
 
 pytest.importorskip("llama_cpp")
 
@@ -176,9 +177,9 @@ def _proposal(tool, type_, args, mission="STUDY-002-BETA"):
 
 @pytest.fixture
 def tiny_config(state_dir, tiny_gguf):
-    from conftest import configure
-
     from janus_git.config import load_config
+
+    from conftest import configure
     configure(state_dir, model={"path": str(tiny_gguf), "n_ctx": 4096})
     return load_config(state_dir)
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import AGENT, ALICE, git
 
 from janus_git import missions
 from janus_git.config import load_config
 from janus_git.errors import ConfigError
 from janus_git.gitrepo import GitRepo
+
+from conftest import AGENT, ALICE, git
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "missions"
 
@@ -147,8 +148,9 @@ def test_advance_builds_on_the_missions_in_force_not_on_a_refused_change(state_d
     """A pusher edits a mission; before the daemon puts it back, the thinker advances the
     missions.  The agent's signed commit must carry the mission as in force (plus the new
     status), never the pusher's text, or the signature would put that text in force."""
-    from conftest import MALLORY
     from janus_git.trust import Trust
+
+    from conftest import MALLORY
     repo, config = GitRepo(state_dir), load_config(state_dir)
     trust = Trust(repo)
     trust.load(repo.head())

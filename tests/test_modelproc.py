@@ -13,15 +13,16 @@ import sys
 import time
 
 import pytest
-from conftest import configure
-from daemonkit import propose, set_status, wait_for, wait_status
-from tinymodel import tiny_gguf  # noqa: F401 (fixture)
 
 from janus_git import llm, modelproc, planner
 from janus_git.config import load_config
 from janus_git.errors import JanusError
 from janus_git.gitrepo import GitRepo
 from janus_git.modelproc import ModelFailed, ModelProcess
+
+from conftest import configure, within
+from daemonkit import propose, set_status, wait_for, wait_status
+from tinymodel import tiny_gguf  # noqa: F401 (fixture)
 
 pytest.importorskip("llama_cpp")
 
@@ -99,7 +100,8 @@ def test_a_hang_is_killed_at_its_deadline(tiny_gguf):
         assert e.value.kind == "hung" and gone(pid)
         print(f"\nhang: killed {mp.last_kill_late * 1000:.1f} ms after its 1.0 s deadline "
               f"(call returned after {took:.3f} s)")
-        assert 1.0 <= took < 1.5 and mp.last_kill_late < 0.3
+        assert took >= 1.0  # never before its deadline
+        assert took < 1.0 + within(0.5) and mp.last_kill_late < within(0.3)
     finally:
         mp.close()
 

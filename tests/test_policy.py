@@ -7,12 +7,12 @@ import subprocess
 
 import yaml
 
-from conftest import ALICE, MALLORY, git
-from daemonkit import burst, propose, record, set_status, status
-
 from janus_git.config import config_from_text
 from janus_git.policy import decide
 from janus_git.proposal import Proposal
+
+from conftest import ALICE, MALLORY, git
+from daemonkit import burst, propose, record, set_status, status
 
 
 def _p(type_: str, tool: str) -> Proposal:

@@ -7,13 +7,24 @@ import itertools
 import pytest
 import yaml
 
-from conftest import AGENT
 from janus_git import lifecycle
 from janus_git.errors import ConfigError, TransitionError
 from janus_git.gitrepo import GitRepo, Identity, init_repo
-from janus_git.proposal import (HUMAN_TRANSITIONS, TERMINAL, TRANSITIONS, Proposal, Status,
-                                check_transition, compute_digest, new_id, novelty_digest,
-                                parse_proposal, shard_path)
+from janus_git.proposal import (
+    HUMAN_TRANSITIONS,
+    TERMINAL,
+    TRANSITIONS,
+    Proposal,
+    Status,
+    check_transition,
+    compute_digest,
+    new_id,
+    novelty_digest,
+    parse_proposal,
+    shard_path,
+)
+
+from conftest import AGENT
 
 AGENT_ID = Identity(*AGENT)
 PAIRS = list(itertools.product(Status, Status))
@@ -113,8 +124,8 @@ def test_digest_binds_type_tool_and_args():
     assert d != compute_digest("analysis", "shell", ["ls", "-l"])
     assert d != compute_digest("process_chunk", "shell", ["ls", "-la"])
     # the novelty digest forgives whitespace and key order; the approval digest does not
-    assert novelty_digest("a", "t", {"x": " a  b", "y": 1}) == novelty_digest("a", "t",
-                                                                                {"y": 1, "x": "a b"})
+    assert novelty_digest("a", "t", {"x": " a  b", "y": 1}) == \
+        novelty_digest("a", "t", {"y": 1, "x": "a b"})
     assert compute_digest("a", "t", {"x": " a  b"}) != compute_digest("a", "t", {"x": "a b"})
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ALICE, configure, git
-from daemonkit import (DaemonProcess, fsck_clean, propose, record, set_status, wait_for)
+from conftest import ALICE, configure, git, within
+from daemonkit import DaemonProcess, fsck_clean, propose, record, set_status, wait_for
 from remotekit import GitDaemonRemote, HttpRemote, clone, seed_remote
 
 MANUAL = "maintenance"
@@ -65,8 +65,17 @@ def test_round_trip_reviewer_clone_to_daemon_and_back(state_dir, tmp_path, kind)
 @pytest.mark.parametrize("n", [int(os.environ.get("FLEET_N", 120))])  # 300 for a soak
 def test_three_daemons_share_the_work_each_run_once_and_a_dead_ones_claims_expire(
         state_dir, tmp_path, n):
-    from fleet import SLEEPER, fleet, file_many, fsck, runs_in_history, share, start, \
-        statuses, wait_done
+    from fleet import (
+        SLEEPER,
+        file_many,
+        fleet,
+        fsck,
+        runs_in_history,
+        share,
+        start,
+        statuses,
+        wait_done,
+    )
     with GitDaemonRemote(tmp_path / "server") as remote:
         url = share(state_dir, remote, tools={"nap": SLEEPER},
                     lease_seconds=3)
@@ -197,7 +206,7 @@ def test_a_webhook_delivery_fetches_at_once_and_bad_ones_do_nothing(state_dir, t
             push(alice)
             assert deliver(port, secret, b'{"ref": "refs/heads/main", "n": 1}', "id-1") == 202
             wait_for(lambda: fetches() > before, 5, "the fetch")
-            assert daemon_status(daemon_clone)["remote"]["poke_to_fetch_ms"] < 100
+            assert daemon_status(daemon_clone)["remote"]["poke_to_fetch_ms"] < within(0.1) * 1000
             assert deliver(port, secret, b'{"ref": "refs/heads/main", "n": 1}', "id-1") == 409
             wait_for(lambda: pulled_status(alice, pid) == "succeeded", 20, "the run")
             out = subprocess.run(["janus-git", "status", "-C", str(daemon_clone)],
@@ -207,7 +216,8 @@ def test_a_webhook_delivery_fetches_at_once_and_bad_ones_do_nothing(state_dir, t
 
 
 def test_the_stop_reaches_every_daemon_within_a_poll(state_dir, tmp_path):
-    from fleet import SLEEPER, fleet, file_many, share as share_fleet, start, statuses
+    from fleet import SLEEPER, file_many, fleet, start, statuses
+    from fleet import share as share_fleet
     with GitDaemonRemote(tmp_path / "server") as remote:
         url = share_fleet(state_dir, remote, tools={"nap": SLEEPER}, poll_seconds=1,
                           claim_batch=1)  # one nap each: both daemons hold a run
@@ -256,11 +266,12 @@ def test_people_and_daemons_edit_the_same_files_nothing_lost_nothing_run_twice(
     state unless a later one of hers replaced it, and no proposal runs twice."""
     import random
 
-    from fleet import SLEEPER, fleet, fsck, runs_in_history, share as share_fleet, start, \
-        statuses
     from janus_git import actions
     from janus_git.errors import JanusError
     from janus_git.state import StateRepo
+
+    from fleet import SLEEPER, fleet, fsck, runs_in_history, start, statuses
+    from fleet import share as share_fleet
     rounds = int(os.environ.get("CONFLICT_ROUNDS", 150))
     rng = random.Random(7)
     with GitDaemonRemote(tmp_path / "server") as remote:
@@ -384,8 +395,9 @@ def test_killed_between_its_push_and_its_own_branch_the_daemon_starts_again(
 
 
 def test_remote_mode_without_that_remote_in_the_clone_says_how_to_add_it(state_dir):
-    from daemonkit import burst
     from janus_git.errors import JanusError
+
+    from daemonkit import burst
     configure(state_dir, remote={"name": "upstream"})
     with pytest.raises(JanusError, match="has none: `git -C .* remote add upstream URL`"):
         burst(state_dir)
@@ -437,7 +449,8 @@ def forged_heartbeat(root: Path, name: str) -> str:
 def one_nap_on_two_daemons(state_dir: Path, tmp_path: Path, remote, seconds: str, **cfg):
     """Two daemons, one nap filed by Alice and claimed by one of them.  Returns
     (alice, mallory, roots, daemons, pid, owner)."""
-    from fleet import SLEEPER, fleet, file_many, share as share_fleet, start
+    from fleet import SLEEPER, file_many, fleet, start
+    from fleet import share as share_fleet
     url = share_fleet(state_dir, remote, tools={"nap": SLEEPER}, claim_batch=1,
                       lease_seconds=LEASE_SECONDS, **cfg)
     alice = clone(url, tmp_path / "alice")
@@ -624,5 +637,5 @@ def test_a_killed_daemons_claim_expires_on_time_though_its_lease_is_deleted_and_
               f"after the kill (lease_seconds {LEASE_SECONDS})")
         # it saw a heartbeat within lease_seconds/3 (a renewal's period) of the last one:
         # not sooner than that less a little; no forgery or replay made it much later
-        assert LEASE_SECONDS * 2 / 3 - 0.3 <= took < LEASE_SECONDS + 3, took
+        assert LEASE_SECONDS * 2 / 3 - 0.3 <= took < LEASE_SECONDS + within(3), took
         assert moves(alice, pid).count("approved -> running") == 1

@@ -1,7 +1,8 @@
 """A refused push made again on the remote's new tip (janus_git/daemon/remote/replay.py),
-against a real bare repository and real clones: only when nothing the commit changed moved meanwhile, and
-never past a change to the rules; the append-only audit log is joined, not overwritten; a
-kill -9 between the push and the branch's move leaves a clone the next fetch brings level."""
+against a real bare repository and real clones: only when nothing the commit changed moved
+meanwhile, and never past a change to the rules; the append-only audit log is joined, not
+overwritten; a kill -9 between the push and the branch's move leaves a clone the next fetch
+brings level."""
 from __future__ import annotations
 
 import os
@@ -11,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import git
 from janus_git.errors import Conflict
 from janus_git.gitrepo import GitRepo
+
+from conftest import git
 from remotekit import GitPublisher, clone, make_bare, seed_remote
 
 X = "proposals/2026/11/20261130-000000000-aaaaaa.yaml"

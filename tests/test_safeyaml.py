@@ -8,11 +8,12 @@ import time
 import pytest
 import yaml
 
-from conftest import ROOT
 from janus_git import safeyaml
 from janus_git.config import AGENT_PATH, config_from_text
 from janus_git.errors import ConfigError
 from janus_git.proposal import parse_proposal, shard_path
+
+from conftest import ROOT, within
 
 PID = "20261129-224708577-a05a72"
 PROPOSAL = f"""\
@@ -106,7 +107,7 @@ def loader(request, monkeypatch):
 def test_billion_laughs_is_refused_at_once(loader):
     start = time.perf_counter()
     e = _refused(_laughs())
-    assert time.perf_counter() - start < 1
+    assert time.perf_counter() - start < within(1)
     assert e.problem == "too many nodes after expanding aliases (limit 100000)"
 
 
@@ -115,7 +116,7 @@ def test_billion_laughs_is_refused_at_once(loader):
 def test_deep_flow_nesting_is_refused(loader, kind, n):
     start = time.perf_counter()
     assert _refused(_flow(kind, n)).problem == "nested deeper than 64 levels"
-    assert time.perf_counter() - start < 1
+    assert time.perf_counter() - start < within(1)
 
 
 @pytest.mark.parametrize("kind", ["list", "map"])
@@ -153,7 +154,7 @@ def test_a_long_flat_list_is_refused_before_it_is_composed(loader):
     start = time.perf_counter()
     assert _refused(text).problem == "too many nodes after expanding aliases (limit 100000)"
     if loader == "libyaml":  # the pure-Python parser takes ~1 s to stream 100,000 events
-        assert time.perf_counter() - start < 1
+        assert time.perf_counter() - start < within(1)
 
 
 def test_integers_are_bounded(loader):
@@ -235,7 +236,7 @@ def test_parse_proposal_refuses_each_attack(value, reason):
     start = time.perf_counter()
     with pytest.raises(ConfigError) as e:
         parse_proposal(_proposal_with_args(value), PROPOSAL_PATH)
-    assert time.perf_counter() - start < 1
+    assert time.perf_counter() - start < within(1)
     assert str(e.value).startswith(f"{PROPOSAL_PATH}: ") and reason in str(e.value), str(e.value)
 
 
@@ -245,7 +246,7 @@ def test_config_from_text_refuses_each_attack(value, reason):
     start = time.perf_counter()
     with pytest.raises(ConfigError) as e:
         config_from_text(text)
-    assert time.perf_counter() - start < 1
+    assert time.perf_counter() - start < within(1)
     assert str(e.value).startswith(f"{AGENT_PATH}: ") and reason in str(e.value), str(e.value)
 
 

@@ -21,6 +21,8 @@ from janus_git import sandbox
 from janus_git.sandbox import prestart
 from janus_git.sandbox.start import sandbox_kind
 
+from conftest import within
+
 HAVE_BWRAP = sandbox.doctor()["bwrap_usable"]
 HAVE_CGROUPS = all(sandbox.doctor()["cgroups"].values())
 
@@ -127,11 +129,11 @@ def test_hostile_program_is_stopped_with_the_limit_named(repo, isolation, cgroup
         assert res.warm == (start != "cold")
     if start == "sandbox":
         assert res.waiter == "sandbox"
-    assert took < 8
+    assert took < within(8)
     if limit == "disk":
         assert res.resources["bytes_written"] >= 100 << 20
     if limit == "timeout":
-        assert 2 <= res.resources["wall_seconds"] < 5
+        assert 2 <= res.resources["wall_seconds"] < 2 + within(3)
     # nothing it started outlives the run, and the daemon's next run is fine
     assert not leftovers()
     ok = sandbox.run(["echo", "fine"], SMALL, repo, isolation=isolation, cgroups=cgroups)
@@ -245,7 +247,7 @@ def test_cancel_kills_the_process_group(repo, isolation, cgroups):
     res = sandbox.run(py(code), SMALL, repo, isolation=isolation, cgroups=cgroups,
                       cancel=cancel, on_start=started.append)
     assert res.limit_hit == "cancelled" and res.error == "cancelled"
-    assert time.monotonic() - t0 < 3
+    assert time.monotonic() - t0 < within(3)
     assert len(started) == 1 and isinstance(started[0], int)
     assert not leftovers()
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import configure, git
+from conftest import configure, git, within
 from daemonkit import propose, record, wait_for, wait_status
 
 MANUAL = "maintenance"  # not on the auto whitelist: a person approves it
@@ -105,7 +104,7 @@ def test_a_persons_approval_starts_at_once_beside_two_long_auto_runs(state_dir):
         latency = live.starts[person] - t0
         running = {pid for pid, run in live.d.state.runs.items()}
         assert set(autos[:2]) <= running | {person}  # the auto runs are still going
-        assert latency < 0.3, latency
+        assert latency < within(0.3), latency
         wait_status(state_dir, person, "succeeded")
         assert record(state_dir, person)["execution"]["lane"] == "people"
         st = live.d.executor.status()
@@ -123,11 +122,11 @@ def test_six_two_second_runs_in_three_slots_take_under_six_seconds(state_dir):
         for pid in ids:
             wait_status(state_dir, pid, "succeeded", timeout=20)
         elapsed = time.monotonic() - t0
-    assert elapsed < 6.0, elapsed
+    assert elapsed < within(6.0), elapsed
     spans = [(when(e["started_at"]), when(e["ended_at"]))
              for e in (record(state_dir, pid)["execution"] for pid in ids)]
-    for start, _ in spans:  # never more than three at once
-        assert sum(1 for s, e in spans if s <= start < e) <= 3
+    at_once = [sum(1 for s, e in spans if s <= start < e) for start, _ in spans]
+    assert max(at_once) == 3, spans  # three at once, never more (the slots, not a clock)
     assert max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans) == 3
 
 
@@ -169,21 +168,20 @@ def test_an_exclusive_run_has_the_host_to_itself_and_people_wait_only_for_it(sta
     assert all(span[b][1] <= s + 0.05 for b in before)  # it waited for the runs before it
     # the person's approval waited for that run only, and went before the auto work queued
     assert span[person][0] <= min(span[a][0] for a in after) + 0.05
-    assert span[person][0] - e < 1.0
+    assert span[person][0] - e < within(1.0)
     load = ex[excl]["host_load"]
     assert ex[excl]["exclusive"] is True
     assert len(load["before"]["loadavg"]) == 3 and len(load["after"]["loadavg"]) == 3
     assert load["before"]["cpu_percent"] is not None
 
 
+@pytest.mark.timing
 def test_an_exclusive_llama_bench_measures_as_on_a_quiet_box(state_dir):
     """Two CPU-spinning automatic runs are going and two more are queued behind it: the
     exclusive llama_bench (SmolLM2) waits for the two, runs alone, and reports tokens/s within
-    15 % of the same settings with nothing else running (measured before and after)."""
-    load = os.getloadavg()[0]
-    if load > 0.5 * (os.cpu_count() or 1):
-        pytest.skip(f"the host is not quiet (load {load:.1f} on {os.cpu_count()} cores): "
-                    "no tokens/s figure from it means anything")
+    15 % of the same settings with nothing else running (measured before and after).  A
+    figure, so `timing` (run it on a quiet host: `pytest -m timing`); that the run waits and
+    runs alone is asserted by the test above in every run."""
     tools = sleeper(state_dir)
     configure(state_dir, tools=tools,
               controls={"max_parallel_runs": 3, "reserved_for_people": 1, "tick_hz": 10,

@@ -3,19 +3,20 @@ missing or broken, caught up incrementally, and honest about broken files."""
 from __future__ import annotations
 
 import os
-import threading
 import sqlite3
+import threading
 
 import pytest
 import yaml
 
-from conftest import AGENT, git
 from janus_git import lifecycle
 from janus_git.errors import ConfigError, NotFound
 from janus_git.gitrepo import Identity
 from janus_git.index import Index, index_path
 from janus_git.proposal import Status
 from janus_git.store import check_placement
+
+from conftest import AGENT, git
 
 AGENT_ID = Identity(*AGENT)
 
@@ -259,6 +260,7 @@ TRICKY = ["", "plain", "123", "0o17", "1_000", "1e3", ".inf", "true", "yes", "No
 
 def _variants():
     import random as _random
+
     from janus_git.proposal import compute_digest
     rng = _random.Random(5)
     out = []
@@ -313,8 +315,10 @@ def test_fast_reader_never_accepts_what_pyyaml_reads_differently():
     """Random edits (the kind a person or a bad merge makes) of dumped files: whenever the fast
     reader gives a row, PyYAML plus the validator give the same row."""
     import random as _random
-    from janus_git.fastrow import fast_columns
+
     from mutate import edit
+
+    from janus_git.fastrow import fast_columns
     rng = _random.Random(11)
     base = _variants()
     checked = 0

@@ -12,13 +12,13 @@ from zoneinfo import ZoneInfo
 
 import numpy
 import pytest
-
-from conftest import configure, git
-from daemonkit import DaemonProcess, run_once, wait_for
 from test_notify import receiver, smtp  # noqa: F401  (fixtures)
 
 from janus_git.lifecycle import new_proposal
 from janus_git.proposal import Status
+
+from conftest import configure, git
+from daemonkit import DaemonProcess, run_once, wait_for
 
 TZ = "Europe/Paris"
 ZONE = ZoneInfo(TZ)
@@ -220,7 +220,8 @@ def test_a_running_daemon_makes_the_summary_when_its_time_comes(state_dir, monke
     from janus_git.daemon import Daemon
     configure(state_dir, notifications={"timezone": TZ, "daily_summary_at": "07:30"})
     monkeypatch.setenv("JANUS_GIT_NOW", "2026-11-21T07:31:00+01:00")
-    made = lambda: git(state_dir, "ls-tree", "--name-only", "HEAD", "logs/summaries/").stdout
+    def made() -> str:
+        return git(state_dir, "ls-tree", "--name-only", "HEAD", "logs/summaries/").stdout
     with Daemon(state_dir, think=False) as daemon:
         daemon.step()
         assert made() == ""  # its first start: nothing, not even the day that ended

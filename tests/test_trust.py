@@ -13,8 +13,16 @@ import pytest
 import yaml
 
 from conftest import AGENT, ALICE, MALLORY, git
-from daemonkit import (DaemonProcess, burst, propose, record, set_status, status,
-                       tool_use_lines, wait_status)
+from daemonkit import (
+    DaemonProcess,
+    burst,
+    propose,
+    record,
+    set_status,
+    status,
+    tool_use_lines,
+    wait_status,
+)
 
 MANUAL = "maintenance"  # not on the auto-exec whitelist
 BOB = ("Bob Second", "bob@example.com")

@@ -18,12 +18,22 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_trust import (
+    AGENT_YAML,
+    BOB,
+    MANUAL,
+    _stop,
+    agent_yaml,
+    answers,
+    commit_as,
+    head,
+    path_of,
+    pub,
+    signed,  # noqa: F401  (a fixture: Alice's key listed, signing required)
+)
 
 from conftest import AGENT, ALICE, MALLORY, git
 from daemonkit import propose, record, set_status, status, tool_use_lines
-from test_trust import (AGENT_YAML, BOB, MANUAL, _stop, agent_yaml, answers, commit_as, head,
-                        path_of, pub)
-from test_trust import signed  # noqa: F401  (a fixture: Alice's key listed, signing required)
 
 STOP = "state/STOP"
 CONSTITUTION = "state/constitution.md"
@@ -730,7 +740,8 @@ def test_after_each_hostile_commit_a_signed_approval_starts_within_5_s(state_dir
                                              {"notes/y.md": "y\n"}),
         "replace ref push": lambda: git(clone_of(state_dir, clone), "push", "-q", "origin",
                                         f"{blob(clone, 'evil')}:refs/replace/"
-                                        f"{git(state_dir, 'rev-parse', 'HEAD:' + AGENT_YAML).stdout.strip()}",
+                                        + git(state_dir, "rev-parse", "HEAD:" + AGENT_YAML)
+                                        .stdout.strip(),
                                         check=False),
         "agent.yaml symlink": lambda: push_entries(state_dir, clone, MALLORY, "link", {
             AGENT_YAML: ("120000", blob(clone, "../notes/evil.yaml"))}),
@@ -822,7 +833,6 @@ def test_a_merge_of_an_agent_commit_never_on_main_is_still_judged_as_the_persons
     agent made beside the branch, as a refused claim or an approval branch's tip is) whose
     version of a finished proposal reads `approved`.  It is her act: put back, never run
     again."""
-    from janus_git import lifecycle
     from janus_git.gitrepo import GitRepo, Identity
     pid = auto_shell(state_dir, "once only")
     settle(state_dir)

@@ -20,6 +20,8 @@ from janus_git import webhook
 from janus_git.errors import JanusError
 from janus_git.webhook import SeenDeliveries, WebhookServer, secret_from_env
 
+from conftest import within
+
 SECRET = ("s3cr3t-" + secrets.token_hex(8)).encode()
 
 
@@ -161,7 +163,7 @@ def test_an_oversized_body_is_refused_without_reading_it(hook, pokes):
     t0 = time.perf_counter()
     reply = raw(hook, head)  # not a byte of the 2 MB is sent: reading it would hang
     assert reply.startswith(b"HTTP/1.0 413")
-    assert time.perf_counter() - t0 < 1.0
+    assert time.perf_counter() - t0 < within(1.0)
     assert pokes == [] and hook.stats["too_large"] == 1
 
 
@@ -228,7 +230,7 @@ def test_a_slow_sender_is_cut_off(hook, monkeypatch):
             s.setblocking(True)
             if closed:
                 break
-        assert closed and time.perf_counter() - t0 < 3.0
+        assert closed and time.perf_counter() - t0 < within(3.0)
 
 
 def busy_or(server: WebhookServer) -> int:

@@ -13,7 +13,6 @@ from ..errors import GitError, JanusError
 from .objects import REGULAR_MODES, Commit, ObjectReader, is_sha
 from .proc import Process
 
-
 BATCH_DIFFS = 24  # more commits than this: one `git diff-tree --stdin` (~40 us a commit)
 
 

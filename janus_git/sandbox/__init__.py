@@ -90,9 +90,8 @@ from ..util import utcnow
 from .cgroups import Cgroups
 from .launch import NOBODY, PATH
 from .prestart import ENV_NAME, kind_for, pool, prestart_off
+from .probe import cgroups_off, doctor, forced_reduced, landlock_off, probes, python_binds
 from .start import Launch
-from .probe import (cgroups_off, doctor, forced_reduced, landlock_off, probes,
-                    python_binds)
 from .supervise import OUTPUT_HARD_FACTOR, POLL_S, Killer, Meter, Output, dir_bytes, supervise
 
 __all__ = ["NOBODY", "PATH", "POLL_S", "SandboxError", "SandboxResult", "doctor",

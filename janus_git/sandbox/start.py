@@ -15,9 +15,21 @@ from typing import Callable
 
 from . import cgroups
 from .cgroups import Cgroups
-from .launch import (CONFINE, NOBODY, PATH, bwrap_argv, confine_flags, drop_to_nobody,
-                     reduced_argv, rlimits, setpriv_argv, start_bwrap, start_reduced,
-                     start_warm, ulimit_lines)
+from .launch import (
+    CONFINE,
+    NOBODY,
+    PATH,
+    bwrap_argv,
+    confine_flags,
+    drop_to_nobody,
+    reduced_argv,
+    rlimits,
+    setpriv_argv,
+    start_bwrap,
+    start_reduced,
+    start_warm,
+    ulimit_lines,
+)
 from .prestart import Prestarted, kind_for, pool, prestart_off, spawn_sandbox
 from .probe import probes
 
