@@ -266,7 +266,8 @@ CREATE TABLE IF NOT EXISTS forgotten (novelty TEXT PRIMARY KEY, id TEXT);
         (self.path.parent / "novelty.marshal").unlink(missing_ok=True)
 
     def _apply_diff(self, db: sqlite3.Connection, old: str, new: str) -> None:
-        changed, deleted = [], []
+        changed: list[tuple[str, str]] = []
+        deleted: list[tuple[str, str]] = []
         for letter, path, blob in self.repo.diff_tree(old, new, PROPOSALS_DIR):
             if is_proposal_path(path):
                 (deleted if letter == "D" else changed).append((path, blob))
@@ -321,9 +322,10 @@ CREATE TABLE IF NOT EXISTS forgotten (novelty TEXT PRIMARY KEY, id TEXT);
     def query(self, *, status: Iterable[str] = (), mission: str | None = None,
               tool: str | None = None, type_: str | None = None, since: str | None = None,
               limit: int | None = None) -> list[dict[str, Any]]:
-        return [json.loads(r) for r in self.query_json(status=status, mission=mission,
-                                                       tool=tool, type_=type_, since=since,
-                                                       limit=limit)]
+        rows = self.query_json(status=status, mission=mission, tool=tool, type_=type_,
+                               since=since, limit=limit)
+        assert isinstance(rows, list)
+        return [json.loads(r) for r in rows]
 
     def query_json(self, *, status: Iterable[str] = (), mission: str | None = None,
                    tool: str | None = None, type_: str | None = None,
@@ -375,6 +377,7 @@ CREATE TABLE IF NOT EXISTS forgotten (novelty TEXT PRIMARY KEY, id TEXT);
         except FileNotFoundError:
             pass
         data = self.query_json(raw=True, joined=True)
+        assert isinstance(data, bytes)
         atomic_write(cache, data)
         atomic_write(tag, want.encode())
         return data

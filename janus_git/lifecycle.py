@@ -222,4 +222,6 @@ def offer_approval(repo: GitRepo, p: Proposal, identity: Identity, branch: str) 
     msg = format_message(f"janus: approve {p.id} ({p.tool}: {p.type})",
                          "Merge this branch with a merge commit to approve the proposal.",
                          {TRAILER_PROPOSAL: p.id, TRAILER_APPROVAL_BRANCH: branch})
-    return repo.create_commit_on(repo.head(), {p.path: shown.to_yaml()}, msg, identity)
+    head = repo.head()
+    assert head is not None  # (a proposal is on the branch: it has a commit)
+    return repo.create_commit_on(head, {p.path: shown.to_yaml()}, msg, identity)

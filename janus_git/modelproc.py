@@ -241,7 +241,8 @@ class ModelProcess:
             return
         for f in (proc.stdin, proc.stdout):
             try:
-                f.close()
+                if f is not None:
+                    f.close()
             except OSError:
                 pass
         try:

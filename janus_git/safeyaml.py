@@ -168,7 +168,7 @@ class _Budget:
                 break
         if nodes > self.max_nodes:
             _too_many(self.path, self.max_nodes)
-        if node.__class__ is not _Sequence:
+        if isinstance(node, yaml.MappingNode):
             self._unique_keys(node)
         self.seen[id(node)] = (nodes, height + 1)
         return nodes, height + 1

@@ -38,6 +38,8 @@ def maybe_offer(repo: GitRepo, config: Config, index, type_: str, tool: str,
         return None
     rows = index.query()
     head = repo.head()
+    if head is None:
+        return None
     # built on the agent.yaml in force, never on a HEAD that may hold a refused change
     text = in_force if in_force is not None else repo.read_blob(head, AGENT_PATH) or b""
     data = load_yaml(text, AGENT_PATH) or {}  # bounded: agent.yaml is anyone's text

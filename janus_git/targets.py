@@ -85,7 +85,7 @@ def deliver(target: Target, title: str, body: str, kind: str,
             log.error("apprise config %s could not be read", target.label)
             return False
         ap.add(conf)
-    elif not ap.add(target.url, tag=list(target.tags) or ALWAYS):
+    elif not target.url or not ap.add(target.url, tag=list(target.tags) or ALWAYS):
         log.error("notification URL not understood by apprise: %s", target.label)
         return False
     if not list(ap.find(tag=kind)):

@@ -248,12 +248,11 @@ class Trust:
                 verdict = Verdict(False, f"it builds on {', '.join(stale)} as a refused commit "
                                   "left it; make the change on the rules in force (after the "
                                   "daemon's correction)")
-            files = dict(rules.files)
+            files: dict[str, bytes | None] = dict(rules.files)
             if verdict.ok:
                 files.update(self._contents(commit, guarded))
-                files = {p: d for p, d in files.items() if d is not None}
                 try:
-                    config = _config_of(files)
+                    config = _config_of({p: d for p, d in files.items() if d is not None})
                 except ConfigError as e:
                     verdict = Verdict(False, f"it leaves an invalid configuration ({e}); the "
                                       "last valid one stays in force")
@@ -263,8 +262,9 @@ class Trust:
             if not verdict.ok:
                 refused.append(Refusal(commit, sorted(guarded), verdict.reason))
         if accept:  # a new mapping, never changed in place: save() hashes it once
-            files = {**rules.files, **self._contents(commit, sorted(accept))}
-            rules.files = {p: d for p, d in files.items() if d is not None}
+            merged: dict[str, bytes | None] = {**rules.files,
+                                               **self._contents(commit, sorted(accept))}
+            rules.files = {p: d for p, d in merged.items() if d is not None}
         rules.at = commit.sha
         self.refusals.extend(refused)
         for r in refused:
@@ -310,8 +310,9 @@ class Trust:
             ids, at = dict(data["ids"]), data["at"]
         except (FileNotFoundError, ValueError, KeyError, TypeError):
             return None
-        files = {p: self.repo.read_object(i) for p, i in ids.items()}
-        if any(d is None for d in files.values()):
+        read = {p: self.repo.read_object(i) for p, i in ids.items()}
+        files = {p: d for p, d in read.items() if d is not None}
+        if len(files) != len(read):
             return None
         if not self.repo.is_ancestor(at, head):
             if self.repo.is_ancestor(at, self.repo.head() or head):

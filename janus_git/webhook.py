@@ -305,7 +305,8 @@ class WebhookServer:
     def address(self) -> tuple[str, int]:
         if self._server is None:
             raise JanusError("webhook: not started")
-        return self._server.server_address[:2]
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
 
     def close(self) -> None:
         if self._server is None:

@@ -77,13 +77,16 @@ def test_twenty_manual_proposals_in_5s_arrive_as_at_most_2_messages(state_dir, r
     sr = StateRepo(state_dir)
     ids = []
     with DaemonProcess(state_dir):
-        t0 = time.monotonic()
+        filed = []
         for n in range(20):
             p = propose(sr, mission="TEST", type_="maintenance", tool="shell",
                         args=["echo", f"n{n}"], rationale=f"manual {n}")
             ids.append(p.id)
+            filed.append(time.monotonic())
             time.sleep(0.05)
-        assert time.monotonic() - t0 < 5
+        # one burst: no pause as long as batch_seconds between two filings (on a busy host
+        # a commit is slower, but not by seconds)
+        assert max(b - a for a, b in zip(filed, filed[1:])) < 3, filed
         def named() -> set[str]:
             return {i for m in receiver.messages for i in ids if i in m["message"]}
         wait_for(lambda: len(named()) == 20, 30, "every proposal named")

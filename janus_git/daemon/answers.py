@@ -77,9 +77,11 @@ class Answers:
         if p.recompute_digest() == filed.digest:
             return  # already put back
 
+        was = filed.proposal
+
         def as_filed(q: Proposal) -> None:
-            q.type, q.tool, q.args = filed.proposal.type, filed.proposal.tool, filed.proposal.args
-            q.digest = filed.digest
+            q.type, q.tool, q.args = was.type, was.tool, was.args
+            q.digest = filed.digest or q.digest
             void_approvals(q)
         self.correct(p, text, f"{c.author_email} changed what was filed in {c.sha[:10]} ("
                      f"{describe_change(filed.proposal, new)}); put back as filed, and every "
@@ -150,6 +152,7 @@ class Answers:
         if not refusals and live:
             return
         rules = trust.rules
+        assert rules is not None  # (loaded before anything is read)
         paths = {p for r in refusals for p in r.paths}
         if not live:
             paths |= set(rules.files) | set(trust.guarded_paths("HEAD"))

@@ -86,7 +86,8 @@ class Coordinator(Protocol):
 class DirectClaims:
     """A daemon alone: each run is claimed by its own commit, each result committed alone."""
 
-    backlog: dict[str, "Ticket"] = {}
+    def __init__(self) -> None:
+        self.backlog: dict[str, "Ticket"] = {}  # (never any: nothing is claimed ahead)
 
     def takes(self, ticket: "Ticket") -> bool:
         return False

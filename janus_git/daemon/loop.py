@@ -288,7 +288,7 @@ class Daemon:
         for row in self.sr.index.query(status=[S.APPROVED.value]):
             self.judge.requeue(row["id"])
         s.activity = "idle"
-        log.info("daemon started on %s at %s (%s mode%s)", self.root, head[:10],
+        log.info("daemon started on %s at %s (%s mode%s)", self.root, (head or "")[:10],
                  s.config.mode, ", STOPPED" if s.stopped else "")
 
     def _check_agent_key(self) -> None:
@@ -337,7 +337,7 @@ class Daemon:
             head = self.repo.fast_head()
         else:
             head = s.cursor
-        if head != s.cursor:
+        if head is not None and head != s.cursor:
             s.trust.prefetch(head)  # its signature is checked while the log is read
             with s.writes:
                 self.reader.catch_up(head)

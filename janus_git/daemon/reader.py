@@ -51,6 +51,8 @@ class CommitReader:
         """Read every first-parent commit after the cursor up to HEAD, in order."""
         state = self.state
         head = head or self.repo.head()
+        if head is None:
+            return  # (an empty repository: nothing to read)
         if state.cursor is None:
             state.cursor = head
         elif head != state.cursor:

@@ -34,6 +34,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import Conflict, GitError, JanusError
 from ..faults import crashpoint
@@ -96,8 +97,16 @@ class Commits(Process):
     root: Path
     objects: ObjectReader
 
-    # head, branch, read_blob, sign_args, agent_key, _made and _publisher come from the
-    # repository class (gitrepo/__init__.py) and its other parts
+    if TYPE_CHECKING:  # from the repository class (gitrepo/__init__.py) and its other parts
+        def head(self) -> str | None: ...
+        def branch(self) -> str: ...
+        def read_blob(self, rev: str, path: str) -> bytes | None: ...
+        def entry(self, rev: str, path: str) -> tuple[int, str] | None: ...
+        def read_object(self, sha: str) -> bytes | None: ...
+        def sign_args(self, identity: Identity | None) -> list[str]: ...
+        def agent_key(self) -> Path | None: ...
+        def _made(self, sha: str, identity: Identity | None) -> str: ...
+        def _publisher(self) -> Any: ...
 
     @property
     def git_dir(self) -> Path:
@@ -106,7 +115,7 @@ class Commits(Process):
     # -- building ------------------------------------------------------------------------
     def guard_for(self, paths) -> dict[str, bytes | None]:
         """The guard for PATHS: each as HEAD has it (None where it is no regular file)."""
-        return {p: self.read_blob("HEAD", p) for p in paths}  # type: ignore[attr-defined]
+        return {p: self.read_blob("HEAD", p) for p in paths}
 
     def write_blob(self, data: bytes) -> str:
         """Store DATA (any bytes, no filters) as a blob; its id."""
@@ -140,7 +149,8 @@ class Commits(Process):
                    ) -> str | None:
         repo = self.objects._repo
         existing = repo.get(tree) if tree else None
-        builder = repo.TreeBuilder(existing) if existing is not None else repo.TreeBuilder()
+        builder = (repo.TreeBuilder(existing) if existing is not None  # type: ignore[arg-type]
+                   else repo.TreeBuilder())  # (pygit2's stubs: a tree is an Object)
         nested: dict[str, dict[str, tuple[int, str] | None]] = {}
         for path, change in changes.items():
             name, sep, rest = path.partition("/")
@@ -210,7 +220,7 @@ class Commits(Process):
     # -- landing -------------------------------------------------------------------------
     def commit_files(self, files: dict[str, bytes | None], message: str,
                      identity: Identity | None = None,
-                     guard: dict[str, bytes | None] | None = None,
+                     guard: Mapping[str, bytes | None] | None = None,
                      _after_ref: str = "after-ref") -> str:
         """Commit FILES (None deletes) and nothing else, and bring the working tree and the
         index to it.
@@ -243,7 +253,7 @@ class Commits(Process):
         raise Conflict("the branch kept moving while janus-git committed; try again")
 
     def commit_many(self, files: dict[str, bytes], message: str, identity: Identity,
-                    guard: dict[str, bytes | None]) -> str:
+                    guard: Mapping[str, bytes | None]) -> str:
         """One commit changing thousands of files, in time linear in their number (the same
         engine as commit_files: `git commit --only -- <paths>` would match every pathspec
         against every index entry, 60 s for 4,800 paths in a 100,000-file repository)."""
@@ -282,7 +292,7 @@ class Commits(Process):
         os.replace(tmp, index)
 
     def _commit_published(self, files: dict[str, bytes | None], info: str, message: str,
-                          identity: Identity | None, guard: dict[str, bytes | None],
+                          identity: Identity | None, guard: Mapping[str, bytes | None],
                           publisher) -> str:
         """Remote mode: the commit is built beside the index, pushed, and only then does the
         local branch move and the tree follow.  A refused push is made again on the remote's
@@ -390,7 +400,7 @@ class Commits(Process):
             lock.unlink(missing_ok=True)
 
     def write_intent(self, files: dict[str, bytes | None],
-                     before: dict[str, bytes | None]) -> Path:
+                     before: Mapping[str, bytes | None]) -> Path:
         """Journal a write-and-commit: for each path the content before and after.  Whichever
         of the two a dead process left in the working tree, it is janus-git's, and recovery
         puts the path to HEAD (the commit either happened or did not)."""
@@ -451,18 +461,18 @@ class Commits(Process):
             (self.git_dir / "index.lock").unlink(missing_ok=True)
 
 
-def _check_guard(repo: "Commits", guard: dict[str, bytes | None]) -> None:
+def _check_guard(repo: "Commits", guard: Mapping[str, bytes | None]) -> None:
     """Nothing under GUARD's paths differs from what the caller read from HEAD, or from what
     a checkout of HEAD put there: a symlink or a gitlink's empty folder where HEAD has one is
     git's, not a person's edit (and a symlink is never followed)."""
     for path, expected in guard.items():
         target = repo.root / path
         if target.is_symlink() or target.is_dir():
-            found = repo.entry("HEAD", path)  # type: ignore[attr-defined]
+            found = repo.entry("HEAD", path)
             link = os.readlink(target).encode() if target.is_symlink() else None
             if found is not None and (
                     (found[0] == SYMLINK and link is not None
-                     and repo.read_object(found[1]) == link)  # type: ignore[attr-defined]
+                     and repo.read_object(found[1]) == link)
                     or (found[0] in (GITLINK, TREE) and link is None)):
                 continue  # as a checkout of HEAD left it (a folder's files have guards of
                 # their own where they are changed)

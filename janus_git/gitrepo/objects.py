@@ -23,7 +23,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     import pygit2  # imported where objects are first read: a sandboxed helper never needs it
@@ -177,7 +177,7 @@ class ObjectReader:
             obj = self._repo.get(tree)
         except _read_errors():
             return None
-        return obj if obj is not None and obj.type == 2 else None
+        return cast("pygit2.Tree", obj) if obj is not None and obj.type == 2 else None
 
     def entry(self, tree: str, path: str) -> tuple[int, str] | None:
         """(mode, object id) of PATH in TREE, or None when there is nothing there."""
@@ -240,9 +240,9 @@ class ObjectReader:
                 modes[base] = new[0]
             if not (old_is_tree or new_is_tree):
                 return
-        a = self._tree(old[1]) if old_is_tree else None
-        b = self._tree(new[1]) if new_is_tree else None
-        empty = self._repo.get(self._empty_tree())
+        a = self._tree(old[1]) if old is not None and old_is_tree else None
+        b = self._tree(new[1]) if new is not None and new_is_tree else None
+        empty = cast("pygit2.Tree", self._repo.get(self._empty_tree()))
         from pygit2.enums import DiffOption
         diff = (a or empty).diff_to_tree(b or empty, flags=DiffOption.INCLUDE_TYPECHANGE)
         head = f"{base}/" if base else ""

@@ -172,8 +172,10 @@ class Reading(Process):
             chain = self._commits(self._ids("rev-list", "--first-parent", "--reverse", *rng,
                                             "--", *paths))
         else:
-            chain = self.objects.first_parent_chain(start, tip)
-            if chain is None:  # SINCE is not on the line (a merge took it in as a side parent)
+            walked = self.objects.first_parent_chain(start, tip)
+            if walked is not None:
+                chain = walked
+            else:  # SINCE is not on the line (a merge took it in as a side parent)
                 chain = self._commits(self._ids("rev-list", "--first-parent", "--reverse",
                                                 *rng))
         if len(chain) > BATCH_DIFFS:

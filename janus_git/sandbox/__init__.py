@@ -100,7 +100,7 @@ __all__ = ["NOBODY", "PATH", "POLL_S", "SandboxError", "SandboxResult", "doctor"
 log = logging.getLogger(__name__)
 
 # What a limit's kernel signal looks like once the command died of it.
-_SIGNAL_LIMITS = {signal.SIGXCPU: "cpu", signal.SIGXFSZ: "disk"}
+_SIGNAL_LIMITS = {int(signal.SIGXCPU): "cpu", int(signal.SIGXFSZ): "disk"}
 _MEMORY_WORDS = (b"MemoryError", b"Cannot allocate memory", b"std::bad_alloc",
                  b"out of memory", b"Out of memory")
 _FORK_WORDS = (b"Resource temporarily unavailable", b"fork: retry", b"Cannot fork",
@@ -229,6 +229,7 @@ def run(argv: list[str], limits: dict, root: Path, *, network: bool = False,
         return SandboxResult(list(argv), iso, limits, None, None, None, {}, b"", 0, started,
                              utcnow(), f"could not start: {e}", [], network)
     scratch, owned = spec.scratch, spec.owned
+    assert scratch is not None  # (the launch made it)
     if proc.stdin is not None:
         if stdin:
             threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True).start()

@@ -180,7 +180,7 @@ class Cgroups2(Cgroups):
         self._peak_fd = -1
         h = hierarchy or here()
         runs = h.runs_dir() if h is not None else None
-        if runs is None:
+        if h is None or runs is None:
             return
         try:
             (runs / name).mkdir()
@@ -201,7 +201,7 @@ class Cgroups2(Cgroups):
                 self._set("pids", "pids.max", limits["pids"] + overhead)]
         self._set("memory", "memory.swap.max", 0)  # as v1's memsw cap: no way around memory.max
         quota = int(100_000 * (os.cpu_count() or 1) * limits["cpu_percent"] / 100)
-        if "cpu" in self.dirs:
+        if "cpu" in self.dirs and self.path is not None:
             try:
                 (self.path / "cpu.max").write_text(f"{max(1000, quota)} 100000")
             except OSError:
@@ -226,7 +226,7 @@ class Cgroups2(Cgroups):
         """memory.peak resets for reads through the fd it was reset on (Linux 6.12+); on an
         older kernel the write fails and the figure is the cgroup's whole peak, less what
         was charged at this moment."""
-        if "memory" not in self.dirs:
+        if "memory" not in self.dirs or self.path is None:
             return
         try:
             self._peak_fd = os.open(self.path / "memory.peak", os.O_RDWR | os.O_CLOEXEC)
@@ -289,7 +289,7 @@ def probe(h: Hierarchy | None = None) -> dict:
     h = h or here()
     runs = h.runs_dir() if h is not None else None
     out = {ctl: False for ctl in WANTED}
-    if runs is None:
+    if h is None or runs is None:
         return {**out, "tree": False}
     sweep_stale(runs)
     probe_dir = runs / f"probe-{os.getpid()}"

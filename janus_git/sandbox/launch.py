@@ -82,7 +82,8 @@ def bwrap_argv(argv: list[str], root: Path, scratch: Path, network: bool, hide_g
 def extra_binds(paths: list[str], under_tmp: bool = False) -> list[str]:
     """Read-only binds at their own path.  Missing ancestors are made 0755 first: bwrap
     copies the host's mode, and a 0700 /root would hide a Python under /root/.pyenv."""
-    system = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/proc", "/dev")
+    system: tuple[str, ...] = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/proc",
+                               "/dev")
     system += () if under_tmp else ("/tmp",)
     keep = sorted({os.path.normpath(p) for p in paths})
     keep = [p for p in keep if not any(p != q and p.startswith(q + "/") for q in keep)]
@@ -249,8 +250,8 @@ def confine_flags(root: Path, scratch: Path, network: bool, hide_git: bool,
                 out += ["--read", str(path)]
     else:
         out += ["--read", str(root)]
-    for path in binds:
-        out += ["--exec", path]
+    for bind in binds:
+        out += ["--exec", bind]
     out += ["--write", str(scratch)]
     return out + ([] if network else ["--no-net"]) + ["--"]
 
@@ -269,6 +270,7 @@ def start_reduced(argv: list[str], cwd: Path, env: dict, stdin,
         try:
             cg.attach(proc.pid)
             cg.start_counting()
+            assert proc.stdin is not None  # (started with a pipe)
             os.write(proc.stdin.fileno(), b"\n")  # the wrapper's `read` returns: exec
         except OSError as e:
             abort(proc, e)

@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from . import cgroups
 from .cgroups import Cgroups
@@ -93,7 +93,7 @@ class Prestarted:
         return self.proc.pid
 
     def release(self, argv: list[str], cwd: str | None, env: dict[str, str],
-                ulimits: list[str] = ()) -> None:
+                ulimits: Sequence[str] = ()) -> None:
         """Hand over the command: the waiter changes to CWD, takes ENV as its whole
         environment and execs ARGV (confine.py: confines itself as the flags in ARGV say,
         then execs what follows them; a sandbox waiter first lowers its rlimits with the
@@ -123,7 +123,7 @@ class Prestarted:
 
 
 def script(argv: list[str], cwd: str | None, env: dict[str, str],
-           first: list[str] = ("exec 2>&1",)) -> bytes:
+           first: Sequence[str] = ("exec 2>&1",)) -> bytes:
     """A shell waiter reads this from its fd 2 (dash can name no fd above 9 to close it, so
     the pipe is put where the first line replaces it with the output); a sandbox waiter
     from its fd 0, which its first line replaces with /dev/null.  Then `cd`, a clean

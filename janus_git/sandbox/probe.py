@@ -8,6 +8,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 from . import cgroup2, cgroups, confine
 from .launch import NOBODY, bwrap_argv, drop_to_nobody
@@ -44,7 +45,8 @@ def unshare_probe() -> bool:
     path = shutil.which("unshare")
     if not path:
         return False
-    kw = dict(user=NOBODY, group=NOBODY, extra_groups=[]) if drop_to_nobody() else {}
+    kw: dict[str, Any] = (dict(user=NOBODY, group=NOBODY, extra_groups=[])
+                          if drop_to_nobody() else {})
     try:
         return subprocess.run([path, "--user", "--net", "true"], capture_output=True,
                               timeout=10, cwd="/", **kw).returncode == 0

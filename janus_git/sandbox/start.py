@@ -95,8 +95,8 @@ class Launch:
         have_cg = self.use_cg and any(probes()["cgroups"].values())
         if have_cg and self.iso == "bwrap" and self.writable_dir is None and \
                 self.stdin == subprocess.DEVNULL and not prestart_off():
-            kind, recipe = self._sandbox()
-            pre = pool.take(kind, recipe)
+            warm_kind, recipe = self._sandbox()
+            pre = pool.take(warm_kind, recipe)
             if pre is not None:
                 self.scratch, self.owned = pre.scratch, False  # the waiter's to remove
                 try:
@@ -107,7 +107,7 @@ class Launch:
         self.scratch, self.owned = _scratch(self.writable_dir)
         kind = kind_for(self.landlock, have_cg)
         pre = pool.take(kind) if kind and not prestart_off() else None
-        if pre is not None:
+        if pre is not None and kind:
             try:
                 return self._start(pre, pre.cg), pre.cg, kind.removesuffix("-bare")
             except (OSError, ValueError) as e:
@@ -140,6 +140,7 @@ class Launch:
         return pre.proc
 
     def _start(self, pre: Prestarted | None, cg: Cgroups) -> subprocess.Popen:
+        assert self.scratch is not None  # (made by `start` before this)
         cg.limit(self.limits, self.overhead, strict=pre is not None)
         userns = self.iso == "bwrap" or (not self.network and probes()["unshare_net"])
         lim = rlimits(self.limits, cg, self.overhead, userns and not drop_to_nobody())

@@ -198,6 +198,7 @@ def supervise(proc: subprocess.Popen, meter: Meter, killer: Killer, limits: dict
     neither."""
     out = Output(limits["output_kb"] * 1024)
     hard = out.keep * OUTPUT_HARD_FACTOR
+    assert proc.stdout is not None  # (every run is started with its output on a pipe)
     fd = proc.stdout.fileno()
     os.set_blocking(fd, False)
     poller = select.poll()

@@ -113,6 +113,7 @@ def execute(proposal: Any, config: Any, root: Path, *, cancel=None, on_start=Non
         model = getattr(context, "llm", context)
         content = write_with_model(model, proposal.args["topic"], proposal.mission)
         written_by = f"model {getattr(model, 'name', 'local')}"
+    assert content is not None  # (given in the args, or written by the model)
     title = content["title"].strip() or proposal.id
     path = node_path(Path(root), title, proposal.id)
     node = {"id": Path(path).stem, "title": title, "claim": content["claim"].strip(),

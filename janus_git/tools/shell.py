@@ -174,7 +174,8 @@ def _check_flags(cmd: str, rule: Rule, tok: str) -> None:
         if flag:
             raise _refuse(f"{cmd} {flag} {why}")
     if tok.startswith("-") and not tok.startswith("--") and cmd != "find":
-        cluster = re.match(r"-[A-Za-z]*", tok).group(0)[1:]
+        letters_run = re.match(r"-([A-Za-z]*)", tok)
+        cluster = letters_run.group(1) if letters_run else ""
         for letters, why in ((rule.letters, f"is not allowed ({_WHY})"),
                              (rule.list_letters, _LIST)):
             for letter in letters:

@@ -98,8 +98,8 @@ class Batcher:
         self.flight: Flight | None = None  # the batch commit under way in the background
         self.landing = 0.2  # seconds a claim takes to land (a moving average)
 
-    def takes(self, t: Ticket) -> bool:
-        return t.lane == "auto" and not self.ex.is_exclusive(t)
+    def takes(self, ticket: Ticket) -> bool:
+        return ticket.lane == "auto" and not self.ex.is_exclusive(ticket)
 
     # -- the executor's hooks ----------------------------------------------------------------
     def step(self) -> None:
@@ -116,29 +116,31 @@ class Batcher:
             if batch or self.state.results:
                 self._commit(batch, background=True)
 
-    def report(self) -> None:
+    def report(self) -> bool:
         """Finished runs: reported now if a person waits for one, the daemon stops, or the
-        oldest has waited long enough; otherwise with the next claim."""
+        oldest has waited long enough; otherwise with the next claim.  True: they are this
+        batcher's to report (the executor commits none of them itself)."""
         state = self.state
         self._measure()
         if not state.results:
             self.waiting_since = None
-            return
+            return True
         if self.waiting_since is None:
             self.waiting_since = time.monotonic()
         if state.stopped or state.exiting:
             self.release()
         elif self.flight is not None:
-            return  # the claim under way takes them, or the next one
+            pass  # the claim under way takes them, or the next one
         elif (any(run.lane == "people" for run, _ in state.results)
               or time.monotonic() - self.waiting_since > REPORT_AFTER):
             self._commit([])
+        return True
 
     def release(self) -> None:
         """On the way out (or at the stop): what was claimed here but never started is
         interrupted in one commit, with the results still unreported (after the claim under
         way, if any, has landed or been refused)."""
-        if self.flight is not None:
+        if self.flight is not None and self.flight.thread is not None:
             self.flight.thread.join()
             self._harvest()
         self._commit([], release=True)
@@ -263,7 +265,7 @@ class Batcher:
         when it was refused (what landed instead is fetched and brought in at once, so that
         the next claim is not built on the same stale tip), None while under way."""
         flight = self.flight
-        if flight is None or flight.thread.is_alive():
+        if flight is None or (flight.thread is not None and flight.thread.is_alive()):
             return None
         self.flight = None
         self.landing += 0.3 * (flight.took - self.landing)

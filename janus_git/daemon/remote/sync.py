@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import Conflict, GitError, JanusError
 from ...gitrepo import GitRepo
@@ -23,6 +23,9 @@ from ...util import utcnow
 from ..state import DaemonState
 from .leases import LEASE_REFS, SEEN_LEASES, Heartbeat, Lease, Leases
 from .replay import Replaying
+
+if TYPE_CHECKING:
+    from ...webhook import WebhookServer
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ class Remote(Replaying):
         self.poked = threading.Event()
         self.leases = Leases(instance)
         self.heartbeat: Heartbeat | None = None
-        self.webhook = None
+        self.webhook: WebhookServer | None = None
         self.next_fetch = 0.0
         self._poked_at = 0.0
         self.behind = False  # fetched, but not yet brought in (a claim held the writes)
