@@ -8,7 +8,7 @@
 2. Time to first token of the second cycle with the cached prefix vs cold (target <= 10 % of
    cold): the prompts of two consecutive real cycles, replayed with max_tokens=1 after a
    reset (cold) and right after the first (warm, prefix in the KV cache).
-3. The process hop (issue 13: the daemon's model runs in a child, modelproc.py): the same
+3. The process hop (the daemon's model runs in a child, modelproc.py): the same
    warm calls in this process and through the child's pipe, the calls a cycle makes, and the
    per-cycle cost that follows; then the same cycles through the child.
 

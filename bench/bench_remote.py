@@ -1,4 +1,4 @@
-"""Remote mode (issue 10): push -> run start, and throughput with 1, 2 and 3 daemons, beside
+"""Remote mode: push -> run start, and throughput with 1, 2 and 3 daemons, beside
 the local daemon of today, measured in the same run.
 
 The remote is a bare repository served by `git daemon` on 127.0.0.1; the reviewer works in

@@ -11,7 +11,7 @@ on_start fires (the process is started, nothing waits for a first sample).
 
     python bench/bench_sandbox.py [--runs 200]
 
-`--figures` instead: what each backend records for issue 13's three programs (print(1), 200
+`--figures` instead: what each backend records for three programs (print(1), 200
 MB, a 1 s CPU spin), from a process holding --ballast-mb as a daemon with its model does;
 `--code DIR` measures another janus-git tree (e.g. `git archive` of an older commit).
 
@@ -143,7 +143,7 @@ def main() -> None:
           f"p90 {result['on_start_p90_ms']} ms")
 
 
-# --- the figures a run records (issue 13), per backend: `--figures` -----------------------
+# --- the figures a run records, per backend: `--figures` ---------------------------------
 
 FIGURES_CHILD = """
 import json, os, statistics, sys

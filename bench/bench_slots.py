@@ -9,7 +9,7 @@ same run and on the same repository:
 - loaded: two automatic runs (a registered `sleeper`, python3 sleeping 600 s, which the
   policy runs by itself) hold the automatic slots (max_parallel_runs 3, reserved 1).
 
-The target: p50 under load <= 300 ms (issue 13) and within 1.5x the idle p50 of the same run.
+The target: p50 under load <= 300 ms and within 1.5x the idle p50 of the same run.
 
     python bench/bench_slots.py [--approvals 20] [--proposals 500]
 """

@@ -1,4 +1,4 @@
-"""The model in its own process (issue 13): real children, real signals, real rlimits.
+"""The model in its own process: real children, real signals, real rlimits.
 
 The faults are the child's own: it kills itself with SIGSEGV, hangs, or reserves address space
 until RLIMIT_AS refuses and then aborts as llama.cpp does; everything else is the tiny model

@@ -2,7 +2,7 @@
 (the kernel's own peaks), and the rlimit fallback (samples of the process tree, wait4's
 rusage as a floor).  cgroup v2 runs the same three programs in test_cgroup2.
 
-Must show (issue 13): `print(1)` records peak_processes >= 1 and peak_rss_mb < 60; a run that
+Must show: `print(1)` records peak_processes >= 1 and peak_rss_mb < 60; a run that
 allocates 200 MB records 190-400 MB; a 1-second CPU spin records cpu_seconds within 20 % of
 what the program itself counted."""
 from __future__ import annotations
@@ -76,7 +76,7 @@ def test_figures_are_true(tmp_path, monkeypatch, iso, cgroups, name):
 
 
 def test_the_daemons_own_peak_is_not_the_runs(tmp_path):
-    """The 252 MB of issue 13: a daemon holding 300 MB starts a tiny run.  wait4's ru_maxrss
+    """The 252 MB once recorded for a tiny run: a daemon holding 300 MB starts a tiny run.  wait4's ru_maxrss
     reports the daemon's peak for a vforked child; it must not become the run's figure."""
     script = ("import json, sys\nfrom pathlib import Path\nfrom janus_git import sandbox\n"
               "ballast = bytearray(300 << 20)\nfor i in range(0, len(ballast), 4096):\n"
