@@ -188,7 +188,7 @@ FIGURE_PROGRAMS = {
 
 def figure_backends() -> list[tuple[str, str, dict]]:
     """(name, isolation, environment) for each backend this machine can run."""
-    from janus_git.sandbox import cgroup2
+    from janus_git.sandbox.cgroups import v2 as cgroup2
     out = []
     mount = cgroup2.mount_point()
     for iso in ("bwrap", "reduced"):

@@ -120,14 +120,6 @@ def fast_proposal(path: str, text: bytes) -> proposal.Proposal | None:
         return None
 
 
-def fast_columns(path: str, text: bytes) -> dict[str, Any] | None:
-    """The index row of TEXT by the fast path, or None (then the index reads it the slow way).
-    The row is made by index.columns, as on the slow path."""
-    from .index import columns
-    p = fast_proposal(path, text)
-    return None if p is None else columns(p, path)
-
-
 # -- scalars ----------------------------------------------------------------------------------
 def _plain_ok(v: str) -> bool:
     return (bool(_PLAIN_START.match(v)) and ": " not in v and " #" not in v

@@ -68,6 +68,13 @@ def columns(p: Proposal, path: str) -> dict[str, Any]:
     return dict(zip(_layout().names, _values(p, path), strict=True))
 
 
+def fast_columns(path: str, text: bytes) -> dict[str, Any] | None:
+    """The index row of TEXT by fastrow's fast path, or None (the slow path reads it then)."""
+    from .fastrow import fast_proposal
+    p = fast_proposal(path, text)
+    return None if p is None else columns(p, path)
+
+
 def _values(p: Proposal, path: str) -> list[Any]:
     layout = _layout()
     values = list(layout.values(p)) if len(layout.fields) > 1 else [layout.values(p)]

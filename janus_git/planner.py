@@ -15,10 +15,11 @@ from typing import Any
 import jsonschema
 
 from . import lifecycle, missions
+from .backend import as_model
 from .config import Config
 from .errors import JanusError
 from .gitrepo import GitRepo, format_message
-from .llm import as_model, check_schema
+from .llm import check_schema
 from .novelty import NoveltyIndex
 from .prompt import MAX_PER_CYCLE, NEXT_CHUNKS, Surface, build_messages, read_proposal
 from .proposal import Proposal, new_id, utcnow

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from test_resources import LIMITS, PROGRAMS, check
 
-from janus_git.sandbox import cgroup2, measure
+from janus_git.sandbox import measure
+from janus_git.sandbox.cgroups import v2 as cgroup2
 
 MOUNT = cgroup2.mount_point()
 REAL = MOUNT is not None and os.access(MOUNT / "cgroup.procs", os.W_OK)

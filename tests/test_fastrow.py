@@ -164,7 +164,7 @@ def _yaml_of(p: proposal.Proposal, **edits: str) -> bytes:
 
 def _both(path: str, text: bytes):
     """(the fast path's row or None, the row the index stores) of TEXT."""
-    return fastrow.fast_columns(path, text), json.loads(index.row_for(path, "b", text)[-1])
+    return index.fast_columns(path, text), json.loads(index.row_for(path, "b", text)[-1])
 
 
 def test_a_decision_field_of_the_wrong_type_is_refused_on_the_fast_path_too():
@@ -241,7 +241,7 @@ def test_a_new_field_is_read_fast_checked_and_indexed(sr, add_ticket_field):
     text = t.to_yaml()
     assert b"\nticket: OPS-42\n" in text and b"ticket" not in before.to_yaml()
     # the fast path reads it (no slow path), as PyYAML would
-    row = fastrow.fast_columns(t.path, text)
+    row = index.fast_columns(t.path, text)
     assert row is not None and row["ticket"] == "OPS-42"
     assert fastrow.fast_proposal(t.path, text) == proposal.parse_proposal(text, t.path)
     # the validator, the schema and the index know it
@@ -258,7 +258,7 @@ def test_a_new_field_is_read_fast_checked_and_indexed(sr, add_ticket_field):
 def test_a_new_field_of_the_wrong_type_reads_slowly_and_is_reported(sr, add_ticket_field):
     t = _ticketed(add_ticket_field(), sr, "OPS-1")
     _commit_raw(sr, t.path, t.to_yaml().decode().replace("ticket: OPS-1", "ticket: [a]"))
-    assert fastrow.fast_columns(t.path, (sr.root / t.path).read_bytes()) is None
+    assert index.fast_columns(t.path, (sr.root / t.path).read_bytes()) is None
     row = sr.index.query()[0]
     assert row["status"] == "invalid" and "ticket: has the wrong type (list)" in row["error"]
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from janus_git import llm
+from janus_git import backend, llm
 from janus_git.errors import JanusError
 
 from tinymodel import CHATML, tiny_gguf, write_tiny_model  # noqa: F401 (fixture)
@@ -127,7 +127,7 @@ def test_model_context_loads_lazily_from_config(tiny_gguf, tmp_path):
     (root / "state").mkdir(parents=True)
     (root / "state" / tiny_gguf.name).symlink_to(tiny_gguf)  # a model kept under state/
     config = config_from_text(f"model: {{path: state/{tiny_gguf.name}, n_ctx: 512}}\n")
-    ctx = llm.ModelContext(config, root)
+    ctx = backend.ModelContext(config, root)
     assert ctx._model is None
     assert ctx.llm.path == root / "state" / tiny_gguf.name and ctx.llm is ctx.llm
 
@@ -200,7 +200,7 @@ def test_node_generator_from_args_and_from_the_model(state_dir, tiny_config):
     import jsonschema
     jsonschema.validate(node, NODE_SCHEMA)
     assert node["proposal"] == given.id and node["written_by"] == "proposal args"
-    ctx = llm.ModelContext(tiny_config, state_dir)
+    ctx = backend.ModelContext(tiny_config, state_dir)
     topic = _proposal("node_generator", "generate_new_nodes", {"topic": "why approvals matter"})
     res = tools.execute(topic, tiny_config, state_dir, context=ctx)
     assert res.status == "succeeded", res.error
@@ -217,7 +217,7 @@ def test_process_chunk_writes_a_note_with_facts_and_a_summary(state_dir, tiny_co
     p = _proposal("process_chunk", "process_chunk",
                   {"path": "missions/docs/git-release-chronicle.txt", "chunk": 13},
                   mission="STUDY-004-BETA")
-    res = tools.execute(p, tiny_config, state_dir, context=llm.ModelContext(tiny_config,
+    res = tools.execute(p, tiny_config, state_dir, context=backend.ModelContext(tiny_config,
                                                                             state_dir))
     assert res.status == "succeeded", res.error
     note = res.files["notes/git-release-chronicle/chunk-13.md"].decode()

@@ -76,8 +76,9 @@ def test_figures_are_true(tmp_path, monkeypatch, iso, cgroups, name):
 
 
 def test_the_daemons_own_peak_is_not_the_runs(tmp_path):
-    """The 252 MB once recorded for a tiny run: a daemon holding 300 MB starts a tiny run.  wait4's ru_maxrss
-    reports the daemon's peak for a vforked child; it must not become the run's figure."""
+    """The 252 MB once recorded for a tiny run: a daemon holding 300 MB starts a tiny run.
+    wait4's ru_maxrss reports the daemon's peak for a vforked child; it must not become the
+    run's figure."""
     script = ("import json, sys\nfrom pathlib import Path\nfrom janus_git import sandbox\n"
               "ballast = bytearray(300 << 20)\nfor i in range(0, len(ballast), 4096):\n"
               "    ballast[i] = 1\n"

@@ -284,7 +284,7 @@ def _variants():
 
 
 def test_fast_reader_agrees_with_pyyaml_on_what_the_dumper_writes():
-    from janus_git.fastrow import fast_columns
+    from janus_git.index import fast_columns
     fast = 0
     for path, text in _variants():
         row = fast_columns(path, text)
@@ -318,7 +318,7 @@ def test_fast_reader_never_accepts_what_pyyaml_reads_differently():
 
     from mutate import edit
 
-    from janus_git.fastrow import fast_columns
+    from janus_git.index import fast_columns
     rng = _random.Random(11)
     base = _variants()
     checked = 0

@@ -41,7 +41,7 @@ class ModelSlot:
         with self._lock:
             old = None
             if self._context is None or settings != self._settings:
-                from ..llm import ModelContext
+                from ..backend import ModelContext
                 old = self._context
                 self._context = ModelContext(self.state.config, self.root, isolated=True)
                 self._settings = settings

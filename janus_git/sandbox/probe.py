@@ -10,7 +10,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from . import cgroup2, cgroups, confine
+from . import cgroups, confine
+from .cgroups import v2 as cgroup2
 from .launch import NOBODY, bwrap_argv, drop_to_nobody
 from .prestart import prestart_off
 

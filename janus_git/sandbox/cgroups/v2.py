@@ -27,7 +27,8 @@ from pathlib import Path
 
 import psutil
 
-from .cgroups import Cgroups, Reading, _int, _stat, sweep_stale
+from .base import Reading, _int, _stat, sweep_stale
+from .v1 import Cgroups
 
 WANTED = ("memory", "pids", "cpu")
 

@@ -1,65 +1,25 @@
-"""Per-run cgroups.  cgroup v1 here: one cgroup per controller (memory, pids, cpu, cpuacct),
+"""Per-run cgroups on cgroup v1: one cgroup per controller (memory, pids, cpu, cpuacct),
 nested under the daemon's own.  Each is optional: a run gets the ones that could be created,
-and says which.  cgroup v2 (one tree, a delegated subtree) is in cgroup2; `make` picks the
-version this machine offers (``JANUS_GIT_CGROUP_VERSION=1|2`` forces one).
-
-Besides the caps, a run's cgroups are where its figures come from (see measure): the kernel's
-own peak memory, peak process count and CPU time, each counted from the moment the command is
-released (`start_counting`), so the sandbox's set-up is left out."""
+and says which."""
 from __future__ import annotations
 
 import functools
-import itertools
 import os
-import threading
 import time
 from pathlib import Path
 
-import psutil
+from .base import CGROUP_ROOT, Reading, _int, _stat, sweep_stale
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
-Reading = tuple[float, str]  # a figure and how the kernel gave it
-
-_serial = itertools.count()
-_serial_lock = threading.Lock()
 
 
-def run_name() -> str:
-    """run-<pid>-<n>: unique even for two runs that start in the same nanosecond (parallel
-    run slots); the pid names the owner for the sweep of a dead daemon's leftovers."""
-    with _serial_lock:
-        n = next(_serial)
-    return f"run-{os.getpid()}-{time.monotonic_ns()}-{n}"
-
-
-def forced_version() -> int | None:
-    v = os.environ.get("JANUS_GIT_CGROUP_VERSION", "")
-    return int(v) if v in ("1", "2") else None
-
-
-@functools.lru_cache(maxsize=None)
-def version() -> int:
-    """1 where a v1 controller of ours is mounted and writable, else 2 where a cgroup2 tree
-    is (a v2-only host, or a hybrid one whose v1 controllers are not ours), else 1 (which
-    then finds nothing)."""
-    forced = forced_version()
-    if forced:
-        return forced
+def usable() -> bool:
+    """Whether a v1 controller of ours is mounted and writable."""
     for ctl in CONTROLLERS:
         base = cgroup_base(ctl)
         if base is not None and os.access(base.parent, os.W_OK):
-            return 1
-    from . import cgroup2
-    return 2 if cgroup2.usable() else 1
-
-
-def make(name: str, enabled: bool = True) -> "Cgroups":
-    """One run's cgroups, of the version this machine offers."""
-    if enabled and version() == 2:
-        from . import cgroup2
-        return cgroup2.Cgroups2(name)
-    return Cgroups(name, enabled)
+            return True
+    return False
 
 
 def own_cgroup(controller: str) -> str | None:
@@ -207,48 +167,8 @@ class Cgroups:
                     time.sleep(0.02)
 
 
-def _int(text: str) -> int:
-    try:
-        return int(text.split()[0])
-    except (IndexError, ValueError):
-        return 0
-
-
-def _stat(text: str) -> dict[str, int]:
-    """A `key value` file (memory.stat, cpu.stat, memory.events) as a dict."""
-    out = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if value.strip().isdigit():
-            out[key] = int(value)
-    return out
-
-
-def owner_alive(name: str) -> bool:
-    """run-<pid>-<ns>: another live daemon's run dir, maybe created a moment ago and still
-    empty, is not ours to remove."""
-    try:
-        return psutil.pid_exists(int(name.split("-")[1]))
-    except (IndexError, ValueError):
-        return True
-
-
-def sweep_stale(base: Path) -> None:
-    """Remove the run cgroups a dead daemon left under BASE (a live one's are left alone)."""
-    for stale in base.glob("run-*"):
-        if not owner_alive(stale.name):
-            try:
-                stale.rmdir()
-            except OSError:
-                pass
-
-
 def probe() -> dict:
-    """{controller: usable} for the version in use; v2 adds "tree" (runs get a cgroup of
-    their own, even with no controller: exact CPU time and every process of the run)."""
-    if version() == 2:
-        from . import cgroup2
-        return cgroup2.probe()
+    """{controller: usable} on v1 (stale runs swept)."""
     out = {}
     for ctl in CONTROLLERS:
         base = cgroup_base(ctl)
