@@ -45,7 +45,7 @@ SPIN = ("import multiprocessing as m, time\n"
 
 def make_repo(tmp: Path, target: float, args) -> Path:
     from janus_git import lifecycle
-    from janus_git.state import init_state
+    from janus_git.staterepo import init_state
     root, _ = init_state(tmp / "state")
     cfg = yaml.safe_load((root / "state/agent.yaml").read_text())
     cfg["approvers"] = [{"name": common.ALICE[0], "email": common.ALICE[1]}]

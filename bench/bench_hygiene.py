@@ -31,7 +31,7 @@ from janus_git import hygiene, lifecycle, novelty  # noqa: E402
 from janus_git.config import load_config  # noqa: E402
 from janus_git.gitrepo import GitRepo, read_blobs  # noqa: E402
 from janus_git.proposal import Status, compute_digest, shard_path  # noqa: E402
-from janus_git.state import init_state  # noqa: E402
+from janus_git.staterepo import init_state  # noqa: E402
 
 DOC = "missions/docs/git-release-chronicle.txt"
 TEMPLATE = """id: {id}

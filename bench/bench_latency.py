@@ -59,7 +59,7 @@ try:
     from janus_git.daemon import Daemon  # noqa: E402
     from janus_git.gitrepo import GitRepo  # noqa: E402
     from janus_git.proposal import new_id  # noqa: E402
-    from janus_git.state import init_state  # noqa: E402
+    from janus_git.staterepo import init_state  # noqa: E402
     IMPORT_ERROR = None
 except Exception as e:  # a tree mid-edit: only a mode run here needs it (not --new-rev's)
     IMPORT_ERROR = e

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from janus_git import llm, planner  # noqa: E402
 from janus_git.config import load_config  # noqa: E402
 from janus_git.gitrepo import GitRepo  # noqa: E402
-from janus_git.state import init_state  # noqa: E402
+from janus_git.staterepo import init_state  # noqa: E402
 
 
 class Counted:

@@ -162,7 +162,7 @@ def main() -> int:
         args.proposals, args.runs = 2_000, 3
     common.use_env(common.WORK / "home")
     from janus_git import policytest
-    from janus_git.state import StateRepo
+    from janus_git.staterepo import StateRepo
 
     print(f"# {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)

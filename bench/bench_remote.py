@@ -41,7 +41,7 @@ PRINT_TIME = ["-c", "import time; print(repr(time.time()))"]
 
 
 def make_state(base: Path) -> Path:
-    from janus_git.state import init_state
+    from janus_git.staterepo import init_state
 
     from conftest import AGENT, ALICE, TEST_MISSION, configure
     root, _ = init_state(base / "state")
@@ -77,7 +77,7 @@ def tool_started(root: Path, pid: str, rev: str, timeout: float = 30) -> float:
 
 def approve_and_time(reviewer: Path, rev: str, n: int, port: int | None) -> float:
     from janus_git import actions
-    from janus_git.state import StateRepo
+    from janus_git.staterepo import StateRepo
 
     from conftest import git
     if rev != "HEAD":

@@ -46,7 +46,7 @@ def variants(root: Path) -> dict:
     out = {"plain subprocess /bin/true": lambda: subprocess.run(["/bin/true"], check=True)}
     if d["bwrap_usable"]:
         # bwrap alone with the exact command line a run gets: what bubblewrap itself costs
-        from janus_git.sandbox.launch import bwrap_argv
+        from janus_git.sandbox.argv import bwrap_argv
         scratch = Path(tempfile.mkdtemp(prefix="janus-bench-scratch-"))
         if os.geteuid() == 0:
             os.chown(scratch, sandbox.NOBODY, sandbox.NOBODY)

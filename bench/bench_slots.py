@@ -69,7 +69,7 @@ def make_repo(tmp: Path, existing: int) -> Path:
     from janus_git import lifecycle
     from janus_git.gitrepo import GitRepo
     from janus_git.proposal import Status
-    from janus_git.state import init_state
+    from janus_git.staterepo import init_state
     root, _ = init_state(tmp / "state")
     cfg = yaml.safe_load((root / "state/agent.yaml").read_text())
     cfg["approvers"] = [{"name": common.ALICE[0], "email": common.ALICE[1]}]

@@ -15,7 +15,7 @@ from .gitrepo import format_message
 from .policy import decide
 from .proposal import Proposal, Status, utcnow
 from .runlock import read_status
-from .state import STOP_PATH, StateRepo
+from .staterepo import STOP_PATH, StateRepo
 
 S = Status
 

@@ -31,7 +31,7 @@ JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
 
 
 def _sr(repo: str):
-    from .state import StateRepo
+    from .staterepo import StateRepo
     return StateRepo(repo)
 
 
@@ -47,7 +47,7 @@ def _console():
 @app.command()
 def init(directory: Path = typer.Argument(..., help="Where to create the state repository.")):
     """Create a state repository from the templates (agent.yaml, constitution, missions)."""
-    from .state import init_state
+    from .staterepo import init_state
     path, created = init_state(directory)
     _out(f"{'created' if created else 'already a state repository:'} {path}")
     if created:
@@ -356,7 +356,7 @@ def summary(day: Optional[str] = typer.Option(None, "--date", help="YYYY-MM-DD, 
             repo: str = RepoOpt, as_json: bool = JsonOpt):
     """The daily summary, as the daemon makes it: runs, success rate, what waits for you,
     missions, failures, resources and the previous 7 days."""
-    from .report import summary_on_demand
+    from .summary.report import summary_on_demand
     out, delivered = summary_on_demand(_sr(repo), day, send=send, as_json=as_json)
     _out(out)
     if delivered is not None:

@@ -12,7 +12,7 @@ import os
 import time
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-log = logging.getLogger("janus_git.clock")
+log = logging.getLogger(__name__)
 UTC = dt.timezone.utc
 _seen: dict[str, float] = {}  # each JANUS_GIT_NOW value -> when this process first read it
 

@@ -7,7 +7,7 @@ from typing import Callable
 from . import lifecycle
 from .daemon import Daemon
 from .gitrepo import GitRepo
-from .state import StateRepo, committer, init_state
+from .staterepo import StateRepo, committer, init_state
 
 DEMO_TOPIC = "autonomy through empowerment, not risk"
 

@@ -23,8 +23,9 @@ from .llm import check_schema
 from .novelty import NoveltyIndex
 from .prompt import MAX_PER_CYCLE, NEXT_CHUNKS, Surface, build_messages, read_proposal
 from .proposal import Proposal, new_id, utcnow
+from .tools import runner_name
 
-log = logging.getLogger("janus_git.planner")
+log = logging.getLogger(__name__)
 
 CONSTITUTION_PATH = "state/constitution.md"
 PROMPT_LOG_DIR = "logs/prompts"
@@ -32,7 +33,7 @@ TRAILER_CYCLE = "Janus-Cycle"
 CHUNK_TOOLS = ("process_chunk", "file_chunker")
 # which proposal types a tool's runner serves (the registry names runners, types are policy's)
 RUNNER_TYPES = {"process_chunk": ["process_chunk"], "node_generator": ["generate_new_nodes"],
-                "optimization_experiment": ["optimization_experiment"],
+                "llama_bench": ["optimization_experiment"],
                 "file_chunker": ["analysis"], "shell": ["analysis"]}
 BENCH_CHOICES = {"threads": [1, 2, 4, 8], "batch": [32, 64, 128, 256, 512],
                  "n_ctx": [256, 512, 1024, 2048], "n_tokens": [32, 64, 128]}
@@ -70,7 +71,7 @@ def args_schema(runner: str, surface: Surface) -> dict[str, Any]:
                 "properties": {"title": _s(3, 60), "claim": _s(10, 160),
                                "question": _s(10, 120), "related": {
                                    "type": "array", "maxItems": 3, "items": _s(3, 60)}}}
-    if runner == "optimization_experiment":
+    if runner == "llama_bench":
         return {"type": "object", "additionalProperties": False,
                 "required": list(BENCH_CHOICES),
                 "properties": {k: {"enum": v} for k, v in BENCH_CHOICES.items()}}
@@ -103,7 +104,7 @@ def output_schema(surface: Surface, max_items: int) -> dict[str, Any]:
     variants = []
     for name in offered_tools(surface):
         spec = surface.config.tools[name]
-        runner = spec.get("runner", name)
+        runner = runner_name(spec, name)
         variants.append({
             "type": "object", "additionalProperties": False,
             "required": ["tool", "type", "args", "rationale"],

@@ -12,7 +12,7 @@ from .proposal import Proposal, parse_proposal, shard_path
 PROPOSALS_DIR = "proposals"
 SHARD_RE = re.compile(r"^proposals/(\d{4})/(\d{2})/(\d{8}-\d{9}-[0-9a-f]{6})\.yaml$")
 ID_RE = re.compile(r"^\d{8}-\d{9}-[0-9a-f]{6}$")
-log = logging.getLogger("janus_git.store")
+log = logging.getLogger(__name__)
 
 
 def is_proposal_path(path: str) -> bool:

@@ -18,7 +18,7 @@ from .gitrepo import GitRepo, format_message
 from .policytest import back_test, render
 from .proposal import load_yaml
 
-log = logging.getLogger("janus_git.suggest")
+log = logging.getLogger(__name__)
 BRANCH_PREFIX = "janus/policy/"
 
 

@@ -27,7 +27,7 @@ from .errors import ConfigError, JanusError
 from .gitrepo import REGULAR_MODES, Commit, GitRepo, mode_name, parse_commit
 from .util import atomic_write
 
-log = logging.getLogger("janus_git.trust")
+log = logging.getLogger(__name__)
 GUARDED_DIRS = ("state", "missions")
 STOP_PATH = "state/STOP"
 _GOOD_SSH = re.compile(r'Good "git" signature for (\S+) with')

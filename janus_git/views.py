@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 from .errors import ConfigError
 from .proposal import parse_proposal, shard_path
-from .state import StateRepo
+from .staterepo import StateRepo
 
 LIST_COLUMNS = ("id", "status", "mission", "type", "tool", "risk", "created_at")
 

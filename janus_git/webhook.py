@@ -24,7 +24,7 @@ from typing import Callable
 from .errors import JanusError
 from .util import atomic_write
 
-log = logging.getLogger("janus_git.webhook")
+log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024          # GitHub caps its payloads at 25 MB; a poke needs none of it
 SEEN_LIMIT = 10_000             # remembered delivery keys, oldest forgotten first

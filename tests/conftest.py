@@ -105,7 +105,7 @@ def configure(root: Path, who: tuple[str, str] = ALICE, **changes) -> None:
 def _state_template(tmp_path_factory) -> Path:
     """One state repository made by `init`, with Alice as approver and the agent identity
     above; tests get a copy (~20 ms instead of ~500 ms for init + configure)."""
-    from janus_git.state import init_state
+    from janus_git.staterepo import init_state
     home = tmp_path_factory.mktemp("template-home")
     cfg = home / ".gitconfig"
     cfg.write_text(f"[user]\n\tname = {ALICE[0]}\n\temail = {ALICE[1]}\n"
@@ -139,5 +139,5 @@ def state_dir(_state_template, tmp_path) -> Path:
 
 @pytest.fixture
 def sr(state_dir):
-    from janus_git.state import StateRepo
+    from janus_git.staterepo import StateRepo
     return StateRepo(state_dir)

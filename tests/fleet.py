@@ -39,7 +39,7 @@ def file_many(root: Path, n: int, tool: str, args: list[str], type_: str = "anal
     """N proposals filed by Alice in one commit (as `janus-git propose` files each)."""
     from janus_git import lifecycle
     from janus_git.policy import decide
-    from janus_git.state import StateRepo
+    from janus_git.staterepo import StateRepo
     sr = StateRepo(root)
     ids = []
     for _ in range(n):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from janus_git.state import TEMPLATE_DIRS, StateRepo, init_state, template_root
+from janus_git.staterepo import TEMPLATE_DIRS, StateRepo, init_state, template_root
 
 from conftest import ALICE, git
 

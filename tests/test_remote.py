@@ -268,7 +268,7 @@ def test_people_and_daemons_edit_the_same_files_nothing_lost_nothing_run_twice(
 
     from janus_git import actions
     from janus_git.errors import JanusError
-    from janus_git.state import StateRepo
+    from janus_git.staterepo import StateRepo
 
     from fleet import SLEEPER, fleet, fsck, runs_in_history, start, statuses
     from fleet import share as share_fleet

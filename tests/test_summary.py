@@ -92,7 +92,7 @@ def history(state_dir):
 
 
 def test_figures_match_numbers_computed_independently(sr, history):
-    from janus_git.summary import build
+    from janus_git.summary.figures import build
     runs, waiting = history
     s = build(sr, DAY, TZ, as_of=AS_OF)
     today = [r for r in runs if r["ended"].date() == DAY]
@@ -131,8 +131,8 @@ def test_figures_match_numbers_computed_independently(sr, history):
 
 
 def test_markdown_top_fits_a_chat_preview(sr, history):
-    from janus_git.summary import build
-    from janus_git.summary_text import render
+    from janus_git.summary.figures import build
+    from janus_git.summary.text import render
     s = build(sr, DAY, TZ, as_of=AS_OF)
     text = render(s, "2026-11-20.png")
     head = [line for line in text.splitlines() if line][:4]
@@ -253,8 +253,8 @@ def test_the_summary_message_carries_pushed_text_inert(sr, history, receiver):  
     from test_notify import assert_inert
 
     from janus_git.notify import Notifier
-    from janus_git.summary import build
-    from janus_git.summary_text import render
+    from janus_git.summary.figures import build
+    from janus_git.summary.text import render
     p = new_proposal(mission="TEST @channel <!here> [runbook](http://evil.example)",
                      type_="maintenance", tool="shell", args=["echo", "x"], rationale="r",
                      created_by="mallory")

@@ -60,7 +60,20 @@ def test_every_shipped_tool_has_a_runner():
     assert cfg.tools["shell"]["auto_exec"] and cfg.tools["file_chunker"]["auto_exec"]
     assert RUNNERS["node_generator"] == "janus_git.tools.node_generator"
     assert RUNNERS["process_chunk"] == "janus_git.tools.process_chunk"
-    assert RUNNERS["optimization_experiment"] == "janus_git.tools.optimization"
+    assert RUNNERS["llama_bench"] == "janus_git.tools.llama_bench"
+
+
+def test_an_agent_yaml_naming_the_old_runner_name_still_runs_llama_bench():
+    """`runner: optimization_experiment` (before the runner took its tool's name) is read as
+    llama_bench: a repository made then keeps working."""
+    assert tools.runner_name({"runner": "optimization_experiment"}, "llama_bench") == \
+        "llama_bench"
+    assert tools.runner_name({}, "llama_bench") == "llama_bench"
+    cfg = config()
+    cfg.tools["llama_bench"]["runner"] = "optimization_experiment"
+    spec, runner = tools._runner(prop("llama_bench", {"threads": 1, "batch": 32,
+                                                      "n_ctx": 256}), cfg)
+    assert runner.__name__ == "janus_git.tools.llama_bench"
 
 
 def test_unknown_tool_is_refused_and_execute_does_not_raise(repo):

@@ -20,7 +20,7 @@ The parts, each handed what it uses (nothing reaches into another's privates):
                remote (remote/, RemoteCoordinator: imported only when the rules name one)
 - reader.py    CommitReader: people's commits, one first-parent commit at a time
 - judge.py     ApprovalJudge: whether a commit approves, and quorums; start-up re-judging
-- answers.py   Answers: correction commits for what no one may commit
+- corrections.py  Corrections: correction commits for what no one may commit
 - decider.py   Decider: new proposals -> auto approval, refusal, or a person's approval
 - branches.py  ApprovalBranches: the `janus/proposal/<id>` branches offered for merging
 - executor.py  Executor: runs (start, collect, commit results)

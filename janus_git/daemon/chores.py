@@ -11,18 +11,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import clock, report, summary
+from .. import clock
 from ..errors import JanusError
 from ..faults import crashpoint
 from ..gitrepo import GitRepo
 from ..notify import Notifier, settings
 from ..proposal import Status
-from ..state import StateRepo
-from ..summary_text import age
+from ..staterepo import StateRepo
+from ..summary import figures as summary
+from ..summary import report
+from ..summary.text import age
 from ..util import atomic_write
 from .state import DaemonState
 
-log = logging.getLogger("janus_git.daemon")
+log = logging.getLogger(__name__)
 GRAPH_EVERY = 200  # new commits between commit-graph writes
 CHECK_EVERY = 30.0  # seconds between looks at the clock: a summary is at most this late
 HELD = "summary-"

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from ..notify import Notifier
     from ..proposal import Proposal
-    from ..state import StateRepo
+    from ..staterepo import StateRepo
     from .state import DaemonState, Ticket
 
 

@@ -20,11 +20,11 @@ from ..faults import crashpoint
 from ..notify import Notifier, needs_human
 from ..policy import decide
 from ..proposal import Proposal, Status, utcnow
-from ..state import StateRepo
+from ..staterepo import StateRepo
 from .branches import ApprovalBranches
 from .state import DaemonState, Ticket
 
-log = logging.getLogger("janus_git.daemon")
+log = logging.getLogger(__name__)
 S = Status
 ALERT_EVERY_S = 600.0  # the relief valve's alert, at most this often
 

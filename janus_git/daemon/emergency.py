@@ -16,10 +16,10 @@ from .. import lifecycle
 from ..gitrepo import GitRepo
 from ..notify import Notifier
 from ..proposal import Status
-from ..state import STOP_PATH, StateRepo
+from ..staterepo import STOP_PATH, StateRepo
 from .state import DaemonState
 
-log = logging.getLogger("janus_git.daemon")
+log = logging.getLogger(__name__)
 S = Status
 
 

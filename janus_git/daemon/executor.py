@@ -36,12 +36,12 @@ from ..faults import crashpoint, stallpoint
 from ..gitrepo import UnsafePath
 from ..policy import decide
 from ..proposal import Proposal, Status, utcnow
-from ..state import StateRepo
+from ..staterepo import StateRepo
 from .branches import ApprovalBranches
 from .coordinator import Coordinator
 from .state import DaemonState, Run, Ticket
 
-log = logging.getLogger("janus_git.daemon")
+log = logging.getLogger(__name__)
 S = Status
 
 

@@ -20,22 +20,22 @@ from ..errors import ConfigError
 from ..gitrepo import Commit
 from ..notify import Notifier
 from ..proposal import Proposal, Status, parse_proposal, shard_path, utcnow
-from ..state import StateRepo
+from ..staterepo import StateRepo
 from ..trust import Rules
-from .answers import Answers
+from .corrections import Corrections
 from .state import DaemonState, Ticket
 
-log = logging.getLogger("janus_git.daemon")
+log = logging.getLogger(__name__)
 S = Status
 
 
 class ApprovalJudge:
-    def __init__(self, sr: StateRepo, state: DaemonState, answers: Answers,
+    def __init__(self, sr: StateRepo, state: DaemonState, corrections: Corrections,
                  notifier: Notifier) -> None:
         self.repo = sr.repo
         self.store = sr.store
         self.state = state
-        self.answers = answers
+        self.corrections = corrections
         self.notifier = notifier
 
     @property
@@ -60,7 +60,7 @@ class ApprovalJudge:
         p, text = current
         filed = self.filing(p.id)
         if filed.digest is not None and then.recompute_digest() != filed.digest:
-            self.answers.changed(c, then, filed)
+            self.corrections.changed(c, then, filed)
             return
         verdict = check_approval(self.trust, rules, c, then, filed)
         if not verdict.ok:

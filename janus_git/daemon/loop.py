@@ -1,7 +1,7 @@
 """The daemon's loop: it builds its parts, hands each what it uses, and steps them in order.
 
 Each step: commit finished runs' results (executor), read what people committed since the
-cursor (reader, judging approvals through the judge and answering through answers), honour
+cursor (reader, judging approvals through the judge, answering through corrections), honour
 the emergency stop, start approved work (executor), decide new proposals (decider), and let
 the thinker think.  `work(burst=True)` steps until idle and returns, as rq's worker does; the
 live daemon steps until SIGTERM, woken early by a watchdog on the refs and by finished runs.
@@ -21,12 +21,12 @@ from ..errors import Conflict, JanusError
 from ..notify import Notifier
 from ..proposal import Status, utcnow
 from ..runlock import DaemonLock
-from ..state import StateRepo
+from ..staterepo import StateRepo
 from ..trust import Trust
-from .answers import Answers
 from .branches import ApprovalBranches
 from .chores import CommitGraph, DailySummary
 from .coordinator import for_config
+from .corrections import Corrections
 from .decider import Decider
 from .emergency import EmergencyStop, StopWatch
 from .executor import Executor
@@ -35,7 +35,7 @@ from .reader import CommitReader
 from .state import CursorFile, DaemonState
 from .thinker import ModelSlot, Thinker
 
-log = logging.getLogger("janus_git.daemon")
+log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0  # how often refs are read with no watchdog event
 S = Status
 
@@ -72,9 +72,9 @@ class Daemon:
         self.instance = coordinator.instance
         self.model = model = ModelSlot(self.root, state)
         self.branches = ApprovalBranches(self.repo, state)
-        self.answers = Answers(self.sr, state, self.notifier)
-        self.judge = ApprovalJudge(self.sr, state, self.answers, self.notifier)
-        self.reader = CommitReader(self.sr, state, self.cursor_file, self.judge, self.answers)
+        self.corrections = Corrections(self.sr, state, self.notifier)
+        self.judge = ApprovalJudge(self.sr, state, self.corrections, self.notifier)
+        self.reader = CommitReader(self.sr, state, self.cursor_file, self.judge, self.corrections)
         self.decider = Decider(self.sr, state, self.branches, self.controls, self.notifier,
                                one_commit_per_pass=coordinator.one_commit_per_pass)
         self.thinker = Thinker(self.repo, state, model, enabled=think, once=once,
@@ -276,7 +276,7 @@ class Daemon:
         self._check_agent_key()
         self.branches.load()
         self.reader.catch_up(head)
-        self.answers.refusals(live=False)  # HEAD must show the rules in force
+        self.corrections.refusals(live=False)  # HEAD must show the rules in force
         s.stopped = s.rules.stopped
         for row in self.sr.index.query(status=[S.RUNNING.value]):
             current = self.sr.store.head(row["id"])

@@ -5,7 +5,7 @@ Every commit that is not the agent's own signed commit is a person's, whatever e
 carries, and is answered: a change to the rules is judged by the rules in force before it
 (trust.py), a status change by the approval rules (approvals.py, through judge.py), a change
 to what was filed or an unreadable file is put right by a correction commit that says why
-(answers.py).
+(corrections.py).
 
 The cursor (the last commit read) moves only past commits that were read in full; it is saved
 under .git/janus/ after each catch-up, so a crash re-reads at most what it had not saved.
@@ -20,26 +20,26 @@ from ..errors import ConfigError
 from ..faults import crashpoint
 from ..gitrepo import REGULAR_MODES, Commit, mode_name
 from ..proposal import HUMAN_TRANSITIONS, Proposal, Status, parse_proposal
-from ..state import StateRepo
+from ..staterepo import StateRepo
 from ..store import check_placement, id_from_path, is_proposal_path
 from ..trust import Rules
-from .answers import TOOL_LOG, Answers
+from .corrections import TOOL_LOG, Corrections
 from .judge import ApprovalJudge
 from .state import CursorFile, DaemonState, Ticket
 
-log = logging.getLogger("janus_git.daemon")
+log = logging.getLogger(__name__)
 S = Status
 
 
 class CommitReader:
     def __init__(self, sr: StateRepo, state: DaemonState, cursor_file: CursorFile,
-                 judge: ApprovalJudge, answers: Answers) -> None:
+                 judge: ApprovalJudge, corrections: Corrections) -> None:
         self.repo = sr.repo
         self.store = sr.store
         self.state = state
         self.cursor_file = cursor_file
         self.judge = judge
-        self.answers = answers
+        self.corrections = corrections
         self.commits_read = 0  # since start (the commit-graph is rewritten every so many)
         self.read_before: str | None = None  # the cursor when this catch-up began
 
@@ -65,7 +65,7 @@ class CommitReader:
             state.cursor = self.repo.head() if state.cursor != head else head
             self.trust.rules.at = state.cursor
             self.trust.save()
-        self.answers.refusals()
+        self.corrections.refusals()
         self.cursor_file.save(state.cursor)
 
     def _process_commit(self, c: Commit) -> None:
@@ -80,7 +80,7 @@ class CommitReader:
             return
         taken = self._taken_from_agent(c)
         if TOOL_LOG in c.changes and TOOL_LOG not in taken:
-            self.answers.tool_log(c)
+            self.corrections.tool_log(c)
         for path, change in c.changes.items():
             if not is_proposal_path(path):
                 continue
@@ -180,17 +180,17 @@ class CommitReader:
         check_placement(path)
         mode = c.modes.get(path, 0)
         if mode and mode not in REGULAR_MODES:
-            self.answers.unreadable(c, pid, ConfigError(
+            self.corrections.unreadable(c, pid, ConfigError(
                 path, None, f"it became {mode_name(mode)}; a proposal is a regular file"))
             return
         try:
             new = parse_proposal(self.repo.read_blob(c.sha, path) or b"", path)
         except ConfigError as e:
-            self.answers.unreadable(c, pid, e)
+            self.corrections.unreadable(c, pid, e)
             return
         if change == "A" or not c.parents:
             self._filed(c, new)
-            self.answers.check_filing(c, new)
+            self.corrections.check_filing(c, new)
             return
         old_text = self.repo.read_blob(c.parents[0], path)
         try:
@@ -200,7 +200,7 @@ class CommitReader:
             self.state.queue.withdraw(pid)
         filed = self.judge.filing(pid)
         if filed.digest is not None and new.recompute_digest() != filed.digest:
-            self.answers.changed(c, new, filed)
+            self.corrections.changed(c, new, filed)
             return
         if old is None:
             if new.status == S.APPROVED:
@@ -208,7 +208,7 @@ class CommitReader:
             return
         if old.status == new.status:
             if (new.decision, new.execution) != (old.decision, old.execution):
-                self.answers.agents_blocks(c, old, new)
+                self.corrections.agents_blocks(c, old, new)
                 return
             if new.status == S.PROPOSED and len(new.approvals) > len(old.approvals):
                 self.judge.judge(self.judge.acting(c, pid, path, rules), new, rules)

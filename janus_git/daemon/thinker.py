@@ -20,7 +20,7 @@ from ..gitrepo import GitRepo
 from ..proposal import CLEARED
 from .state import DaemonState
 
-log = logging.getLogger("janus_git.daemon")
+log = logging.getLogger(__name__)
 BACKOFF_CAP = 3600.0  # seconds: a broken model is tried at least once an hour
 PREFIX = "thinking cycle"  # what the thinker's own entries in state.last_error start with
 

@@ -87,11 +87,11 @@ from typing import Callable
 
 from ..errors import JanusError
 from ..util import utcnow
+from .argv import NOBODY, PATH
 from .cgroups import Cgroups
-from .launch import NOBODY, PATH
+from .launch import Launch
 from .prestart import ENV_NAME, kind_for, pool, prestart_off
 from .probe import cgroups_off, doctor, forced_reduced, landlock_off, probes, python_binds
-from .start import Launch
 from .supervise import OUTPUT_HARD_FACTOR, POLL_S, Killer, Meter, Output, dir_bytes, supervise
 
 __all__ = ["NOBODY", "PATH", "POLL_S", "SandboxError", "SandboxResult", "doctor",

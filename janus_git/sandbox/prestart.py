@@ -183,7 +183,7 @@ def spawn_sandbox(kind: str, root: Path, network: bool, hide_git: bool, binds: l
     While it waits the shell is still root (bwrap's few capabilities): as uid 65534 it
     could be written to, through /proc/<pid>/fd/0, by any other process of that uid.  Its
     scratch dir sits in a 0700 directory of ours for the same reason."""
-    from .launch import NOBODY, PATH, bwrap_argv, drop_to_nobody, start_bwrap
+    from .argv import NOBODY, PATH, bwrap_argv, drop_to_nobody, start_bwrap
     cg = cgroups.make(cgroups.run_name())
     if not cg.joined:
         return None

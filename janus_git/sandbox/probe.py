@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from . import cgroups, confine
+from .argv import NOBODY, bwrap_argv, drop_to_nobody
 from .cgroups import v2 as cgroup2
-from .launch import NOBODY, bwrap_argv, drop_to_nobody
 from .prestart import prestart_off
 
 _probe_lock = threading.Lock()

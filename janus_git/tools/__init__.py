@@ -23,7 +23,7 @@ from ..errors import JanusError
 __all__ = ["RUNNERS", "RunResult", "TOOL_USE_SCHEMA", "ToolRefused", "check", "doctor",
            "execute", "from_sandbox", "path_problem", "refused", "tool_use_line",
            "tool_use_schema"]
-log = logging.getLogger("janus_git.tools")
+log = logging.getLogger(__name__)
 
 RUNNERS: dict[str, Any] = {
     "shell": "janus_git.tools.shell",
@@ -31,8 +31,10 @@ RUNNERS: dict[str, Any] = {
     "external": "janus_git.tools.external",
     "node_generator": "janus_git.tools.node_generator",
     "process_chunk": "janus_git.tools.process_chunk",
-    "optimization_experiment": "janus_git.tools.optimization",
+    "llama_bench": "janus_git.tools.llama_bench",
 }
+# runner names of earlier versions, still read in an agent.yaml that names them
+RUNNER_ALIASES = {"optimization_experiment": "llama_bench"}
 
 
 @dataclass
@@ -124,13 +126,19 @@ def path_problem(root: Path, value: str) -> str | None:
     return None
 
 
+def runner_name(spec: dict, tool: str) -> str:
+    """The runner a tool's entry names (its own name when it names none)."""
+    name = spec.get("runner", tool)
+    return RUNNER_ALIASES.get(name, name)
+
+
 def _runner(proposal: Any, config: Any) -> tuple[dict, Any]:
     spec = config.tools.get(proposal.tool)
     if spec is None:
         known = ", ".join(sorted(config.tools)) or "none"
         raise ToolRefused(f"unknown tool {proposal.tool!r}; registered tools: {known} "
                           "(state/agent.yaml tools:)")
-    name = spec.get("runner", proposal.tool)
+    name = runner_name(spec, proposal.tool)
     target = RUNNERS.get(name)
     if target is None:
         raise ToolRefused(f"tool {proposal.tool!r} uses runner {name!r}, which janus-git does "

@@ -33,7 +33,7 @@ from typing import Any
 
 from ...notify import Notifier
 from ...proposal import Proposal, Status
-from ...state import StateRepo
+from ...staterepo import StateRepo
 from ..state import DaemonState
 from .batch import Batcher
 from .sync import Remote, claimed_by

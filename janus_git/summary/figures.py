@@ -15,8 +15,8 @@ import math
 from collections import Counter
 from typing import Any
 
-from . import clock
-from .gitrepo import GitRepo, Identity, format_message
+from .. import clock
+from ..gitrepo import GitRepo, Identity, format_message
 
 SUMMARY_DIR = "logs/summaries"
 RESOURCES = ("cpu_seconds", "peak_rss_mb", "wall_seconds", "bytes_written")
@@ -162,7 +162,7 @@ def waiting(rows: list[dict[str, Any]], as_of: dt.datetime) -> list[dict[str, An
 
 
 def mission_progress(repo: GitRepo, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    from .missions import load_missions, progress
+    from ..missions import load_missions, progress
     out = []
     for m in load_missions(repo, on_error=lambda e: None):
         pr = progress(m, rows)

@@ -1,4 +1,4 @@
-"""The daemon's answers to commits no one may make: each is a new commit that puts the record
+"""Corrections: the daemon's answer to commits no one may make, a new commit that puts the record
 right and says why in its `note:` (or message), and an alert.  Published history is never
 rewritten.
 
@@ -20,14 +20,14 @@ from ..errors import ConfigError
 from ..gitrepo import REGULAR_MODES, Commit, format_message
 from ..notify import Notifier
 from ..proposal import Proposal, Status, parse_proposal, shard_path
-from ..state import StateRepo
+from ..staterepo import StateRepo
 from .state import DaemonState
 
-log = logging.getLogger("janus_git.daemon")
+log = logging.getLogger(__name__)
 S = Status
 
 
-class Answers:
+class Corrections:
     def __init__(self, sr: StateRepo, state: DaemonState, notifier: Notifier) -> None:
         self.repo = sr.repo
         self.store = sr.store

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import clock, summary
-from .gitrepo import GitRepo
+from .. import clock
+from ..gitrepo import GitRepo
+from . import figures as summary
 
 MAX_BACKLOG = 31
-log = logging.getLogger("janus_git.summary")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -80,7 +81,7 @@ def due_days(repo: GitRepo, settings: dict[str, Any], now: dt.datetime,
 
 def make(sr: Any, day: dt.date, settings: dict[str, Any], *, as_of: dt.datetime | None = None,
          chart: bool = True) -> Report:
-    from . import summary_text
+    from . import text as summary_text
     data = summary.build(sr, day, settings["timezone"], as_of=as_of,
                          remind_after=float(settings["remind_after"]))
     png = None
@@ -102,9 +103,9 @@ def summary_on_demand(sr: Any, day: str | None, *, send: bool = False, as_json: 
     import json
     import tempfile
 
-    from .errors import JanusError
-    from .notify import send as deliver
-    from .notify import settings
+    from ..errors import JanusError
+    from ..notify import send as deliver
+    from ..notify import settings
     conf = settings(sr.config)
     try:
         when = dt.date.fromisoformat(day) if day else last_due(conf, clock.now())

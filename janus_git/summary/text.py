@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .chattext import inert
+from ..notify.chattext import inert
 
 BARS = "▁▂▃▄▅▆▇█"
 

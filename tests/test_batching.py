@@ -9,10 +9,9 @@ import time
 import pytest
 from test_notify import Receiver, receiver  # noqa: F401  (the fixture)
 
-from janus_git import digest
 from janus_git.lifecycle import new_proposal
-from janus_git.notify import Notifier, needs_human, send
-from janus_git.outbox import Outbox
+from janus_git.notify import Notifier, batching, needs_human, send
+from janus_git.notify.outbox import Outbox
 from janus_git.proposal import Status
 
 from conftest import configure
@@ -26,14 +25,14 @@ def _proposal(n: int = 0, tool: str = "shell", args=("ls", "missing")):
 
 def test_the_rules_of_a_burst():
     item = {"at": 100.0}
-    assert digest.due_at([item], None, 60) == 100.0 + digest.GATHER  # the first: at once
-    assert digest.due_at([item], 90.0, 60) == 160.0        # in a burst: a quiet window later
-    assert digest.due_at([item, {"at": 130.0}], 90.0, 60) == 190.0
-    assert digest.due_at([item], 30.0, 60) == 101.0        # the burst is over
-    assert digest.due_at([item, {"at": 1000.0}], 90.0, 60) == 100.0 + 5 * 60  # capped
-    assert digest.due_at([item], 90.0, 0) == 100.0          # batch_seconds: 0 sends each
-    assert digest.group_of("approval", "a", "b") == digest.group_of("approval", "c", "d")
-    assert digest.group_of("alert", "a", "b") != digest.group_of("alert", "a", "c")
+    assert batching.due_at([item], None, 60) == 100.0 + batching.GATHER  # the first: at once
+    assert batching.due_at([item], 90.0, 60) == 160.0        # in a burst: a quiet window later
+    assert batching.due_at([item, {"at": 130.0}], 90.0, 60) == 190.0
+    assert batching.due_at([item], 30.0, 60) == 101.0        # the burst is over
+    assert batching.due_at([item, {"at": 1000.0}], 90.0, 60) == 100.0 + 5 * 60  # capped
+    assert batching.due_at([item], 90.0, 0) == 100.0          # batch_seconds: 0 sends each
+    assert batching.group_of("approval", "a", "b") == batching.group_of("approval", "c", "d")
+    assert batching.group_of("alert", "a", "b") != batching.group_of("alert", "a", "c")
 
 
 def test_100_identical_failure_alerts_are_one_message_saying_100(state_dir, receiver):
@@ -72,7 +71,7 @@ def test_later_alerts_of_a_burst_wait_and_merge(state_dir, receiver):
 
 def test_twenty_manual_proposals_in_5s_arrive_as_at_most_2_messages(state_dir, receiver):
     from janus_git.actions import propose
-    from janus_git.state import StateRepo
+    from janus_git.staterepo import StateRepo
     configure(state_dir, notifications={"urls": [receiver.url], "batch_seconds": 3})
     sr = StateRepo(state_dir)
     ids = []
@@ -173,8 +172,8 @@ def test_tags_route_kinds_and_secrets_come_from_outside(state_dir, tmp_path, mon
 
 def test_the_json_receiver_gets_the_sparkline_and_the_png(state_dir, receiver, tmp_path):
     png = tmp_path / "chart.png"
-    from janus_git.chart import draw
-    from janus_git.summary_text import sparkline
+    from janus_git.summary.chart import draw
+    from janus_git.summary.text import sparkline
     data = {"date": "2026-11-28", "timezone": "UTC",
             "hourly": [{"succeeded": h % 3, "failed": h % 2, "other": 0} for h in range(24)],
             "previous_days": [{"date": f"2026-11-2{d}", "success_rate": 0.9} for d in range(7)],

@@ -1,9 +1,9 @@
-"""The `optimization_experiment` runner (tool `llama_bench`): llama.cpp throughput at given
-settings, measured in a sandboxed child so the run's CPU, memory and time are limited and
-recorded like any other tool's.
+"""The `llama_bench` runner and tool (proposal type `optimization_experiment`): llama.cpp
+throughput at given settings, measured in a sandboxed child so the run's CPU, memory and
+time are limited and recorded like any other tool's.
 
 Args: ``{"threads": 1-64, "batch": 8-2048, "n_ctx": 128-8192, "n_tokens": 8-512}`` (n_tokens
-optional, default 64).  The child (``python -m janus_git.tools.optimization``) loads the model
+optional, default 64).  The child (``python -m janus_git.tools.llama_bench``) loads the model
 with those settings, evaluates a prompt of n_ctx/4 tokens and generates n_tokens, and prints
 one JSON line: prompt and generation tokens/s.  The result lands in
 notes/optimization/<proposal id>.json (committed with the result).
@@ -57,7 +57,7 @@ def execute(proposal: Any, config: Any, root: Path, *, cancel=None, on_start=Non
     model = find_model(config["model"], Path(root))
     with tempfile.TemporaryDirectory(prefix="janus-bench-") as scratch:
         shown = _reachable(model, Path(scratch))
-        argv = [sys.executable, "-m", "janus_git.tools.optimization", shown,
+        argv = [sys.executable, "-m", "janus_git.tools.llama_bench", shown,
                 json.dumps(s, separators=(",", ":"))]
         res = sandbox.run(argv, dict(config.tool_limits(proposal.tool)), Path(root),
                           cancel=cancel, on_start=on_start, isolation=isolation,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("janus_git.notify")
+log = logging.getLogger(__name__)
 ALWAYS = "always"  # apprise's own tag for "every notification"
 
 

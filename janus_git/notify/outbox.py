@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import digest
-from .faults import crashpoint
-from .proposal import new_id
+from ..faults import crashpoint
+from ..proposal import new_id
+from ..util import atomic_write, utcnow
+from . import batching
 from .targets import Target, deliver, resolve
-from .util import atomic_write, utcnow
 
-log = logging.getLogger("janus_git.notify")
+log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 20
 ANNOUNCED = 5000  # approval requests remembered as sent
 
@@ -37,7 +37,7 @@ class Outbox:
     # -- items ---------------------------------------------------------------------------
     def add(self, title: str, body: str, kind: str) -> Path:
         item = {"title": title, "body": body, "kind": kind, "at": time.time(),
-                "group": digest.group_of(kind, title, body)}
+                "group": batching.group_of(kind, title, body)}
         path = self.dir / f"i-{new_id()}.json"
         atomic_write(path, json.dumps(item).encode())
         return path
@@ -77,7 +77,7 @@ class Outbox:
         now, upcoming = time.time(), None
         for group, entries in groups.items():
             entries.sort(key=lambda e: e[1]["at"])
-            when = digest.due_at([i for _, i in entries], self.last_sent.get(group), window)
+            when = batching.due_at([i for _, i in entries], self.last_sent.get(group), window)
             if force or when <= now:
                 self._make(group, entries, now)
             else:
@@ -86,7 +86,7 @@ class Outbox:
 
     def _make(self, group: str, entries: list[tuple[Path, dict[str, Any]]], now: float) -> None:
         items = [i for _, i in entries]
-        title, body = digest.compose(items)
+        title, body = batching.compose(items)
         self.put(title, body, items[0]["kind"], items=[p.name for p, _ in entries])
         crashpoint("after-digest-written")
         for path, _ in entries:  # after the message is on disk: see recover()

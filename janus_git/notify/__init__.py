@@ -2,7 +2,7 @@
 through the `notifications` targets of the rules in force.
 
 Posts go to a crash-safe outbox under .git/janus/outbox/ (outbox.py); a thread digests them
-(digest.py: a burst of approval requests, or of identical alerts, is one message) and delivers
+(batching.py: a burst of approval requests, or of identical alerts, is one message) and delivers
 them, off the daemon's reactor thread: a slow webhook never delays an approval.  The
 notifications section is read again at every post and every delivery, so a committed change
 (URLs, tags, windows) applies with no restart.
@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ..config import DEFAULTS
+from ..proposal import Proposal, Status
 from .chattext import inert
-from .config import DEFAULTS
 from .outbox import Outbox
-from .proposal import Proposal, Status
 from .targets import Target, deliver, redact, resolve
 
-log = logging.getLogger("janus_git.notify")
+log = logging.getLogger(__name__)
 S = Status
 __all__ = ["Notifier", "Outbox", "alert_for", "needs_human", "send", "send_test", "redact"]
 

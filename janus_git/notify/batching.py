@@ -1,4 +1,4 @@
-"""Digests: which waiting outbox items go out now, and as what one message.
+"""Batching: which waiting outbox items go out now, and as what one message (a digest).
 
 Pure functions of the items, the clock and the window (`notifications.batch_seconds`), so the
 rules are tested without a receiver.  The rules, from the people who read the messages:
