@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,6 +12,7 @@ from typing import Any
 from .errors import ConfigError
 from .gitrepo import Identity
 from .proposal import load_yaml
+from .util import atomic_write
 
 AGENT_PATH = "state/agent.yaml"
 AUTO_TYPES = ["analysis", "optimization_experiment", "generate_new_nodes", "process_chunk"]
@@ -231,13 +235,17 @@ class Config:
         return self.data[key]
 
 
-def config_from_text(text: bytes | str | None, path: str = AGENT_PATH) -> Config:
+def config_from_text(text: bytes | str | None, path: str = AGENT_PATH, *,
+                     schema_checked: bool = False) -> Config:
+    """The configuration TEXT makes, or ConfigError.  SCHEMA_CHECKED: this very text passed
+    the JSON Schema before (load_config's mark), so jsonschema need not even be imported."""
     raw = load_yaml(text, path) if text else {}
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(path, None, "agent.yaml must be a mapping")
-    validate(raw, SCHEMA, path)
+    if not schema_checked:
+        validate(raw, SCHEMA, path)
     data = _merge(DEFAULTS, raw)
     _check_timezone(path, data["notifications"].get("timezone"))
     if data["remote"] is not None:
@@ -293,4 +301,24 @@ def load_config(root: Path) -> Config:
     except FileNotFoundError:
         raise ConfigError(AGENT_PATH, None, "missing",
                           "run `janus-git init` or restore it with git") from None
-    return config_from_text(text)
+    # a command that reads agent.yaml as it was when it last passed the schema skips the
+    # check (importing jsonschema alone took 64 ms of `janus-git status`); the mark names
+    # the text and the schema, so any edit of either checks again
+    mark = root / ".git" / "janus" / "agent-yaml-valid"
+    key = hashlib.sha256(_schema_id().encode() + b"\0" + text).hexdigest()
+    try:
+        checked = mark.read_text() == key
+    except OSError:
+        checked = False
+    config = config_from_text(text, schema_checked=checked)
+    if not checked and mark.parent.is_dir():
+        try:
+            atomic_write(mark, key.encode(), make_parents=False)
+        except OSError:
+            pass  # (a read-only clone: the next command checks again)
+    return config
+
+
+@functools.cache
+def _schema_id() -> str:
+    return hashlib.sha256(json.dumps(SCHEMA, sort_keys=True).encode()).hexdigest()

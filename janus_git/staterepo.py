@@ -29,12 +29,12 @@ def template_root() -> Path:
 
 
 class StateRepo:
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, pipe_reads: bool = False) -> None:
         self.root = Path(root).resolve()
         if not (self.root / ".git").exists() or not (self.root / "state").is_dir():
             raise JanusError(f"{self.root} is not a janus-git state repository "
                              "(create one with `janus-git init DIR`)")
-        self.repo = GitRepo(self.root)
+        self.repo = GitRepo(self.root, pipe_reads=pipe_reads)
         self.store = Store(self.repo)
 
     @cached_property

@@ -33,6 +33,19 @@ def pytest_configure(config):
     _TIMING["on"] = "timing" in expr and "not timing" not in expr
 
 
+# Runs as uid 65534 without cgroups are capped by RLIMIT_NPROC, which counts every process
+# of that uid on the host: two such test runs at once on two workers hit each other's cap
+# (a pids limit the run did not reach).  Their modules share one worker.
+ONE_WORKER = {"test_sandbox.py", "test_tools_registry.py", "test_resources.py",
+              "test_prestart.py", "test_nonroot.py", "test_cgroup2.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in ONE_WORKER:
+            item.add_marker(pytest.mark.xdist_group("uid-65534"))
+
+
 def within(seconds: float) -> float:
     """The bound a test asserts for a target of SECONDS: the target itself under
     `pytest -m timing`, else HANG_FACTOR times it."""

@@ -137,3 +137,29 @@ def test_an_unknown_timezone_is_refused_by_name():
         config_from_text("notifications: {timezone: Mars/Olympus}")
     assert config_from_text("notifications: {timezone: Europe/Paris}")[
         "notifications"]["timezone"] == "Europe/Paris"
+
+
+def test_a_text_that_passed_the_schema_is_not_checked_again_but_an_edit_is(tmp_path):
+    """load_config marks the agent.yaml text (and schema) that passed under .git/janus/, so
+    a read command needs no jsonschema; any other text is checked in full."""
+    import subprocess
+    import sys
+    root = tmp_path / "st"
+    (root / ".git" / "janus").mkdir(parents=True)
+    (root / "state").mkdir()
+    agent = root / AGENT_PATH
+    agent.write_text((ROOT / AGENT_PATH).read_text())
+    load_config(root)
+    mark = root / ".git" / "janus" / "agent-yaml-valid"
+    assert mark.is_file()
+    probe = ("import sys; from pathlib import Path; from janus_git.config import load_config; "
+             f"load_config(Path({str(root)!r})); print('jsonschema' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr  # marked: not even imported
+    agent.write_text(agent.read_text().replace("mode: beta", "mode: gamma"))
+    with pytest.raises(ConfigError, match="mode"):
+        load_config(root)  # another text: checked, and refused
+    mark.write_text("0" * 64)  # a mark naming something else checks the text again
+    agent.write_text((ROOT / AGENT_PATH).read_text() + "\nunknown_key: 1\n")
+    with pytest.raises(ConfigError, match="unknown_key"):
+        load_config(root)

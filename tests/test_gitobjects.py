@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from janus_git.gitrepo import GitRepo, parse_commit
+from janus_git.gitrepo import GitRepo, ObjectReader, parse_commit
 
 EXAMPLES = int(os.environ.get("JANUS_GIT_PROPERTY_EXAMPLES", "150"))
 PATHS = ["state/STOP", "state/agent.yaml", "state/allowed_signers", "missions/m.yaml",
@@ -183,6 +183,20 @@ def test_the_daemons_view_of_history_is_gits_own(tmp_path_factory, spec):
                            if theirs["changes"][p] != "D"}
         mine["blobs"] = {p: b for p, b in mine["blobs"].items() if mine["changes"][p] != "D"}
         assert mine == theirs, sha
+    # a read command's pipe (git cat-file --batch, trees parsed in Python) reads the same
+    # raw objects and entries as libgit2, file, symlink, gitlink and folder alike
+    piped = ObjectReader(root, pipe=True)
+    for sha in chain:
+        c = repo.commit_info(sha)
+        assert piped.raw(sha) == repo.objects.raw(sha) and piped.raw(c.tree) == \
+            repo.objects.raw(c.tree)
+        paths = set(repo.objects.with_changes(repo.commit_info(sha)).changes)
+        paths |= {p.rsplit("/", 1)[0] for p in paths if "/" in p}
+        paths |= {p + "/below" for p in list(paths)} | {"", "nothing/there", "a//b"}
+        for path in sorted(paths):
+            assert piped.entry(c.tree, path) == repo.objects.entry(c.tree, path), path
+            assert piped.blob(c.tree, path) == repo.objects.blob(c.tree, path), path
+    piped.close()
     # many commits at once (one `git diff-tree --stdin`) read the same as one at a time
     batch = [repo.commit_info(sha) for sha in chain]
     repo._diff_many(batch, ())

@@ -17,7 +17,7 @@ import pytest
 
 from janus_git import sandbox
 from janus_git.sandbox import cgroups, prestart
-from janus_git.sandbox.argv import sandbox_kind
+from janus_git.sandbox.launch import sandbox_kind
 
 from conftest import within
 

@@ -19,7 +19,7 @@ import pytest
 
 from janus_git import sandbox
 from janus_git.sandbox import prestart
-from janus_git.sandbox.argv import sandbox_kind
+from janus_git.sandbox.launch import sandbox_kind
 
 from conftest import within
 

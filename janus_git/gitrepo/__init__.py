@@ -67,9 +67,11 @@ class GitRepo(Reading, Commits, Refs):
       local branch moves: git's refusal of a non-fast-forward push is the compare-and-swap.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, pipe_reads: bool = False) -> None:
+        """PIPE_READS: objects are read through a `git cat-file --batch` pipe (a one-shot
+        read command: no pygit2 import), not libgit2 (objects.py)."""
         self.root = Path(root).resolve()
-        self.objects = ObjectReader(self.root)
+        self.objects = ObjectReader(self.root, pipe=pipe_reads)
         self.made: set[str] = set()
         self.publisher: Publisher | None = None
         # a proposal's transitions committed through this repository (lifecycle.py sends;

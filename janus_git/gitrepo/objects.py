@@ -15,11 +15,17 @@ off: proc.git_env), each checked to be 40 hex digits, and everything else is rea
 
 Measured against GitPython's `cat-file --batch` pipe (2,000 proposal blobs of a 10,000-proposal
 repository, by path at HEAD): ~90 µs a read either way, with no pipe that only one thread may
-use (each thread gets its own libgit2 handle) and no process to keep alive.
+use (each thread gets its own libgit2 handle) and no process to keep alive.  But importing
+pygit2 costs a one-shot command ~50 ms, so the read commands (`status`, `show`, `list`) read
+raw objects through one `git cat-file --batch` pipe instead (`ObjectReader(pipe=True)`): the
+same raw bytes, with replacements off (proc.git_env), and trees parsed here.  What they
+write, or compare tree against tree, still goes through pygit2, imported when first needed.
+tests/test_gitobjects.py holds both readers to git's own view.
 """
 from __future__ import annotations
 
 import re
+import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,12 +133,60 @@ def _ident(line: bytes) -> tuple[str, str]:
     return name.decode("utf-8", "replace"), line[lt + 1:gt].decode("utf-8", "replace")
 
 
-class ObjectReader:
-    """The object database of one repository, one libgit2 handle per thread."""
+_TYPES = {b"commit": 1, b"tree": 2, b"blob": 3, b"tag": 4}  # libgit2's numbers
+
+
+class CatFile:
+    """One `git cat-file --batch` process: raw objects by id, as git stores them."""
 
     def __init__(self, root: Path) -> None:
+        from .proc import git_env
+        self.proc = subprocess.Popen(["git", "cat-file", "--batch"], cwd=root,
+                                     env=git_env(), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+    def read(self, sha: str) -> tuple[int, bytes] | None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(sha.encode() + b"\n")
+        self.proc.stdin.flush()
+        header = self.proc.stdout.readline().split()
+        if len(header) != 3:
+            return None  # "<sha> missing" (or the pipe closed)
+        data = self.proc.stdout.read(int(header[2]) + 1)[:-1]
+        kind = _TYPES.get(header[1])
+        return (kind, data) if kind is not None else None
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def tree_entries(data: bytes) -> dict[str, tuple[int, str]]:
+    """A raw tree object's entries: {name: (mode, id)} (`<octal mode> <name>\\0<20 bytes>`)."""
+    out: dict[str, tuple[int, str]] = {}
+    at = 0
+    while at < len(data):
+        space = data.index(b" ", at)
+        nul = data.index(b"\0", space)
+        name = data[space + 1:nul].decode("utf-8", "surrogateescape")
+        out[name] = (int(data[at:space], 8), data[nul + 1:nul + 21].hex())
+        at = nul + 21
+    return out
+
+
+class ObjectReader:
+    """The object database of one repository, one libgit2 handle per thread; with PIPE, raw
+    objects and entries come from one `git cat-file --batch` (a one-shot command's reads:
+    no pygit2 import)."""
+
+    def __init__(self, root: Path, pipe: bool = False) -> None:
         self.root = root
         self._local = threading.local()
+        self._pipe: CatFile | None = None
+        self.pipe = pipe
 
     @property
     def _repo(self) -> pygit2.Repository:
@@ -147,12 +201,19 @@ class ObjectReader:
         if repo is not None:
             repo.free()
             self._local.repo = None
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
 
     # -- raw objects ---------------------------------------------------------------------
     def raw(self, sha: str) -> tuple[int, bytes] | None:
         """(libgit2's type number, content) of the object SHA, or None."""
         if not is_sha(sha):
             return None
+        if self.pipe:
+            if self._pipe is None:
+                self._pipe = CatFile(self.root)
+            return self._pipe.read(sha)
         try:
             kind, data = self._repo.odb.read(sha)
         except _read_errors():
@@ -181,6 +242,8 @@ class ObjectReader:
 
     def entry(self, tree: str, path: str) -> tuple[int, str] | None:
         """(mode, object id) of PATH in TREE, or None when there is nothing there."""
+        if self.pipe:
+            return self._entry_by_pipe(tree, path)
         root = self._tree(tree)
         if root is None or not path:
             return None
@@ -189,6 +252,19 @@ class ObjectReader:
         except (KeyError, ValueError, TypeError):
             return None
         return obj.filemode, str(obj.id)
+
+    def _entry_by_pipe(self, tree: str, path: str) -> tuple[int, str] | None:
+        if not tree or not path:
+            return None
+        found: tuple[int, str] | None = (TREE, tree)
+        for name in path.split("/"):
+            if found is None or found[0] != TREE:
+                return None  # (a file, a symlink or a gitlink has no entries)
+            raw = self.raw(found[1])
+            if raw is None or raw[0] != 2:
+                return None
+            found = tree_entries(raw[1]).get(name)
+        return found
 
     def blob(self, tree: str, path: str) -> bytes | None:
         """The content of PATH in TREE where it is a regular file (a symlink, a gitlink or a
