@@ -73,7 +73,7 @@ class Executor:
         self.controls.sample(state.pending_auto())
         self.claims.step()
         while state.queue and not state.exiting:
-            ticket = self._next()
+            ticket = self.next_ticket()
             if ticket is None:
                 return
             state.queue.take(ticket.id)
@@ -83,7 +83,7 @@ class Executor:
                 state.queue.offer(ticket)  # a person is editing it: try again later
                 raise
 
-    def _next(self) -> Ticket | None:
+    def next_ticket(self) -> Ticket | None:
         """The ticket that may start now, or None; sets exclusive_waiting."""
         state, c = self.state, self.controls
         self.exclusive_waiting = None

@@ -1,10 +1,7 @@
 """The tool registry at run time: check a proposal's tool and args, run it, describe the run.
 
 A tool is an entry under ``tools:`` in state/agent.yaml; its ``runner`` names an entry of
-RUNNERS (a module path or an object), which exposes ``check(proposal, config, root)`` and
-``execute(proposal, config, root, *, cancel, on_start, context) -> RunResult``.  ``check`` is
-cheap and static (no subprocess) and raises ToolRefused with a one-line reason; ``execute``
-never raises for a failing tool: it returns a failed RunResult whose ``error`` says why.
+RUNNERS (a module path or an object), which answers the ToolRunner protocol below.
 """
 from __future__ import annotations
 
@@ -14,13 +11,14 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from .. import audit
 from ..audit import TOOL_USE_SCHEMA, tool_use_schema
 from ..errors import JanusError
 
-__all__ = ["RUNNERS", "RunResult", "TOOL_USE_SCHEMA", "ToolRefused", "check", "doctor",
+__all__ = ["RUNNERS", "RunResult", "TOOL_USE_SCHEMA", "ToolRefused", "ToolRunner", "check",
+           "doctor",
            "execute", "from_sandbox", "path_problem", "refused", "tool_use_line",
            "tool_use_schema"]
 log = logging.getLogger(__name__)
@@ -126,13 +124,27 @@ def path_problem(root: Path, value: str) -> str | None:
     return None
 
 
+class ToolRunner(Protocol):
+    """What a runner (a module of tools/, or an object in RUNNERS) gives the daemon."""
+
+    def check(self, proposal: Any, config: Any, root: Path) -> None:
+        """Cheap and static (no subprocess): raise ToolRefused with a one-line reason."""
+
+    def execute(self, proposal: Any, config: Any, root: Path, *,
+                cancel: threading.Event | None = None,
+                on_start: Callable[[int], None] | None = None,
+                context: object | None = None, **kw: Any) -> "RunResult":
+        """Run it; never raise for a failing tool: a failed RunResult whose ``error`` says
+        why (`on_start` is told the pid the run started as)."""
+
+
 def runner_name(spec: dict, tool: str) -> str:
     """The runner a tool's entry names (its own name when it names none)."""
     name = spec.get("runner", tool)
     return RUNNER_ALIASES.get(name, name)
 
 
-def _runner(proposal: Any, config: Any) -> tuple[dict, Any]:
+def _runner(proposal: Any, config: Any) -> tuple[dict, ToolRunner]:
     spec = config.tools.get(proposal.tool)
     if spec is None:
         known = ", ".join(sorted(config.tools)) or "none"
