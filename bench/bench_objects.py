@@ -58,19 +58,6 @@ print(json.dumps({"commits": len(log), "changes": sum(len(c.changes) for c in lo
 """
 
 
-def rev_tree(rev: str) -> Path:
-    """REV checked out (detached) in a git worktree under bench/.work/, made once."""
-    sha = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=common.ROOT,
-                         check=True, capture_output=True, text=True).stdout.strip()
-    tree = common.WORK / f"tree-{sha[:10]}"
-    if not (tree / ".git").exists():
-        common.WORK.mkdir(exist_ok=True)
-        subprocess.run(["git", "worktree", "prune"], cwd=common.ROOT, capture_output=True)
-        subprocess.run(["git", "worktree", "add", "--detach", str(tree), sha], cwd=common.ROOT,
-                       check=True, capture_output=True)
-    return tree
-
-
 def in_tree(tree: Path, argv: list[str], timeout: float = 1800) -> str:
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": ""}
     out = subprocess.run([sys.executable, *argv], cwd=tree, env=env, capture_output=True,
@@ -105,7 +92,7 @@ def main() -> int:
     common.use_env(common.WORK / "home")
     print(f"# {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
-    trees = {args.rev: rev_tree(args.rev), "this tree": common.ROOT}
+    trees = {args.rev: common.rev_tree(args.rev), "this tree": common.ROOT}
     if "reads" not in args.skip:
         src = common.build_repo(10_000, 10_000)
         print(f"history reads, {src.name} (10,000 proposals in 10,000 commits), median of "

@@ -196,3 +196,16 @@ def report(rows: list[dict]) -> str:
         lines.append(f"| {r['name']} | {r['target']} | {base} | {fmt_s(r['ours'])} | {cpu} "
                      f"| {ratio} | {'PASS' if r['ok'] else 'MISS'} | {date} |")
     return "\n".join(lines)
+
+
+def rev_tree(rev: str) -> Path:
+    """REV checked out (detached) in a git worktree under bench/.work/, made once."""
+    sha = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=ROOT,
+                         check=True, capture_output=True, text=True).stdout.strip()
+    tree = WORK / f"tree-{sha[:10]}"
+    if not (tree / ".git").exists():
+        WORK.mkdir(exist_ok=True)
+        subprocess.run(["git", "worktree", "prune"], cwd=ROOT, capture_output=True)
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), sha], cwd=ROOT,
+                       check=True, capture_output=True)
+    return tree

@@ -46,6 +46,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group("uid-65534"))
 
 
+def timing_on() -> bool:
+    """Whether this run asserts timing figures (`pytest -m timing`)."""
+    return _TIMING["on"]
+
+
 def within(seconds: float) -> float:
     """The bound a test asserts for a target of SECONDS: the target itself under
     `pytest -m timing`, else HANG_FACTOR times it."""

@@ -217,7 +217,8 @@ def test_words_no_program_can_take_are_refused_before_anything_is_made(repo, wor
         with pytest.raises(sandbox.SandboxError, match="cannot be passed to a program"):
             sandbox.run(kw["argv"], SMALL, repo, env=kw.get("env"))
     assert own_run_dirs() == before_dirs
-    assert len(os.listdir("/proc/self/fd")) == before_fds
+    # no descriptor left behind (the pool's background refill may close some meanwhile)
+    assert len(os.listdir("/proc/self/fd")) <= before_fds
 
 
 def test_a_script_cut_short_runs_nothing(tmp_path):

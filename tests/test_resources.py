@@ -15,6 +15,8 @@ import pytest
 
 from janus_git import sandbox, tools
 
+from conftest import timing_on
+
 HAVE_BWRAP = sandbox.doctor()["bwrap_usable"]
 HAVE_V1 = sandbox.doctor()["cgroups"].get("memory") and \
     sandbox.doctor().get("cgroup_version") == 1
@@ -37,7 +39,11 @@ def check(name: str, res: dict, output: bytes) -> None:
     assert set(res["measured"]) >= {"cpu_seconds", "peak_rss_mb", "peak_processes"}, res
     if name == "print":
         assert res["peak_processes"] >= 1, res
-        assert 0 < res["peak_rss_mb"] < 60, res
+        assert res["peak_rss_mb"] < 60, res  # never the daemon's own 250 MB
+        # a 20 ms program is seen only if the sampler thread runs within it: on a host busy
+        # enough to starve it, the figure is recorded as not measured, never as made up
+        assert res["peak_rss_mb"] > 0 or (not timing_on()
+                                           and res["measured"]["peak_rss_mb"] == "none"), res
         assert res["cpu_peak_percent"] > 0, res
     elif name == "alloc200":
         assert 190 <= res["peak_rss_mb"] <= 400, res
