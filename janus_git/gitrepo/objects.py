@@ -260,11 +260,25 @@ class ObjectReader:
         for name in path.split("/"):
             if found is None or found[0] != TREE:
                 return None  # (a file, a symlink or a gitlink has no entries)
-            raw = self.raw(found[1])
+            entries = self._parsed_tree(found[1])
+            if entries is None:
+                return None
+            found = entries.get(name)
+        return found
+
+    def _parsed_tree(self, sha: str) -> dict[str, tuple[int, str]] | None:
+        """Tree SHA's entries, parsed once: a tree never changes, and a file's history reads
+        the same month folder (hundreds of entries) for every commit."""
+        cache: dict[str, dict[str, tuple[int, str]]] = self.__dict__.setdefault("_trees", {})
+        entries = cache.get(sha)
+        if entries is None:
+            raw = self.raw(sha)
             if raw is None or raw[0] != 2:
                 return None
-            found = tree_entries(raw[1]).get(name)
-        return found
+            if len(cache) >= 512:
+                cache.clear()
+            entries = cache[sha] = tree_entries(raw[1])
+        return entries
 
     def blob(self, tree: str, path: str) -> bytes | None:
         """The content of PATH in TREE where it is a regular file (a symlink, a gitlink or a
