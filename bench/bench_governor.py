@@ -90,7 +90,8 @@ def run_mode(name: str, target: float, args) -> dict:
             slots.append(d.state.running("auto"))
             outputs.append(d.controls.governor.output)
     finally:
-        d.state.queue.clear()
+        for pid in list(d.state.queue):
+            d.state.queue.withdraw(pid)
         for run in list(d.state.runs.values()):
             run.cancel.set()
         d.request_stop()

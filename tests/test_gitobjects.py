@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from janus_git.gitrepo import GitRepo, ObjectReader, parse_commit
+from janus_git.gitrepo import REGULAR_MODES, GitRepo, ObjectReader, parse_commit
 
 EXAMPLES = int(os.environ.get("JANUS_GIT_PROPERTY_EXAMPLES", "150"))
 PATHS = ["state/STOP", "state/agent.yaml", "state/allowed_signers", "missions/m.yaml",
@@ -183,6 +183,11 @@ def test_the_daemons_view_of_history_is_gits_own(tmp_path_factory, spec):
                            if theirs["changes"][p] != "D"}
         mine["blobs"] = {p: b for p, b in mine["blobs"].items() if mine["changes"][p] != "D"}
         assert mine == theirs, sha
+        if mine["parents"]:  # the index's diff: each file's blob id is git's own
+            diffed = {path: blob for letter, path, blob in repo.diff_tree(mine["parents"][0], sha)
+                      if letter != "D"}
+            assert diffed == {p: b for p, b in theirs["blobs"].items()
+                              if theirs["modes"][p] in REGULAR_MODES}, sha
     # a read command's pipe (git cat-file --batch, trees parsed in Python) reads the same
     # raw objects and entries as libgit2, file, symlink, gitlink and folder alike
     piped = ObjectReader(root, pipe=True)

@@ -289,11 +289,12 @@ class ObjectReader:
         raw = self.raw(found[1])
         return raw[1] if raw is not None and raw[0] == 3 else None
 
-    def changes(self, old_tree: str | None, new_tree: str,
-                paths: tuple[str, ...] = ()) -> tuple[dict[str, str], dict[str, int]]:
+    def changes(self, old_tree: str | None, new_tree: str, paths: tuple[str, ...] = (),
+                ids: dict[str, str] | None = None) -> tuple[dict[str, str], dict[str, int]]:
         """What differs between two trees under PATHS (every path when none are given), as
         {path: letter} and {path: new mode (0: gone)}.  Renames are a deletion and an
-        addition; a file that became a symlink or gitlink is a type change (T)."""
+        addition; a file that became a symlink or gitlink is a type change (T).  IDS, when
+        given, gets each path's object id in NEW_TREE (none for a deletion)."""
         letters: dict[str, str] = {}
         modes: dict[str, int] = {}
         for prefix in paths or ("",):
@@ -301,7 +302,7 @@ class ObjectReader:
             new = self._subtree(new_tree, prefix)
             if old is not None and new is not None and old[1] == new[1] and old[0] == new[0]:
                 continue
-            self._diff(old, new, prefix, letters, modes)
+            self._diff(old, new, prefix, letters, modes, ids)
         return letters, modes
 
     def _subtree(self, tree: str | None, prefix: str) -> tuple[int, str] | None:
@@ -311,7 +312,8 @@ class ObjectReader:
         return (TREE, tree) if not prefix else self.entry(tree, prefix.rstrip("/"))
 
     def _diff(self, old: tuple[int, str] | None, new: tuple[int, str] | None, prefix: str,
-              letters: dict[str, str], modes: dict[str, int]) -> None:
+              letters: dict[str, str], modes: dict[str, int],
+              ids: dict[str, str] | None = None) -> None:
         base = prefix.rstrip("/")
         old_is_tree = old is not None and old[0] == TREE
         new_is_tree = new is not None and new[0] == TREE
@@ -328,6 +330,8 @@ class ObjectReader:
                 else:
                     letters[base] = "M"
                 modes[base] = new[0]
+                if ids is not None:
+                    ids[base] = new[1]
             if not (old_is_tree or new_is_tree):
                 return
         a = self._tree(old[1]) if old is not None and old_is_tree else None
@@ -341,6 +345,8 @@ class ObjectReader:
             path = head + (delta.new_file.path if letter != "D" else delta.old_file.path)
             letters[path] = letter
             modes[path] = 0 if letter == "D" else delta.new_file.mode
+            if ids is not None and letter != "D":
+                ids[path] = str(delta.new_file.id)
 
     def _empty_tree(self) -> str:
         tree = getattr(self._local, "empty", None)

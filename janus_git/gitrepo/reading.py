@@ -119,14 +119,14 @@ class Reading(Process):
         old_tree, new_tree = self._tree_of(old), self._tree_of(new)
         if new_tree is None:
             raise HistoryError(f"{new} names no commit or tree here")
+        ids: dict[str, str] = {}  # the diff's own ids: no lookup of each path again
         letters, modes = self.objects.changes(old_tree, new_tree, tuple(p.rstrip("/") + "/"
-                                                                        for p in paths))
+                                                                        for p in paths), ids)
         out = []
         for path, letter in sorted(letters.items()):
             if modes[path] and modes[path] not in REGULAR_MODES:
                 letter = "D"
-            blob = self.objects.entry(new_tree, path) if letter != "D" else None
-            out.append((letter, path, blob[1] if blob else "0" * 40))
+            out.append((letter, path, ids.get(path, "0" * 40) if letter != "D" else "0" * 40))
         return out
 
     # -- commits -------------------------------------------------------------------------
