@@ -375,3 +375,25 @@ def test_read_object_once_reads_loose_and_packed_commits_alike(sr):
     git(sr.root, "gc", "-q")  # now in a pack: no loose object to read
     assert sr.repo.read_object_once(sha) == want
     assert sr.repo.read_object_once("0" * 40) is None
+
+
+def test_many_blobs_go_in_one_pack_with_the_ids_one_at_a_time_would_get(tmp_path):
+    """write_blobs puts a batch in through one fast-import pack; the ids are each blob's
+    own (binary, empty and newline-ended contents alike) and every blob reads back."""
+    import os as _os
+
+    from janus_git.gitrepo.commits import PACK_FROM
+    git(tmp_path, "init", "-q", "-b", "main")
+    repo = GitRepo(tmp_path)
+    datas = [_os.urandom(n % 300) + b"\n\x00data 3\nblob\n" * (n % 3)
+             for n in range(PACK_FROM + 7)]
+    packs_before = list((tmp_path / ".git" / "objects" / "pack").glob("*.pack"))
+    ids = repo.write_blobs(datas)
+    assert list((tmp_path / ".git" / "objects" / "pack").glob("*.pack")) != packs_before
+    expected = [subprocess.run(["git", "hash-object", "--stdin"], cwd=tmp_path, input=d,
+                               capture_output=True, check=True).stdout.decode().strip()
+                for d in datas[:5]]
+    assert ids[:5] == expected
+    assert [repo.objects.raw(i) for i in ids] == [(3, d) for d in datas]
+    assert repo.write_blobs(datas[:3]) == ids[:3]  # a few: loose, the same ids
+    repo.close()

@@ -93,6 +93,9 @@ def check_no_symlink(root: Path, path: str) -> None:
                              "writes through no symlink (remove it with `git rm`)")
 
 
+PACK_FROM = 64  # blobs written at once from this many: one pack, not a file each
+
+
 class Commits(Process):
     root: Path
     objects: ObjectReader
@@ -121,11 +124,38 @@ class Commits(Process):
         """Store DATA (any bytes, no filters) as a blob; its id."""
         return str(self.objects._repo.create_blob(data))
 
+    def write_blobs(self, datas: list[bytes]) -> list[str]:
+        """Store each of DATAS as a blob; their ids.  Many go into one pack through one `git
+        fast-import` (a loose object is a file of its own: hygiene's 473 cost 0.2-0.6 s)."""
+        if len(datas) < PACK_FROM:
+            return [self.write_blob(d) for d in datas]
+        from .proc import git_env
+        stream = b"".join(b"blob\nmark :%d\ndata %d\n%s\n" % (i + 1, len(d), d)
+                          for i, d in enumerate(datas))
+        marks = self.git_dir / "janus" / f"marks-{os.getpid()}-{threading.get_ident()}"
+        marks.parent.mkdir(exist_ok=True)
+        try:
+            # (fast-import itself writes loose objects below fastimport.unpackLimit, 100)
+            proc = subprocess.run(["git", "-c", "fastimport.unpackLimit=0", "fast-import",
+                                   "--quiet", f"--export-marks={marks}"],
+                                  cwd=self.root, env=git_env(), input=stream,
+                                  capture_output=True)
+            if proc.returncode != 0:
+                raise GitError(["fast-import"], proc.returncode, "",
+                               proc.stderr.decode(errors="replace"))
+            ids = dict(line.split() for line in marks.read_text().splitlines())
+        finally:
+            marks.unlink(missing_ok=True)
+        return [ids[f":{i + 1}"] for i in range(len(datas))]
+
     def index_info(self, files: dict[str, bytes | None]) -> str:
         """`update-index --index-info` lines for FILES (None: removed), their blobs written
         from the bytes given."""
-        return "".join(f"100644 {self.write_blob(data)}\t{path}\n" if data is not None
-                       else f"0 {'0' * 40}\t{path}\n" for path, data in sorted(files.items()))
+        paths = sorted(files)
+        kept = [p for p in paths if files[p] is not None]
+        ids = dict(zip(kept, self.write_blobs([files[p] or b"" for p in kept]), strict=True))
+        return "".join(f"100644 {ids[path]}\t{path}\n" if path in ids
+                       else f"0 {'0' * 40}\t{path}\n" for path in paths)
 
     def build_tree(self, head: str | None, info: str) -> str:
         """HEAD's tree changed by INFO (`mode id<TAB>path` lines; mode 0 removes), built
