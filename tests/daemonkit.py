@@ -42,6 +42,32 @@ def wait_status(root: Path, pid: str, *wanted: str, timeout: float = 20.0) -> di
     return record(root, pid)
 
 
+def daemon_json(root: Path) -> dict:
+    try:
+        return json.loads((root / ".git" / "janus" / "daemon.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def wait_read(root: Path, timeout: float = 20.0) -> None:
+    """The daemon's acknowledgement that it has read HEAD as it is now: its status file (written
+    at the end of the step that read it, decisions made) names HEAD or a commit after it."""
+    head = git(root, "rev-parse", "HEAD").stdout.strip()
+
+    def read() -> bool:
+        seen = daemon_json(root).get("head")
+        return bool(seen) and git(root, "merge-base", "--is-ancestor", head, seen,
+                                  check=False).returncode == 0
+    wait_for(read, timeout, f"the daemon to read {head[:10]}")
+
+
+def outbox_empty(root: Path) -> bool:
+    """Whether every notification posted has gone to every target (nothing more can follow
+    from what was posted)."""
+    from janus_git.notify.outbox import Outbox
+    return not Outbox(root).pending()
+
+
 def propose(root: Path, *argv: str, type_: str = "analysis", tool: str = "shell",
             mission: str = "TEST", args_json: str | None = None) -> str:
     cmd = [sys.executable, "-m", "janus_git.cli", "propose", "-C", str(root), "-m", mission,

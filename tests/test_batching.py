@@ -15,7 +15,7 @@ from janus_git.notify.outbox import Outbox
 from janus_git.proposal import Status
 
 from conftest import configure
-from daemonkit import DaemonProcess, propose, run_once, wait_for
+from daemonkit import DaemonProcess, outbox_empty, propose, run_once, wait_for
 
 
 def _proposal(n: int = 0, tool: str = "shell", args=("ls", "missing")):
@@ -43,7 +43,7 @@ def test_100_identical_failure_alerts_are_one_message_saying_100(state_dir, rece
         for _ in range(100):
             notifier.on_transition(p, Status.RUNNING, Status.FAILED, "sha")
         wait_for(lambda: receiver.messages, 10, "the merged alert")
-        time.sleep(1.5)  # nothing else follows
+        wait_for(lambda: outbox_empty(state_dir), 10, "every item sent")  # none can follow
     finally:
         notifier.close()
     assert len(receiver.messages) == 1
@@ -89,7 +89,7 @@ def test_twenty_manual_proposals_in_5s_arrive_as_at_most_2_messages(state_dir, r
         def named() -> set[str]:
             return {i for m in receiver.messages for i in ids if i in m["message"]}
         wait_for(lambda: len(named()) == 20, 30, "every proposal named")
-        time.sleep(0.5)  # every item is in a message by now: none is left for a third
+        wait_for(lambda: outbox_empty(state_dir), 10, "every item sent")  # none for a third
     assert 1 <= len(receiver.messages) <= 2, [m["title"] for m in receiver.messages]
     digest_msg = receiver.messages[-1]
     assert "proposals need approval" in digest_msg["title"]

@@ -5,12 +5,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import git
-from daemonkit import fsck_clean, propose, record, run_once, tool_use_lines, wait_status
+from conftest import git, within
+from daemonkit import fsck_clean, propose, record, run_once, tool_use_lines, wait_for, wait_status
 
 POINTS = ["after-catch-up", "mid-commit", "after-auto-approve", "before-running-commit",
           "after-running-commit", "tool-started", "before-result-commit", "after-result-commit"]
@@ -59,12 +58,14 @@ def test_kill9_mid_tool_from_outside_kills_the_tool_too(state_dir):
     d = subprocess.Popen([sys.executable, "-m", "janus_git.cli", "daemon", str(state_dir),
                           "--no-think"], stderr=subprocess.DEVNULL, start_new_session=True)
     wait_status(state_dir, pid, "running")
-    time.sleep(0.5)
+    wait_for(lambda: subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode
+             == 0, 10, "the tool to be running")
     os.kill(d.pid, signal.SIGKILL)
     d.wait()
-    time.sleep(0.5)
-    left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
-    assert left.strip() == "", "the tool outlived the daemon"
+    # the sandbox dies with its parent (bwrap --die-with-parent): the tool goes within a
+    # moment, never lingers
+    wait_for(lambda: subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode
+             != 0, within(1.0), "the tool to die with the daemon")
     _check_recovered(state_dir, pid)
 
 

@@ -21,6 +21,7 @@ from daemonkit import (
     set_status,
     status,
     wait_for,
+    wait_read,
     wait_status,
 )
 
@@ -223,7 +224,7 @@ def test_stop_kills_running_suspends_queued_and_resume_lifts_it(state_dir):
         assert time.monotonic() - t0 < within(5)
         wait_status(state_dir, queued, "suspended")
         late = propose(state_dir, "echo", "filed during the stop")
-        time.sleep(0.5)
+        wait_read(state_dir)  # read and decided (or not) by now
         assert status(state_dir, late) == "proposed"
         assert d.alive()
         subprocess.run(["janus-git", "resume", "-C", str(state_dir)], check=True)
@@ -321,7 +322,8 @@ def test_first_sigterm_finishes_the_run_second_aborts_it(state_dir):
     set_status(state_dir, slow, "approved")
     wait_status(state_dir, slow, "running")
     d.proc.send_signal(sig.SIGTERM)
-    time.sleep(0.5)
+    wait_for(lambda: "finishing the current step" in d.log.read_text(), 10,
+             "the first SIGTERM's acknowledgement")
     assert d.alive()
     d.proc.send_signal(sig.SIGTERM)
     assert d.proc.wait(20) == 0

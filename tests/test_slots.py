@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from conftest import configure, git, within
-from daemonkit import propose, record, wait_for, wait_status
+from daemonkit import daemon_json, propose, record, wait_for, wait_status
 
 MANUAL = "maintenance"  # not on the auto whitelist: a person approves it
 
@@ -91,7 +91,9 @@ def test_a_persons_approval_starts_at_once_beside_two_long_auto_runs(state_dir):
         wait_for(lambda: sum(status == "running" for status in
                              (record(state_dir, a).get("status") for a in autos)) == 2,
                  what="two auto runs")
-        time.sleep(1.5)
+        # the daemon's own account of a step with both running: the third held in the queue
+        wait_for(lambda: len(daemon_json(state_dir).get("running_ids", ())) == 2 and
+                 daemon_json(state_dir).get("queued") == [autos[2]], what="the third held")
         # the third auto run waits: the last slot is the people's
         assert record(state_dir, autos[2])["status"] == "approved"
         # and the loop, holding it back, still ticks at its rate (no busy wait)
