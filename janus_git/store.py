@@ -75,6 +75,21 @@ class Store:
             log.error("%s", e)
             return None
 
+    def head_at(self, pid: str) -> tuple[str, Proposal, bytes] | None:
+        """(the commit HEAD is, the proposal, its bytes), all read at that one commit: what a
+        part hands along (daemon/state.Seen) for a later part of the same step."""
+        sha = self.repo.fast_head()
+        if sha is None:
+            return None
+        text = self.read_text(pid, sha)
+        if text is None:
+            return None
+        try:
+            return sha, parse_proposal(text, shard_path(pid)), text
+        except JanusError as e:
+            log.error("%s", e)
+            return None
+
     def read_path(self, path: str, rev: str = "HEAD") -> Proposal:
         text = self.repo.read_blob(rev, path)
         if text is None:

@@ -257,3 +257,49 @@ def test_the_judge_answers_a_strangers_approval_and_says_so(sr):
     info = sr.repo.commit_info("HEAD")
     assert info.trailers().get("Janus-Correction") and MALLORY[1] in info.body
     assert [kind for _, _, kind in notifier.posts] == ["alert"]
+
+
+# -- one read per step, handed along ---------------------------------------------------------
+class CountingStore:
+    """The real store, counting how often a proposal is read from HEAD."""
+
+    def __init__(self, store) -> None:
+        self.store, self.reads = store, 0
+
+    def head(self, pid: str):
+        self.reads += 1
+        return self.store.head(pid)
+
+    def head_at(self, pid: str):
+        self.reads += 1
+        return self.store.head_at(pid)
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+
+def test_the_judges_read_is_the_one_the_executor_starts_from(sr):
+    """A person's approval: the reader reads HEAD's version once and hands it to the judge,
+    whose ticket carries it to the executor: no second or third read at the same HEAD.  Once
+    HEAD has moved, the executor reads it afresh."""
+    p = file(sr, "python", ["-c", "print(1)"], type_="maintenance")
+    sha = approve_as(sr, p, ALICE)
+    judge, state, _, _ = judge_for(sr)
+    counting = CountingStore(sr.store)
+    judge.store = counting
+    read = counting.head_at(p.id)
+    then = parse_proposal(sr.repo.read_blob(sha, p.path), p.path)
+    judge.judge(sr.repo.commit_info(sha), then, state.rules, read)
+    ticket = state.queue.get(p.id)
+    assert ticket is not None and ticket.seen is not None and ticket.seen.head == sha
+    ex = Executor(sr, state, RecordingBranches(), Controls(state.config["controls"]),  # type: ignore[arg-type]
+                  LocalCoordinator("d1"), context=lambda: None)
+    ex.store = counting
+    assert not ex.is_exclusive(ticket)  # (the lanes ask first, as next_ticket does)
+    admitted = ex.admit(ticket)
+    assert admitted is not None and admitted[1] == (sr.root / p.path).read_bytes()
+    assert counting.reads == 1  # the reader's, and no other
+    # the same ticket again (its start had to wait; HEAD moved meanwhile): read afresh
+    git(sr.root, "commit", "-q", "--allow-empty", "-m", "later", who=ALICE)
+    assert ticket.seen is None  # (used once)
+    assert ex.admit(ticket) is not None and counting.reads == 2

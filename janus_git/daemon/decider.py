@@ -10,6 +10,7 @@ and nothing is lost.  The valve's opening is alerted once; a person's work is ne
 """
 from __future__ import annotations
 
+import copy
 import logging
 import time
 
@@ -22,7 +23,7 @@ from ..policy import decide
 from ..proposal import Proposal, Status, utcnow
 from ..staterepo import StateRepo
 from .branches import ApprovalBranches
-from .state import DaemonState, Ticket
+from .state import DaemonState, Seen, Ticket
 
 log = logging.getLogger(__name__)
 S = Status
@@ -140,8 +141,11 @@ class Decider:
                                        base_text=text, update=approve,
                                        reason=decision.reason)
         crashpoint("after-auto-approve")
+        # exactly what that commit wrote (before the record, which P's decision is, learns
+        # its commit), handed to the executor: used while HEAD is that commit
+        seen = Seen(sha, copy.deepcopy(p), p.to_yaml())
         record["commit"] = sha
-        state.queue.offer(Ticket(p.id, record))
+        state.queue.offer(Ticket(p.id, record, seen=seen))
 
     def _record(self, p: Proposal, decision):
         record = {"rule": decision.rule, "by": self.state.config.identity.email,

@@ -124,8 +124,12 @@ class Executor:
         if t.id not in self._tools:
             if len(self._tools) > 4096:
                 self._tools.clear()
-            current = self.store.head(t.id)
-            tool = current[0].tool if current else None
+            tool: str | None
+            if t.seen is not None:  # (a proposal's tool never changes: filed, or refused)
+                tool = t.seen.proposal.tool
+            else:
+                current = self.store.head(t.id)
+                tool = current[0].tool if current else None
             self._tools[t.id] = tool if isinstance(tool, str) else None
         tool = self._tools[t.id]
         spec = self.state.config.tools.get(tool) if tool else None
@@ -198,7 +202,11 @@ class Executor:
     def admit(self, ticket: Ticket) -> tuple[Proposal, bytes] | None:
         """The proposal as it stands, if it may run now; else None (answered when needed)."""
         state = self.state
-        current = self.store.head(ticket.id)
+        seen, ticket.seen = ticket.seen, None  # (once: a ticket offered again reads afresh)
+        if seen is not None and seen.head == self.repo.fast_head():
+            current: tuple[Proposal, bytes] | None = (seen.proposal, seen.text)
+        else:
+            current = self.store.head(ticket.id)
         if current is None:
             return None
         p, text = current

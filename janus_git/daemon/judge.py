@@ -12,6 +12,7 @@ commit that says why not.  History is judged the same way live and at start-up.
 """
 from __future__ import annotations
 
+import copy
 import logging
 
 from .. import lifecycle
@@ -23,7 +24,7 @@ from ..proposal import Proposal, Status, parse_proposal, shard_path, utcnow
 from ..staterepo import StateRepo
 from ..trust import Rules
 from .corrections import Corrections
-from .state import DaemonState, Ticket
+from .state import DaemonState, Seen, Ticket
 
 log = logging.getLogger(__name__)
 S = Status
@@ -51,13 +52,15 @@ class ApprovalJudge:
         side = self.repo.side_commits(c, path)
         return side[0] if side else c
 
-    def judge(self, c: Commit, then: Proposal, rules: Rules) -> None:
+    def judge(self, c: Commit, then: Proposal, rules: Rules,
+              read: tuple[str, Proposal, bytes] | None = None) -> None:
         """C left the proposal as THEN (approved, or with an approval added): count it, or
-        answer why not.  The answer is written against HEAD's version."""
-        current = self.store.head(then.id)
-        if current is None:
+        answer why not.  The answer is written against HEAD's version (READ: as the caller
+        read it, store.head_at; else read here)."""
+        read = read or self.store.head_at(then.id)
+        if read is None:
             return
-        p, text = current
+        seen_at, p, text = read
         filed = self.filing(p.id)
         if filed.digest is not None and then.recompute_digest() != filed.digest:
             self.corrections.changed(c, then, filed)
@@ -89,14 +92,16 @@ class ApprovalJudge:
             return
         if p.status != S.APPROVED:  # the last of a quorum, given through `approvals:`
             with self.state.writes:
-                lifecycle.transition(self.repo, p, S.APPROVED, self.state.config.identity,
-                                     base_text=text, reason=f"{required} of {required} "
-                                     "approvals", update=lambda q: setattr(q, "approvals",
-                                                                           approvals))
+                seen_at = lifecycle.transition(
+                    self.repo, p, S.APPROVED, self.state.config.identity, base_text=text,
+                    reason=f"{required} of {required} approvals",
+                    update=lambda q: setattr(q, "approvals", approvals))
+            text = p.to_yaml()  # (what that commit wrote)
         self.state.queue.offer(Ticket(p.id, {"rule": "human", "by": verdict.approver,
                                                "signer": verdict.signer or None,
                                                "commit": c.sha, "digest": filed.digest,
-                                               "at": utcnow(), "approvals": approvals}))
+                                               "at": utcnow(), "approvals": approvals},
+                                      seen=Seen(seen_at, copy.deepcopy(p), text)))
         log.info("%s approved by %s in %s", p.id, verdict.approver, c.sha[:10])
 
     def refuse(self, p: Proposal, text: bytes, reason: str,

@@ -216,10 +216,10 @@ class CommitReader:
         self._human_transition(c, old, new, rules)
 
     def _human_transition(self, c: Commit, old: Proposal, new: Proposal, rules: Rules) -> None:
-        current = self.store.head(new.id)
-        if current is None or current[0].status != new.status:
+        read = self.store.head_at(new.id)
+        if read is None or read[1].status != new.status:
             return  # already superseded by a later commit
-        p, text = current
+        _, p, text = read
         identity = self.state.config.identity
         if is_revert_of_result(old, new):
             lifecycle.transition(self.repo, p, S.REVERTED, identity, old=old.status,
@@ -232,8 +232,8 @@ class CommitReader:
                               f"{new.status.value} in {c.sha[:10]}; only the daemon makes that "
                               "change")
             return
-        if new.status == S.APPROVED:
-            self.judge.judge(self.judge.acting(c, p.id, p.path, rules), new, rules)
+        if new.status == S.APPROVED:  # (HEAD's version, read here, handed along)
+            self.judge.judge(self.judge.acting(c, p.id, p.path, rules), new, rules, read)
         elif new.status in (S.PROPOSED, S.REJECTED):
             self.state.queue.withdraw(p.id)
             log.info("%s: %s -> %s by %s", p.id, old.status.value, new.status.value,

@@ -19,10 +19,21 @@ from ..util import atomic_write
 
 
 @dataclass
+class Seen:
+    """A proposal as it was read at commit HEAD, handed along with its ticket: the part that
+    takes the ticket uses it while HEAD is still that commit, instead of reading it again."""
+    head: str
+    proposal: Proposal
+    text: bytes
+
+
+@dataclass
 class Ticket:
-    """An approved proposal waiting for a run slot and the escapement."""
+    """An approved proposal waiting for a run slot and the escapement (SEEN: as the part
+    that queued it read it; used once, and only at the same HEAD)."""
     id: str
     decision: dict[str, Any]
+    seen: Seen | None = field(default=None, compare=False, repr=False)
 
     @property
     def lane(self) -> str:
