@@ -291,3 +291,41 @@ def test_the_signature_verdict_is_gits_own(signing, message, tamper):
     ours_ok, _ = Trust(repo).signed_by(sha, "janus-agent@localhost", rules)
     assert ours_ok == (proc.returncode == 0) == (not tamper)
     repo.close()
+
+
+# -- the read commands' pipe ----------------------------------------------------------------
+def test_status_through_the_pipe_shows_a_stop_a_pushed_replacement_hides(state_dir):
+    """A pusher's `refs/replace/*` swapping the stop commit for its parent (whose tree has no
+    state/STOP) changes what a replacement-honouring git shows, never what `status` reads."""
+    import json
+    subprocess.run(["janus-git", "stop", "--reason", "hold", "-C", str(state_dir)],
+                   check=True, capture_output=True)
+    raw_git(state_dir, "config", "--unset", "core.useReplaceRefs")  # as before harden()
+    raw_git(state_dir, "replace", "HEAD", "HEAD~1")
+    shown = raw_git(state_dir, "ls-tree", "--name-only", "HEAD", "state/")
+    assert b"state/STOP" not in shown  # the replacement bites plain git
+    out = subprocess.run(["janus-git", "status", "--json", "-C", str(state_dir)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "hold" in (json.loads(out)["stopped"] or "")
+
+
+def test_the_pipe_says_missing_apart_from_a_pipe_that_ended(tmp_path):
+    from janus_git.errors import GitError
+    raw_git(tmp_path, "init", "-q", "-b", "main")
+    blob = raw_git(tmp_path, "hash-object", "-w", "--stdin", stdin=b"x\n").decode().strip()
+    reader = ObjectReader(tmp_path, pipe=True)
+    assert reader.raw(blob) == (3, b"x\n") and reader.raw("0" * 40) is None
+    reader._pipe.proc.kill()
+    reader._pipe.proc.wait()
+    with pytest.raises(GitError, match="cat-file --batch"):
+        reader.raw(blob)  # not "no such object": the stop would read as off
+
+
+def test_a_malformed_tree_has_no_entries_through_the_pipe_as_through_libgit2(tmp_path):
+    raw_git(tmp_path, "init", "-q", "-b", "main")
+    bad = raw_git(tmp_path, "hash-object", "-t", "tree", "-w", "--literally", "--stdin",
+                  stdin=b"100644 no-nul-and-no-id").decode().strip()
+    piped, linked = ObjectReader(tmp_path, pipe=True), ObjectReader(tmp_path)
+    assert piped.entry(bad, "no-nul-and-no-id") is None
+    assert piped.entry(bad, "x") == linked.entry(bad, "x") is None
+    piped.close()

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+from ..errors import GitError
+
 if TYPE_CHECKING:
     import pygit2  # imported where objects are first read: a sandboxed helper never needs it
 
@@ -146,15 +148,27 @@ class CatFile:
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
     def read(self, sha: str) -> tuple[int, bytes] | None:
+        """(type, content) of SHA, or None when the repository has no such object.  A pipe
+        that ended raises GitError: a missing object and a reader that could not look are
+        not the same answer (`status` would show the stop as off)."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(sha.encode() + b"\n")
-        self.proc.stdin.flush()
-        header = self.proc.stdout.readline().split()
-        if len(header) != 3:
-            return None  # "<sha> missing" (or the pipe closed)
-        data = self.proc.stdout.read(int(header[2]) + 1)[:-1]
+        try:
+            self.proc.stdin.write(sha.encode() + b"\n")
+            self.proc.stdin.flush()
+            header = self.proc.stdout.readline().split()
+            if header[1:] == [b"missing"]:
+                return None
+            if len(header) != 3 or not header[2].isdigit():
+                raise OSError(f"unexpected answer {b' '.join(header)[:80]!r}")
+            size = int(header[2])
+            data = self.proc.stdout.read(size + 1)
+            if len(data) != size + 1:
+                raise OSError("the object was cut short")
+        except OSError as e:
+            raise GitError(["cat-file", "--batch"], self.proc.poll() or -1, "",
+                           f"reading {sha}: {e}") from None
         kind = _TYPES.get(header[1])
-        return (kind, data) if kind is not None else None
+        return (kind, data[:-1]) if kind is not None else None
 
     def close(self) -> None:
         if self.proc.stdin is not None:
@@ -187,6 +201,7 @@ class ObjectReader:
         self._local = threading.local()
         self._pipe: CatFile | None = None
         self.pipe = pipe
+        self._trees: dict[str, dict[str, tuple[int, str]]] = {}  # parsed, by id (pipe reads)
 
     @property
     def _repo(self) -> pygit2.Repository:
@@ -269,7 +284,7 @@ class ObjectReader:
     def _parsed_tree(self, sha: str) -> dict[str, tuple[int, str]] | None:
         """Tree SHA's entries, parsed once: a tree never changes, and a file's history reads
         the same month folder (hundreds of entries) for every commit."""
-        cache: dict[str, dict[str, tuple[int, str]]] = self.__dict__.setdefault("_trees", {})
+        cache = self._trees
         entries = cache.get(sha)
         if entries is None:
             raw = self.raw(sha)
@@ -277,7 +292,10 @@ class ObjectReader:
                 return None
             if len(cache) >= 512:
                 cache.clear()
-            entries = cache[sha] = tree_entries(raw[1])
+            try:
+                entries = cache[sha] = tree_entries(raw[1])
+            except (ValueError, IndexError):
+                return None  # a malformed tree (a pusher's): no entries, as libgit2 says
         return entries
 
     def blob(self, tree: str, path: str) -> bytes | None:
