@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -116,8 +117,9 @@ def test_hostile_program_is_stopped_with_the_limit_named(repo, isolation, cgroup
     # bomb's page faults or a fork loop before the memory or pids cap is reached
     limits = SMALL if limit == "cpu" else dict(SMALL, cpu_s=4)
     if limit != "pids" and not cgroups:
-        # rlimits alone: RLIMIT_NPROC counts every process of uid 65534 on the host (the
-        # other workers' sandboxes and waiters too), so a tight cap is the pids test's only
+        # rlimits alone: RLIMIT_NPROC counts every task of uid 65534 on the host; a run gets
+        # the ones running at its start on top of its cap, but a run another worker starts
+        # during it takes from it, so a tight cap is the pids test's only
         limits = dict(limits, pids=4096)
     if limit == "timeout":
         limits = dict(limits, timeout_s=2)
@@ -310,3 +312,30 @@ def test_no_capabilities_and_no_new_privileges(repo, isolation, cgroups):
         assert int(status["CapBnd"], 16) == 0
     if os.geteuid() == 0:
         assert status["Uid"].split()[:2] == ["65534", "65534"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root to run processes as uid 65534 beside the run")
+@pytest.mark.parametrize("isolation", [
+    pytest.param("bwrap", marks=pytest.mark.skipif(not HAVE_BWRAP, reason="no bwrap")),
+    "reduced"])
+def test_without_cgroups_a_runs_process_cap_is_its_own(repo, isolation):
+    """RLIMIT_NPROC counts every task of uid 65534 on the host: with 40 of them already
+    running (another run, waiting sandboxes), a run capped at 32 processes may still start
+    10, and a fork bomb beside them is still stopped by the cap."""
+    others = [subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                "sleep", "60"]) for _ in range(40)]
+    try:
+        code = ("import os, time\nkids = []\nfor _ in range(10):\n    pid = os.fork()\n"
+                "    if pid == 0:\n        time.sleep(0.5)\n        os._exit(0)\n"
+                "    kids.append(pid)\nfor k in kids:\n    os.waitpid(k, 0)\nprint('ten')\n")
+        res = sandbox.run(py(code), dict(SMALL, cpu_s=4), repo, isolation=isolation,
+                          cgroups=False)
+        assert res.ok and b"ten" in res.output, (res.error, res.output[-300:])
+        bomb = sandbox.run(py(HOSTILE["pids"]), dict(SMALL, cpu_s=4), repo,
+                           isolation=isolation, cgroups=False)
+        assert bomb.limit_hit == "pids", (bomb.error, bomb.output[-300:])
+    finally:
+        for p in others:
+            p.kill()
+            p.wait()

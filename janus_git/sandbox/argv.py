@@ -110,13 +110,37 @@ def rlimits(limits: dict, cg: Cgroups, overhead: int, own_userns: bool) -> dict[
         # so it is the cap only when the memory cgroup is missing.
         lim[resource.RLIMIT_AS] = limits["memory_mb"] << 20
     if drop_to_nobody() or own_userns:
-        # As root, NPROC counts every process of uid 65534 on the box; with a pids cgroup it
-        # is then only a generous backstop so that concurrent runs do not starve each other.
-        # Without root it would count the daemon's own threads, unless in a user namespace,
-        # where bwrap's outer process (OVERHEAD counts it) is not counted.
+        # NPROC counts every task of the run's uid on the host (uid 65534 as root; the
+        # daemon's own uid otherwise), in a user namespace too (the kernel checks each
+        # level up to the host's).  With a pids cgroup it is only a generous backstop.
+        # Without one it is the cap, so the tasks that uid already runs (another run, a
+        # waiting sandbox) are added: each run gets its own limit's worth, not a share.
         n = limits["pids"] + (max(0, overhead - 1) if own_userns else overhead)
-        lim[resource.RLIMIT_NPROC] = n * 8 if "pids" in cg.dirs else n
+        if "pids" in cg.dirs:
+            n *= 8
+        else:
+            n += tasks_of(NOBODY if drop_to_nobody() else os.getuid())
+        lim[resource.RLIMIT_NPROC] = n
     return lim
+
+
+def tasks_of(uid: int) -> int:
+    """The tasks (threads) processes of UID run on the host now, by /proc (~1 ms)."""
+    n = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+            with open(f"/proc/{entry.name}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Threads:"):
+                        n += int(line.split()[1])
+                        break
+        except (OSError, ValueError):
+            continue  # (gone meanwhile)
+    return n
 
 
 # dash's ulimit: flag and unit of each limit
