@@ -110,16 +110,18 @@ def rlimits(limits: dict, cg: Cgroups, overhead: int, own_userns: bool) -> dict[
         # so it is the cap only when the memory cgroup is missing.
         lim[resource.RLIMIT_AS] = limits["memory_mb"] << 20
     if drop_to_nobody() or own_userns:
-        # NPROC counts every task of the run's uid on the host (uid 65534 as root; the
-        # daemon's own uid otherwise), in a user namespace too (the kernel checks each
-        # level up to the host's).  With a pids cgroup it is only a generous backstop.
-        # Without one it is the cap, so the tasks that uid already runs (another run, a
-        # waiting sandbox) are added: each run gets its own limit's worth, not a share.
+        # As root the run is uid 65534 in the host's own count, where NPROC counts every
+        # task of that uid (another run, a waiting sandbox).  A non-root daemon's run in a
+        # user namespace of its own is counted there alone (the levels above hold it to
+        # the daemon's own limit), and bwrap's outer process (OVERHEAD counts it) is not.
+        # With a pids cgroup NPROC is only a generous backstop; without one it is the cap,
+        # so as root the tasks uid 65534 already runs are added: each run gets its own
+        # limit's worth, not a share of one.
         n = limits["pids"] + (max(0, overhead - 1) if own_userns else overhead)
         if "pids" in cg.dirs:
             n *= 8
-        else:
-            n += tasks_of(NOBODY if drop_to_nobody() else os.getuid())
+        elif drop_to_nobody():
+            n += tasks_of(NOBODY)
         lim[resource.RLIMIT_NPROC] = n
     return lim
 
