@@ -85,6 +85,11 @@ def load(text: bytes | str, path: str, *, max_bytes: int = MAX_BYTES,
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if "maximum nesting depth" in problem:
+            # the C parser's own nesting cap (PyYAML 6.0.4's wheels have one; 6.0.3's do
+            # not), which it can meet before our event walk reaches MAX_DEPTH: the same
+            # refusal, named the same way
+            _too_deep(path, max_depth)
         raise ConfigError(path, None, f"not valid YAML{where}: {problem}",
                           "fix the syntax or `git revert` the commit that broke it") from None
     except RecursionError:  # a backstop: the limits above keep every recursion shallow
